@@ -1,0 +1,29 @@
+"""Configuration: the immutable model and the YAML loader that validates it."""
+
+from speedproxy.config.loader import ConfigError, load_config, parse_config
+from speedproxy.config.model import (
+    BALANCER_NAMES,
+    AdminConfig,
+    BackendConfig,
+    Config,
+    HealthCheckConfig,
+    ProtocolBalancers,
+    RouteConfig,
+    ServerConfig,
+    SSLConfig,
+)
+
+__all__ = [
+    "BALANCER_NAMES",
+    "AdminConfig",
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "HealthCheckConfig",
+    "ProtocolBalancers",
+    "RouteConfig",
+    "SSLConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+]

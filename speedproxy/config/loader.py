@@ -1,0 +1,714 @@
+"""Load and validate speedproxy's YAML config, and dump a config back to a mapping.
+
+The YAML is composed into nodes (never ``yaml.load``-ed) so that every value
+keeps the line it came from; each problem is reported as
+``FILE:LINE: dotted.key[0].path: message`` and all problems are collected in
+one pass before :class:`ConfigError` is raised.  Mappings from the admin API
+go through the same validation, without line numbers.
+
+YAML notes: plain (unquoted) scalars given for a string setting are taken as
+written, so ``access_log: off`` is ``"off"`` and ``id: 1`` is ``"1"``; merge
+keys (``<<: *anchor``) work; ``null`` for a whole section means its defaults.
+Relative paths (``ssl.cert_file``, ``ssl.key_file``, ``admin.api_key_file``,
+``server.access_log``) are made absolute against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+import yaml
+
+from speedproxy.config.model import (
+    BALANCER_NAMES,
+    AdminConfig,
+    BackendConfig,
+    Config,
+    HealthCheckConfig,
+    ProtocolBalancers,
+    RouteConfig,
+    ServerConfig,
+    SSLConfig,
+)
+from speedproxy.config.units import (
+    describe_value,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = ["ConfigError", "config_from_mapping", "config_to_mapping", "load_config", "parse_config"]
+
+
+class ConfigError(Exception):
+    """A config is invalid; :attr:`problems` lists every reason, one line each."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: List[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# -- located values -------------------------------------------------------------
+
+
+@dataclass
+class _Val:
+    """A value (``dict`` of ``_Val``, ``list`` of ``_Val`` or a scalar) and its line."""
+
+    value: Any
+    line: Optional[int]
+    #: The text of a plain (unquoted) YAML scalar, else ``None``.
+    raw: Optional[str] = None
+    #: Already reported as unreadable (bad tag, recursive alias): skip checks.
+    invalid: bool = False
+
+
+class _Reported(Exception):
+    """A value is invalid and its problems have already been recorded."""
+
+
+class _Problems:
+    """Collect problems as ``FILE[:LINE]: PATH: MESSAGE`` strings."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self._items: List[Tuple[int, str]] = []
+
+    def add(self, line: Optional[int], path: str, message: str) -> None:
+        """Record one problem at *line* (``None`` when unknown) and key *path*."""
+        where = self.filename if line is None else f"{self.filename}:{line}"
+        self._items.append((line or 0, f"{where}: {path}: {message}" if path else f"{where}: {message}"))
+
+    def raise_if_any(self) -> None:
+        """Raise :class:`ConfigError` with the problems in line order, if there are any."""
+        if self._items:
+            raise ConfigError([text for _, text in sorted(self._items, key=lambda item: item[0])])
+
+
+_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def _join(path: str, key: str) -> str:
+    if not _SIMPLE_KEY.fullmatch(key):
+        return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
+    return f"{path}.{key}" if path else key
+
+
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + name for name in ("null", "bool", "int", "float", "str")}
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _from_node(problems: _Problems, node: yaml.Node, path: str, line: int, active: Set[int]) -> _Val:
+    """Convert a composed YAML node to a :class:`_Val` tree, resolving scalars safely."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag in _SCALAR_TAGS:
+            try:
+                value = _CONSTRUCTOR.yaml_constructors[node.tag](_CONSTRUCTOR, node)
+            except (ValueError, yaml.YAMLError):
+                problems.add(line, path, f"cannot read {node.value!r} as {node.tag[len(_TAG):]}")
+                return _Val(node.value, line, invalid=True)
+        elif node.tag == _TAG + "timestamp":
+            value = node.value
+        else:
+            problems.add(line, path, f"unsupported YAML tag {node.tag!r}")
+            return _Val(node.value, line, invalid=True)
+        return _Val(value, line, node.value if node.style is None else None)
+    if id(node) in active:
+        problems.add(line, path, "recursive alias")
+        return _Val(None, line, invalid=True)
+    active.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            items = [
+                _from_node(problems, item, f"{path}[{index}]", item.start_mark.line + 1, active)
+                for index, item in enumerate(node.value)
+            ]
+            return _Val(items, line)
+        return _Val(_from_mapping_node(problems, node, path, active), line)
+    finally:
+        active.discard(id(node))
+
+
+def _from_mapping_node(problems: _Problems, node: yaml.MappingNode, path: str, active: Set[int]) -> Dict[str, _Val]:
+    result: Dict[str, _Val] = {}
+    key_lines: Dict[str, int] = {}
+    merged: List[_Val] = []
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == _TAG + "merge":
+            merged.append(_from_node(problems, value_node, path, line, active))
+            continue
+        if not isinstance(key_node, yaml.ScalarNode):
+            problems.add(line, path, "mapping keys must be plain strings")
+            continue
+        key = key_node.value
+        sub = _join(path, key)
+        if key in result:
+            problems.add(line, sub, f"duplicate key '{key}' (first defined on line {key_lines[key]})")
+            continue
+        key_lines[key] = line
+        result[key] = _from_node(problems, value_node, sub, line, active)
+    for source in merged:  # explicit keys win, then earlier merged mappings
+        for mapping in source.value if isinstance(source.value, list) else [source]:
+            if not isinstance(mapping.value, dict):
+                problems.add(mapping.line, path, "'<<' can only merge mappings")
+                continue
+            for key, value in mapping.value.items():
+                result.setdefault(key, value)
+    return result
+
+
+def _from_python(problems: _Problems, value: Any, path: str) -> _Val:
+    """Convert plain Python data (from JSON) to a :class:`_Val` tree without lines."""
+    if isinstance(value, Mapping):
+        result: Dict[str, _Val] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.add(None, path, f"mapping keys must be strings, got {describe_value(key)}")
+                continue
+            result[key] = _from_python(problems, item, _join(path, key))
+        return _Val(result, None)
+    if isinstance(value, (list, tuple)):
+        return _Val([_from_python(problems, item, f"{path}[{i}]") for i, item in enumerate(value)], None)
+    return _Val(value, None)
+
+
+# -- field converters ----------------------------------------------------------------
+#
+# A converter takes (problems, value, path) and returns the model value.  It
+# raises ValueError for a problem with the value as a whole (reported by the
+# caller at the value's line), or reports nested problems itself and raises
+# _Reported.
+
+Converter = Callable[[_Problems, _Val, str], Any]
+
+
+def _text(val: _Val) -> str:
+    if isinstance(val.value, str):
+        return val.value
+    if val.raw is not None and val.value is not None:
+        return val.raw
+    raise ValueError(f"expected a string, got {describe_value(val.value)}")
+
+
+def _string(non_empty: bool = False) -> Converter:
+    def convert(problems: _Problems, val: _Val, path: str) -> str:
+        text = _text(val)
+        if non_empty and not text:
+            raise ValueError("must not be empty")
+        return text
+
+    return convert
+
+
+def _url_path(problems: _Problems, val: _Val, path: str) -> str:
+    text = _text(val)
+    if not text.startswith("/"):
+        raise ValueError(f'must start with "/", got {describe_value(text)}')
+    return text
+
+
+def _choice(choices: Sequence[str], what: str) -> Converter:
+    def convert(problems: _Problems, val: _Val, path: str) -> str:
+        text = _text(val)
+        if text not in choices:
+            raise ValueError(f"unknown {what} {text!r} (valid: {', '.join(choices)})")
+        return text
+
+    return convert
+
+
+def _boolean(problems: _Problems, val: _Val, path: str) -> bool:
+    if not isinstance(val.value, bool):
+        raise ValueError(f"expected a boolean (true or false), got {describe_value(val.value)}")
+    return val.value
+
+
+def _integer(low: int, high: Optional[int] = None) -> Converter:
+    def convert(problems: _Problems, val: _Val, path: str) -> int:
+        value = val.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {describe_value(value)}")
+        if high is None and value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return convert
+
+
+def _duration(positive: bool) -> Converter:
+    def convert(problems: _Problems, val: _Val, path: str) -> float:
+        seconds = parse_duration(val.value)
+        if positive and seconds == 0:
+            raise ValueError(f"must be greater than 0, got {describe_value(val.value)}")
+        return seconds
+
+    return convert
+
+
+def _size(minimum: int) -> Converter:
+    def convert(problems: _Problems, val: _Val, path: str) -> int:
+        size = parse_size(val.value)
+        if size < minimum:
+            raise ValueError(f"must be at least {format_size(minimum)}, got {describe_value(val.value)}")
+        return size
+
+    return convert
+
+
+def _workers(problems: _Problems, val: _Val, path: str) -> Optional[int]:
+    value = val.value
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'expected "auto" or an integer >= 0, got {describe_value(value)}')
+    return value
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header_name(problems: _Problems, val: _Val, path: str) -> str:
+    text = _text(val)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"expected an HTTP header name, got {describe_value(text)}")
+    return text
+
+
+def _items(val: _Val, what: str) -> List[_Val]:
+    if not isinstance(val.value, list):
+        raise ValueError(f"expected a list of {what}, got {describe_value(val.value)}")
+    return val.value
+
+
+def _networks(problems: _Problems, val: _Val, path: str) -> Tuple[str, ...]:
+    networks = []
+    for index, item in enumerate(_items(val, "IP addresses or CIDR networks")):
+        try:
+            networks.append(str(ipaddress.ip_network(_text(item), strict=False)))
+        except ValueError:
+            problems.add(
+                item.line,
+                f"{path}[{index}]",
+                f"expected an IP address or CIDR network, got {describe_value(item.value)}",
+            )
+    if len(networks) != len(val.value):
+        raise _Reported
+    return tuple(networks)
+
+
+_LISTEN_V6 = re.compile(r"\[([^\]]+)\]:(\d+)")
+_LISTEN = re.compile(r"([^:\[\]]+):(\d+)")
+
+
+def _listen(problems: _Problems, val: _Val, path: str) -> str:
+    text = _text(val)
+    match = _LISTEN_V6.fullmatch(text) or _LISTEN.fullmatch(text)
+    if match is None:
+        raise ValueError(f'expected "host:port" or "[ipv6]:port", got {describe_value(text)}')
+    if text.startswith("["):
+        try:
+            ipaddress.IPv6Address(match.group(1))
+        except ValueError:
+            raise ValueError(f"{match.group(1)!r} is not an IPv6 address") from None
+    if not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {match.group(2)}")
+    return text
+
+
+def _status_range(problems: _Problems, val: _Val, path: str) -> Tuple[int, int]:
+    value = val.value
+    bounds: Optional[Tuple[Any, Any]] = None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
+        if match:
+            bounds = (int(match.group(1)), int(match.group(2)))
+    elif isinstance(value, list) and len(value) == 2:
+        bounds = (value[0].value, value[1].value)
+    if bounds is None or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        raise ValueError(f'expected a status range like "200-399" or [200, 399], got {describe_value(value)}')
+    low, high = bounds
+    if not 100 <= low <= high <= 599:
+        raise ValueError(f"expected 100 <= low <= high <= 599, got {low}-{high}")
+    return (low, high)
+
+
+def _route_host(problems: _Problems, val: _Val, path: str) -> Optional[str]:
+    if val.value is None:
+        return None
+    return _text(val).lower() or None
+
+
+def _record(
+    problems: _Problems,
+    val: _Val,
+    path: str,
+    fields: Mapping[str, Converter],
+    required: Iterable[str] = (),
+) -> Dict[str, Any]:
+    """Convert the mapping *val* field by field; raise :class:`_Reported` if unusable.
+
+    Unknown keys and bad values are reported; the valid fields are returned,
+    unless the value is not a mapping or a *required* field is missing or bad.
+    """
+    if not isinstance(val.value, dict):
+        problems.add(val.line, path, f"expected a mapping, got {describe_value(val.value)}")
+        raise _Reported
+    result: Dict[str, Any] = {}
+    for key, item in val.value.items():
+        sub = _join(path, key)
+        convert = fields.get(key)
+        if convert is None:
+            problems.add(item.line, sub, _unknown_key(key, fields))
+            continue
+        if item.invalid:
+            continue
+        try:
+            result[key] = convert(problems, item, sub)
+        except ValueError as exc:
+            problems.add(item.line, sub, str(exc))
+        except _Reported:
+            pass
+    complete = True
+    for key in required:
+        if key not in val.value:
+            problems.add(val.line, path, f"missing required key '{key}'")
+        complete = complete and key in result
+    if not complete:
+        raise _Reported
+    return result
+
+
+def _unknown_key(key: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else "")
+
+
+def _section(problems: _Problems, val: Optional[_Val], path: str, cls: Any, fields: Mapping[str, Converter]) -> Any:
+    """Build dataclass *cls* from an optional mapping; defaults where missing or bad."""
+    if val is None or val.value is None:
+        return cls()
+    try:
+        return cls(**_record(problems, val, path, fields))
+    except _Reported:
+        return cls()
+
+
+def _health_check(problems: _Problems, val: _Val, path: str) -> Optional[HealthCheckConfig]:
+    if val.value is None:
+        return None
+    return HealthCheckConfig(**_record(problems, val, path, _HEALTH_CHECK_FIELDS))
+
+
+def _protocols(problems: _Problems, val: _Val, path: str) -> ProtocolBalancers:
+    return _section(problems, val, path, ProtocolBalancers, _PROTOCOL_FIELDS)
+
+
+_POSITIVE_DURATION = _duration(positive=True)
+_BALANCER = _choice(BALANCER_NAMES, "load balancer")
+
+_SERVER_FIELDS: Dict[str, Converter] = {
+    "host": _string(non_empty=True),
+    "port": _integer(1, 65535),
+    "workers": _workers,
+    "read_timeout": _POSITIVE_DURATION,
+    "write_timeout": _POSITIVE_DURATION,
+    "idle_timeout": _POSITIVE_DURATION,
+    "upstream_connect_timeout": _POSITIVE_DURATION,
+    "upstream_read_timeout": _POSITIVE_DURATION,
+    "upstream_keepalive_timeout": _POSITIVE_DURATION,
+    "upstream_keepalive": _integer(0),
+    "max_conn": _integer(1),
+    "max_header_size": _size(1024),
+    "max_body_size": _size(0),
+    "real_ip_header": _header_name,
+    "trusted_proxies": _networks,
+    "access_log": _string(non_empty=True),
+    "shutdown_grace": _duration(positive=False),
+}
+_SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
+_ADMIN_FIELDS: Dict[str, Converter] = {"listen": _listen, "api_key": _string(), "api_key_file": _string()}
+_HEALTH_CHECK_FIELDS: Dict[str, Converter] = {
+    "path": _url_path,
+    "interval": _POSITIVE_DURATION,
+    "timeout": _POSITIVE_DURATION,
+    "failures": _integer(1),
+    "successes": _integer(1),
+    "expected_status": _status_range,
+}
+_BACKEND_FIELDS: Dict[str, Converter] = {
+    "id": _string(non_empty=True),
+    "host": _string(non_empty=True),
+    "port": _integer(1, 65535),
+    "weight": _integer(0),
+    "scheme": _choice(("http", "https"), "scheme"),
+    "active": _boolean,
+    "max_conn": _integer(1),
+    "health_check": _health_check,
+}
+_PROTOCOL_FIELDS: Dict[str, Converter] = {"websocket": _BALANCER, "sse": _BALANCER}
+_ROUTE_FIELDS: Dict[str, Converter] = {
+    "path": _url_path,
+    "host": _route_host,
+    "upstream": _string(non_empty=True),
+    "load_balancer": _BALANCER,
+    "protocols": _protocols,
+}
+_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing")
+
+#: Size fields of ServerConfig; every float field in the model is a duration.
+_SIZE_FIELDS = ("max_header_size", "max_body_size")
+
+
+# -- sections with cross-checks -------------------------------------------------------------
+
+
+def _backends(problems: _Problems, val: _Val) -> Dict[str, Tuple[BackendConfig, ...]]:
+    """Build the upstream groups; every named group exists even if a member is bad."""
+    if not isinstance(val.value, dict):
+        problems.add(val.line, "backends", f"expected a mapping of upstream names to lists, got {describe_value(val.value)}")
+        raise _Reported
+    groups: Dict[str, Tuple[BackendConfig, ...]] = {}
+    for name, group in val.value.items():
+        group_path = _join("backends", name)
+        members: List[BackendConfig] = []
+        first_use: Dict[str, str] = {}
+        try:
+            items = _items(group, "backends")
+        except ValueError as exc:
+            problems.add(group.line, group_path, str(exc))
+            items = []
+        for index, item in enumerate(items):
+            item_path = f"{group_path}[{index}]"
+            try:
+                backend = BackendConfig(**_record(problems, item, item_path, _BACKEND_FIELDS, ("id", "host", "port")))
+            except _Reported:
+                continue
+            if backend.id in first_use:
+                problems.add(
+                    item.value["id"].line,
+                    f"{item_path}.id",
+                    f"duplicate backend id '{backend.id}' (also used by {first_use[backend.id]})",
+                )
+                continue
+            first_use[backend.id] = item_path
+            members.append(backend)
+        groups[name] = tuple(members)
+    return groups
+
+
+def _routing(
+    problems: _Problems, val: _Val, backends: Optional[Mapping[str, Any]]
+) -> Dict[str, RouteConfig]:
+    """Build the routes, checking upstream names against *backends* (unless ``None``)."""
+    if not isinstance(val.value, dict):
+        problems.add(val.line, "routing", f"expected a mapping of route names to routes, got {describe_value(val.value)}")
+        return {}
+    routes: Dict[str, RouteConfig] = {}
+    first_use: Dict[Tuple[Optional[str], str], str] = {}
+    for name, item in val.value.items():
+        route_path = _join("routing", name)
+        try:
+            fields = _record(problems, item, route_path, _ROUTE_FIELDS)
+        except _Reported:
+            continue
+        route = RouteConfig(name=name, **fields)
+        given = item.value.get("upstream")
+        if backends is not None and route.upstream not in backends and (given is None or "upstream" in fields):
+            problems.add(
+                item.line if given is None else given.line,
+                f"{route_path}.upstream",
+                f"unknown upstream '{route.upstream}' (known: {', '.join(backends) or 'none'})",
+            )
+        key = (route.host, route.path)
+        if key in first_use:
+            problems.add(item.line, route_path, f"same host and path as route '{first_use[key]}'")
+        else:
+            first_use[key] = name
+        routes[name] = route
+    return routes
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    if not path:
+        return path
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
+    """Validate the whole tree and return the :class:`Config`, or raise :class:`ConfigError`."""
+    top = {} if root.value is None else root.value
+    if not isinstance(top, dict):
+        problems.add(root.line, "", f"expected a mapping with keys {', '.join(_TOP_LEVEL)}, got {describe_value(top)}")
+        problems.raise_if_any()
+    for key, item in top.items():
+        if key not in _TOP_LEVEL:
+            problems.add(item.line, _join("", key), _unknown_key(key, _TOP_LEVEL))
+    section = {key: top[key] for key in _TOP_LEVEL if key in top and top[key].value is not None}
+
+    server = _section(problems, section.get("server"), "server", ServerConfig, _SERVER_FIELDS)
+    ssl = _section(problems, section.get("ssl"), "ssl", SSLConfig, _SSL_FIELDS)
+    admin = _section(problems, section.get("admin"), "admin", AdminConfig, _ADMIN_FIELDS)
+    if ssl.enabled:
+        for key in ("cert_file", "key_file"):
+            if not getattr(ssl, key):
+                val = section["ssl"].value.get(key, section["ssl"])
+                problems.add(val.line, f"ssl.{key}", "must be set when ssl.enabled is true")
+
+    defaults = Config()
+    known: Optional[Dict[str, Tuple[BackendConfig, ...]]]
+    if "backends" in section:
+        try:
+            backends = known = _backends(problems, section["backends"])
+        except _Reported:
+            backends, known = {}, None
+    else:
+        backends = known = dict(defaults.backends)
+    if "routing" in section:
+        routing = _routing(problems, section["routing"], known)
+    else:
+        routing = dict(defaults.routing)
+        if known is not None and "default" not in known:
+            problems.add(
+                None if root.line is None else 1,
+                "routing",
+                "no routing section, so the default route needs upstream 'default', which is not "
+                f"in backends (known: {', '.join(known) or 'none'})",
+            )
+    problems.raise_if_any()
+
+    if base_dir is not None:
+        ssl = dataclasses.replace(ssl, cert_file=_resolve(base_dir, ssl.cert_file), key_file=_resolve(base_dir, ssl.key_file))
+        admin = dataclasses.replace(admin, api_key_file=_resolve(base_dir, admin.api_key_file))
+        if server.access_log not in ("-", "off"):
+            server = dataclasses.replace(server, access_log=_resolve(base_dir, server.access_log))
+    return Config(server=server, ssl=ssl, admin=admin, backends=backends, routing=routing)
+
+
+# -- public API -------------------------------------------------------------------------
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and return the config file at *path*.
+
+    Relative paths inside it are resolved against the file's directory and
+    :attr:`Config.source` is the file's absolute path.
+
+    :raises ConfigError: if the file cannot be read, is not YAML, or is invalid.
+    """
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: cannot read config file: not UTF-8 (byte offset {exc.start})"]) from exc
+    source = os.path.abspath(path)
+    config = parse_config(text, path, base_dir=os.path.dirname(source))
+    return dataclasses.replace(config, source=source)
+
+
+def parse_config(text: str, filename: str = "<string>", *, base_dir: Optional[str] = None) -> Config:
+    """Validate YAML *text* and return the config; *filename* is used in messages.
+
+    Relative paths are resolved against *base_dir* if given, else left as is.
+
+    :raises ConfigError: listing every problem found.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = filename if mark is None else f"{filename}:{mark.line + 1}"
+        message = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+        raise ConfigError([f"{where}: invalid YAML: {message}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{filename}: invalid YAML: {exc}"]) from exc
+    problems = _Problems(filename)
+    if node is None:
+        root = _Val(None, 1)
+    else:
+        root = _from_node(problems, node, "", node.start_mark.line + 1, set())
+    return _build(problems, root, base_dir)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], filename: str = "<api>", *, base_dir: Optional[str] = None
+) -> Config:
+    """Validate plain data (e.g. a JSON body) laid out like the file and return the config.
+
+    Problems read ``<api>: server.port: ...``.  Relative paths are resolved
+    against *base_dir* if given, else left as is.
+
+    :raises ConfigError: listing every problem found.
+    """
+    problems = _Problems(filename)
+    return _build(problems, _from_python(problems, data, ""), base_dir)
+
+
+def config_to_mapping(config: Config) -> Dict[str, Any]:
+    """Return *config* as plain JSON/YAML-friendly data laid out like the file.
+
+    Durations and sizes use their human forms; secrets are *not* masked.
+    ``config_from_mapping(config_to_mapping(c))`` equals *c* apart from ``source``.
+    """
+    server = _dump(config.server)
+    server["workers"] = "auto" if config.server.workers is None else config.server.workers
+    for key in _SIZE_FIELDS:
+        server[key] = format_size(server[key])
+    backends = {}
+    for name, members in config.backends.items():
+        backends[name] = []
+        for backend in members:
+            data = _dump(backend)
+            if backend.health_check is None:
+                del data["health_check"]
+            else:
+                data["health_check"] = _dump(backend.health_check)
+                data["health_check"]["expected_status"] = "%d-%d" % backend.health_check.expected_status
+            backends[name].append(data)
+    routing = {}
+    for name, route in config.routing.items():
+        data = _dump(route)
+        del data["name"]
+        if route.host is None:
+            del data["host"]
+        data["protocols"] = _dump(route.protocols)
+        routing[name] = data
+    return {
+        "server": server,
+        "ssl": _dump(config.ssl),
+        "admin": _dump(config.admin),
+        "backends": backends,
+        "routing": routing,
+    }
+
+
+def _dump(record: Any) -> Dict[str, Any]:
+    """Return the fields of a model dataclass, floats as durations and tuples as lists."""
+    data = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if field.type in ("float", float):
+            value = format_duration(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        data[field.name] = value
+    return data

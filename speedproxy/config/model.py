@@ -1,0 +1,146 @@
+"""The validated, immutable configuration model.
+
+Every class here is a frozen dataclass with a default for every field, so a
+whole config can be swapped atomically at run time (SIGHUP, admin API) by
+replacing one :class:`Config` reference.  Durations are float seconds and sizes
+are int bytes; the loader in :mod:`speedproxy.config.loader` converts the
+human forms (``30s``, ``64KiB``) found in YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Tuple
+
+#: Balancer names an operator may use in ``routing.*.load_balancer``.
+BALANCER_NAMES = (
+    "round_robin",
+    "weight",
+    "ip_hash",
+    "least_connections",
+    "least_connections_weight",
+    "performance",
+)
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """Active health check of one backend."""
+
+    path: str = "/health"
+    interval: float = 30.0
+    timeout: float = 5.0
+    #: Consecutive failures before a backend is marked down.
+    failures: int = 3
+    #: Consecutive successes before a down backend is marked up again.
+    successes: int = 2
+    #: Inclusive range of statuses that count as healthy.
+    expected_status: Tuple[int, int] = (200, 399)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One origin server inside an upstream group."""
+
+    id: str
+    host: str = "127.0.0.1"
+    port: int = 80
+    weight: int = 100
+    scheme: str = "http"
+    active: bool = True
+    max_conn: int = 1000
+    health_check: Optional[HealthCheckConfig] = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as shown in logs and the access log."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProtocolBalancers:
+    """Balancer used for long-lived protocols on a route."""
+
+    websocket: str = "ip_hash"
+    sse: str = "ip_hash"
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """Maps a path prefix (and optionally a Host) to an upstream group."""
+
+    name: str
+    path: str = "/"
+    host: Optional[str] = None
+    upstream: str = "default"
+    load_balancer: str = "least_connections_weight"
+    protocols: ProtocolBalancers = field(default_factory=ProtocolBalancers)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Client-facing listener and data-path limits."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    #: ``None`` means ``auto``: one worker per CPU.
+    workers: Optional[int] = None
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0
+    #: Idle pooled upstream connections are closed after this long.
+    upstream_keepalive_timeout: float = 60.0
+    #: Idle pooled upstream connections kept per backend and worker.
+    upstream_keepalive: int = 64
+    max_conn: int = 10000
+    max_header_size: int = 64 * 1024
+    #: 0 means unlimited.
+    max_body_size: int = 0
+    real_ip_header: str = "X-Real-IP"
+    trusted_proxies: Tuple[str, ...] = ("127.0.0.1/32", "10.0.0.0/8")
+    #: ``-`` logs to twistd's log, ``off`` disables, anything else is a file path.
+    access_log: str = "-"
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """TLS on the client-facing listener."""
+
+    enabled: bool = False
+    cert_file: str = "certs/server.crt"
+    key_file: str = "certs/server.key"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The JSON control API served by the master."""
+
+    listen: str = "127.0.0.1:9901"
+    api_key: str = ""
+    api_key_file: str = ""
+
+
+def _default_backends() -> Mapping[str, Tuple[BackendConfig, ...]]:
+    return {"default": (BackendConfig(id="backend1", host="127.0.0.1", port=8081),)}
+
+
+def _default_routing() -> Mapping[str, RouteConfig]:
+    return {"default": RouteConfig(name="default")}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated speedproxy configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    backends: Mapping[str, Tuple[BackendConfig, ...]] = field(default_factory=_default_backends)
+    routing: Mapping[str, RouteConfig] = field(default_factory=_default_routing)
+    #: The file this config was read from, if any.
+    source: Optional[str] = None

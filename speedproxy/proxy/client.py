@@ -1,0 +1,310 @@
+"""The client side of the data path: a lean HTTP/1.1 server protocol.
+
+twisted.web's ``HTTPChannel`` and ``Request`` cost more per request than the
+whole proxy budget (see bench/RESULTS.md), so client connections are served
+by this protocol, which parses heads with :mod:`speedproxy.proxy.http1` and
+hands each request to an :class:`~speedproxy.proxy.exchange.Exchange`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet import error as net_error
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from speedproxy.proxy.errors import error_response
+from speedproxy.proxy.exchange import Exchange
+from speedproxy.proxy.forwarding import sane_request_id
+from speedproxy.proxy.http1 import ChunkedDecoder, ProtocolError, parse_request_head
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.proxy.core import ProxyCore
+
+# What the request body currently being read is framed with.
+_BODY_NONE, _BODY_LENGTH, _BODY_CHUNKED = range(3)
+
+
+@implementer(IPushProducer)
+class ClientConnection(Protocol):
+    """One client connection: keep-alive, pipelining-safe, strict.
+
+    Requests on a connection are handled one after another; bytes of a
+    pipelined next request wait in a bounded buffer.  As the producer
+    registered with its own transport, it pauses the backend read while the
+    client's socket buffer is full (a slow client slows the backend, it
+    never fills memory).
+    """
+
+    PAUSED_BY_UPSTREAM = 1
+    PAUSED_CONNECTING = 2
+    PAUSED_PIPELINE = 4
+    PAUSED_DRAINING = 8
+
+    def __init__(self, core: "ProxyCore", scheme: bytes = b"http") -> None:
+        self.core = core
+        self.scheme = scheme
+        self.exchange: Optional[Exchange] = None
+        self.deadline = 0.0
+        self.closing = False
+        self.peer_ip = ""
+        self.peer_trusted = False
+        self.requests = 0
+        self._buffer = b""
+        self._head_deadline = 0.0
+        self._body = _BODY_NONE
+        self._body_remaining = 0
+        self._body_received = 0
+        self._decoder: Optional[ChunkedDecoder] = None
+        self._paused = 0
+        self._write_paused = False
+        self._processing = False
+
+    # -- connection life ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        core = self.core
+        transport = self.transport
+        self.peer_ip = transport.getPeer().host
+        self.peer_trusted = core.resolver.is_trusted(self.peer_ip)
+        transport.registerProducer(self, True)
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        core.client_opened(self)
+        if core.over_connection_limit():
+            self.closing = True
+            self.send_error(503, "too_many_connections", "connection limit reached", core.new_request_id(), False)
+            return
+        self.deadline = core.clock.seconds() + core.server.idle_timeout
+
+    def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
+        self.closing = True
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.client_lost()
+        self.core.client_closed(self)
+
+    def on_timeout(self, now: float) -> None:
+        self.deadline = 0.0
+        if self._write_paused:
+            self.transport.abortConnection()  # the client stopped reading
+        elif self.exchange is not None:
+            if self._body != _BODY_NONE:
+                self._refuse(408, "request_timeout", "request body not received in time")
+        elif self._buffer:
+            self._refuse(408, "request_timeout", "request head not received in time")
+        else:
+            self.transport.loseConnection()  # idle keep-alive connection
+
+    def close_when_idle(self) -> None:
+        """Finish the current request, then close (graceful shutdown)."""
+        self.closing = True
+        if self.exchange is None:
+            self.transport.loseConnection()
+
+    # -- flow control ------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading from the client for ``reason`` (a ``PAUSED_*`` bit)."""
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        """Lift one reason to stop reading; read again once none is left."""
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self.closing:
+                self.transport.resumeProducing()
+
+    # IPushProducer, driven by our own transport's write buffer.
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+        self.deadline = self.core.clock.seconds() + self.core.server.write_timeout
+        exchange = self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        self.deadline = 0.0
+        exchange = self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.transport.resumeProducing()
+        elif exchange is None and not self.closing:
+            self.deadline = self.core.clock.seconds() + self.core.server.idle_timeout
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- reading -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._body != _BODY_NONE:
+            self._feed_body(data)
+            return
+        self._buffer = self._buffer + data if self._buffer else data
+        if self.exchange is None:
+            self._process_buffer()
+        elif len(self._buffer) > self.core.server.max_header_size:
+            self.pause_reading(self.PAUSED_PIPELINE)
+
+    def _process_buffer(self) -> None:
+        """Start every complete request head waiting in the buffer, in order."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            server = self.core.server
+            while self.exchange is None and not self.closing and self._buffer:
+                buffer = self._buffer
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0 or end > server.max_header_size:
+                    if len(buffer) > server.max_header_size or end > server.max_header_size:
+                        self._refuse(431, "request_header_fields_too_large", "request head too large")
+                    elif not self._head_deadline:
+                        self._head_deadline = self.core.clock.seconds() + server.read_timeout
+                        self.deadline = self._head_deadline
+                    return
+                head = buffer[:end]
+                self._buffer = buffer[end + 4 :]
+                self._head_deadline = 0.0
+                if head[:2] == b"\r\n":  # tolerated empty lines between requests
+                    head = head.lstrip(b"\r\n")
+                self._start(head)
+        finally:
+            self._processing = False
+
+    def _start(self, head: bytes) -> None:
+        core = self.core
+        try:
+            request = parse_request_head(head)
+        except ProtocolError as error:
+            self._refuse(error.status, error.code, error.detail)
+            return
+        request_id = sane_request_id(request.request_id) or core.new_request_id()
+        client_ip = (
+            core.resolver.resolve(self.peer_ip, True, request.headers)
+            if self.peer_trusted
+            else self.peer_ip
+        )
+        exchange = Exchange(core, self, request, request_id, client_ip)
+        self.exchange = exchange
+        limit = core.server.max_body_size
+        if request.chunked:
+            self._body = _BODY_CHUNKED
+            self._decoder = ChunkedDecoder()
+            self._body_received = 0
+        elif request.content_length:
+            if limit and request.content_length > limit:
+                exchange.fail(413, "content_too_large", "request body exceeds %d bytes" % limit)
+                return
+            self._body = _BODY_LENGTH
+            self._body_remaining = request.content_length
+        if self._body != _BODY_NONE:
+            self.deadline = core.clock.seconds() + core.server.read_timeout
+        else:
+            self.deadline = 0.0
+        exchange.start()
+        if self._body != _BODY_NONE and self._buffer and self.exchange is exchange:
+            data = self._buffer
+            self._buffer = b""
+            self._feed_body(data)
+
+    def _feed_body(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.deadline = self.core.clock.seconds() + self.core.server.read_timeout
+        if self._body == _BODY_LENGTH:
+            remaining = self._body_remaining
+            if len(data) < remaining:
+                self._body_remaining = remaining - len(data)
+                exchange.request_body(data)
+                return
+            rest = data[remaining:]
+            self._body_remaining = 0
+            exchange.request_body(data[:remaining] if rest else data)
+        else:
+            decoder = self._decoder
+            try:
+                pieces = decoder.feed(data)  # type: ignore[union-attr]
+            except ProtocolError as error:
+                self._body = _BODY_NONE
+                exchange.fail(error.status, error.code, error.detail)
+                return
+            limit = self.core.server.max_body_size
+            for piece in pieces:
+                self._body_received += len(piece)
+                if limit and self._body_received > limit:
+                    self._body = _BODY_NONE
+                    exchange.fail(413, "content_too_large", "request body exceeds %d bytes" % limit)
+                    return
+                exchange.request_body(piece)
+            if not decoder.done:  # type: ignore[union-attr]
+                return
+            rest = decoder.leftover  # type: ignore[union-attr]
+            self._decoder = None
+        self._body = _BODY_NONE
+        self.deadline = 0.0
+        if rest:
+            self._buffer = self._buffer + rest if self._buffer else rest
+        exchange.request_body_done()
+
+    # -- writing -----------------------------------------------------------
+
+    def send_error(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        request_id: bytes,
+        keep_alive: bool,
+        head_only: bool = False,
+    ) -> int:
+        """Write a JSON error response; return the body size."""
+        data = error_response(
+            status, code, detail, request_id, self.core.server_tag, keep_alive, head_only
+        )
+        self.transport.write(data)
+        return len(data)
+
+    def _refuse(self, status: int, code: str, detail: str) -> None:
+        """Answer a request that cannot be served, then close the connection."""
+        exchange = self.exchange
+        if exchange is not None:
+            self._body = _BODY_NONE
+            exchange.fail(status, code, detail)
+            return
+        self.closing = True
+        self._buffer = b""
+        request_id = self.core.new_request_id()
+        self.send_error(status, code, detail, request_id, False)
+        self.core.log_refusal(self, status, request_id)
+        self.transport.loseConnection()
+
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool, abort: bool = False) -> None:
+        """The current exchange is over: serve the next request or close."""
+        if self.exchange is not exchange:
+            return
+        self.exchange = None
+        self.requests += 1
+        if abort:
+            self.closing = True
+            self.transport.abortConnection()
+            return
+        if not keep_alive or self.closing or self._body != _BODY_NONE:
+            self.closing = True
+            self._body = _BODY_NONE
+            self.transport.loseConnection()
+            return
+        self.resume_reading(self.PAUSED_PIPELINE | self.PAUSED_BY_UPSTREAM | self.PAUSED_CONNECTING)
+        if not self._write_paused:
+            self.deadline = self.core.clock.seconds() + self.core.server.idle_timeout
+        if self._buffer:
+            self._process_buffer()

@@ -1,0 +1,154 @@
+"""The shared state of one worker's data path, swappable at run time."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from speedproxy import __version__
+from speedproxy.accesslog import AccessLogFormatter, IAccessLog
+from speedproxy.config.model import Config, ServerConfig
+from speedproxy.proxy.forwarding import ClientAddressResolver
+from speedproxy.proxy.timeouts import TimeoutSweeper
+from speedproxy.proxy.upstream import ConnectionPool
+from speedproxy.routing import Route, Router, build_routes
+from speedproxy.upstreams import UpstreamGroup, build_groups
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.proxy.client import ClientConnection
+    from speedproxy.proxy.exchange import Exchange
+
+
+class ProxyCore:
+    """Config, routes, backends and the connection pool of one worker.
+
+    Every client connection holds a reference to the core and reads the
+    *current* settings from it per request, so :meth:`apply_config` takes
+    effect for the next request without touching open connections.
+    """
+
+    def __init__(
+        self,
+        reactor: object,
+        config: Config,
+        access_log: Optional[IAccessLog] = None,
+        sweep_interval: float = 0.25,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.sweeper = TimeoutSweeper(self.clock, sweep_interval)
+        server = config.server
+        self.pool = ConnectionPool(
+            reactor,
+            self.sweeper,
+            connect_timeout=server.upstream_connect_timeout,
+            read_timeout=server.upstream_read_timeout,
+            keepalive_timeout=server.upstream_keepalive_timeout,
+            max_idle=server.upstream_keepalive,
+        )
+        self.access_log = access_log
+        self._formatter = AccessLogFormatter()
+        self.server_tag = b"X-Speedproxy: %s\r\nVia: 1.1 speedproxy\r\n" % __version__.encode()
+        self.retries = 2
+        self.clients: Set["ClientConnection"] = set()
+        self.groups: Dict[str, UpstreamGroup] = {}
+        self.routes: List[Route] = []
+        self._id_prefix = os.urandom(4).hex().encode("ascii")
+        self._id_counter = 0
+        self.requests_served = 0
+        self._drained: List[Deferred] = []
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        """Make ``config`` the live one; backend state of kept ids survives."""
+        server = config.server
+        self.config = config
+        self.server: ServerConfig = server
+        self.resolver = ClientAddressResolver(server.trusted_proxies, server.real_ip_header)
+        self.groups = build_groups(config.backends, self.groups)
+        self.routes = build_routes(config.routing, self.groups, self.routes)
+        self.router = Router(self.routes)
+        self.pool.configure(
+            server.upstream_connect_timeout,
+            server.upstream_read_timeout,
+            server.upstream_keepalive_timeout,
+            server.upstream_keepalive,
+        )
+
+    def start(self) -> None:
+        """Start the timers of the data path."""
+        self.sweeper.start()
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        self.pool.close_idle()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    # -- bookkeeping used by connections -------------------------------------
+
+    def new_request_id(self) -> bytes:
+        """A request id unique to this worker process."""
+        self._id_counter += 1
+        return b"%s-%x" % (self._id_prefix, self._id_counter)
+
+    def client_opened(self, client: "ClientConnection") -> None:
+        self.clients.add(client)
+        self.sweeper.watch(client)
+
+    def client_closed(self, client: "ClientConnection") -> None:
+        self.clients.discard(client)
+        self.sweeper.unwatch(client)
+        if not self.clients and self._drained:
+            waiting, self._drained = self._drained, []
+            for deferred in waiting:
+                deferred.callback(None)
+
+    def when_no_clients(self) -> Deferred:
+        """A Deferred that fires once no client connection is open."""
+        if not self.clients:
+            return succeed(None)
+        deferred: Deferred = Deferred()
+        self._drained.append(deferred)
+        return deferred
+
+    def over_connection_limit(self) -> bool:
+        return len(self.clients) > self.server.max_conn
+
+    def log_exchange(self, exchange: "Exchange", status: int) -> None:
+        """Account for (and access-log) one finished exchange."""
+        self.requests_served += 1
+        log = self.access_log
+        if log is None:
+            return
+        request = exchange.request
+        backend = exchange.tried[-1] if exchange.tried else None
+        log.write(
+            self._formatter.format(
+                exchange.client_ip,
+                request.method,
+                request.target,
+                request.version,
+                status,
+                exchange.bytes_sent,
+                request.header(b"referer"),
+                request.header(b"user-agent"),
+                self.clock.seconds() - exchange.started,
+                backend.config.address if backend is not None else "-",
+                exchange.request_id,
+            )
+        )
+
+    def log_refusal(self, client: "ClientConnection", status: int, request_id: bytes) -> None:
+        """Access-log a request refused before it could be parsed."""
+        self.requests_served += 1
+        log = self.access_log
+        if log is not None:
+            log.write(
+                self._formatter.format(
+                    client.peer_ip, b"-", b"-", b"-", status, 0, None, None, 0.0, "-", request_id
+                )
+            )

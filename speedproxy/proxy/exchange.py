@@ -1,0 +1,374 @@
+"""One request/response relayed between a client and a backend."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, Optional
+
+from twisted.python.failure import Failure
+
+from speedproxy.proxy.forwarding import client_response_head, upstream_request_head
+from speedproxy.proxy.http1 import LAST_CHUNK, RequestHead, ResponseHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.proxy.client import ClientConnection
+    from speedproxy.proxy.core import ProxyCore
+    from speedproxy.proxy.upstream import UpstreamConnection
+    from speedproxy.routing import Route
+    from speedproxy.upstreams import Backend, BalancedGroup
+
+#: Methods retried on another backend even after the head reached one.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+#: Request body bytes held while the backend connection is being opened.
+PENDING_LIMIT = 64 * 1024
+
+# How the response body is framed towards the client.
+_TO_CLIENT_NONE, _TO_CLIENT_RAW, _TO_CLIENT_CHUNKED = range(3)
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Exchange:
+    """Relays one request to a backend and its response back to the client.
+
+    Created by the :class:`~speedproxy.proxy.client.ClientConnection` once a
+    request head is parsed; it picks a backend, borrows a pooled connection,
+    streams the body both ways and, on failure before any response byte,
+    retries another backend when that is safe.
+    """
+
+    __slots__ = (
+        "core",
+        "client",
+        "request",
+        "request_id",
+        "client_ip",
+        "route",
+        "balanced",
+        "backend",
+        "tried",
+        "upstream",
+        "pending",
+        "pending_size",
+        "body_done",
+        "body_sent",
+        "head_sent",
+        "response_started",
+        "status",
+        "bytes_sent",
+        "started",
+        "upstream_started",
+        "finished",
+        "_to_client",
+        "_keep_alive",
+        "_continue_sent",
+    )
+
+    def __init__(
+        self,
+        core: "ProxyCore",
+        client: "ClientConnection",
+        request: RequestHead,
+        request_id: bytes,
+        client_ip: str,
+    ) -> None:
+        self.core = core
+        self.client = client
+        self.request = request
+        self.request_id = request_id
+        self.client_ip = client_ip
+        self.route: Optional["Route"] = None
+        self.balanced: Optional["BalancedGroup"] = None
+        self.backend: Optional["Backend"] = None
+        self.tried: List["Backend"] = []
+        self.upstream: Optional["UpstreamConnection"] = None
+        self.pending: List[bytes] = []
+        self.pending_size = 0
+        self.body_done = not request.has_body
+        self.body_sent = False
+        self.head_sent = False
+        self.response_started = False
+        self.status = 0
+        self.bytes_sent = 0
+        self.started = core.clock.seconds()
+        self.upstream_started = 0.0
+        self.finished = False
+        self._to_client = _TO_CLIENT_NONE
+        self._keep_alive = request.keep_alive
+        self._continue_sent = False
+
+    # -- choosing a backend ----------------------------------------------
+
+    def start(self) -> None:
+        """Route the request and start connecting to a backend."""
+        request = self.request
+        route = self.core.router.match(request.host, request.path)
+        if route is None:
+            self.fail(404, "no_route", "no route matches this request")
+            return
+        self.route = route
+        self.balanced = route.http
+        self._connect()
+
+    def _connect(self) -> None:
+        backend = self.balanced.pick(self.client_ip, self.tried)  # type: ignore[union-attr]
+        if backend is None:
+            if self.tried:
+                self.fail(502, "bad_gateway", "no backend could be reached")
+            else:
+                self.fail(503, "no_backend_available", "no healthy backend can take the request")
+            return
+        self.backend = backend
+        self.head_sent = False
+        self.tried.append(backend)
+        backend.active_connections += 1
+        backend.requests += 1
+        self.upstream_started = self.core.clock.seconds()
+        self.core.pool.acquire(backend, self)
+
+    def _release_backend(self, failed: bool) -> None:
+        """Stop counting this exchange against its backend (idempotent)."""
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.active_connections -= 1
+            if failed:
+                backend.failures += 1
+
+    def _may_retry(self) -> bool:
+        if self.response_started or self.finished:
+            return False
+        if len(self.tried) > self.core.retries:
+            return False
+        if self.body_sent:  # a streamed body cannot be replayed
+            return False
+        return not self.head_sent or self.request.method in IDEMPOTENT
+
+    # -- events from the upstream side -------------------------------------
+
+    def upstream_ready(self, connection: "UpstreamConnection", reused: bool) -> None:
+        """A connection to the chosen backend is ready for this request."""
+        if self.finished:
+            self.core.pool.release(connection)
+            return
+        self.upstream = connection
+        request = self.request
+        connection.attach(self, request.method == b"HEAD")
+        if request.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif request.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % request.content_length
+        else:
+            framing = b""
+        client = self.client
+        head = upstream_request_head(
+            request.method,
+            request.target,
+            request.headers,
+            request.connection_tokens,
+            peer=client.peer_ip,
+            client_ip=self.client_ip,
+            scheme=client.scheme,
+            host=request.host,
+            request_id=self.request_id,
+            framing=framing,
+        )
+        transport = connection.transport
+        self.head_sent = True
+        if self.pending:
+            self.pending.insert(0, head)
+            transport.writeSequence(self.pending)
+            self.pending = []
+            self.pending_size = 0
+            self.body_sent = True
+            client.resume_reading(client.PAUSED_CONNECTING)
+        else:
+            transport.write(head)
+        if self.body_done:
+            connection.arm_read_timeout()
+        elif request.expect_continue and not self._continue_sent:
+            self._continue_sent = True
+            client.transport.write(_CONTINUE)
+
+    def upstream_connect_failed(self, reason: Failure, timed_out: bool) -> None:
+        """Opening a connection to the backend failed."""
+        if self.finished:
+            return
+        self._release_backend(True)
+        if self._may_retry():
+            self._connect()
+        elif timed_out:
+            self.fail(504, "gateway_timeout", "timed out connecting to the backend")
+        else:
+            self.fail(502, "bad_gateway", "could not connect to the backend: %s" % reason.getErrorMessage())
+
+    def upstream_lost(self, reason: Failure, got_response: bool) -> None:
+        """The backend connection closed before the response was complete."""
+        self.upstream = None
+        if self.finished:
+            return
+        self._release_backend(True)
+        if not self.response_started and self._may_retry():
+            self._connect()
+        elif self.response_started:
+            self._abort_client()
+        else:
+            self.fail(502, "bad_gateway", "the backend closed the connection without answering")
+
+    def upstream_timed_out(self, got_response: bool) -> None:
+        """The backend did not answer (or went quiet) within ``read_timeout``."""
+        self.upstream = None
+        if self.finished:
+            return
+        self._release_backend(True)
+        if self.response_started:
+            self._abort_client()
+        else:
+            self.fail(504, "gateway_timeout", "the backend did not answer in time")
+
+    def upstream_bad_response(self, detail: str, got_response: bool) -> None:
+        """The backend sent something that is not valid HTTP/1.1."""
+        self.upstream = None
+        if self.finished:
+            return
+        self._release_backend(True)
+        if self.response_started:
+            self._abort_client()
+        else:
+            self.fail(502, "bad_gateway", detail)
+
+    def response_head(self, response: ResponseHead, no_body: bool) -> None:
+        """Send the backend's response head on to the client."""
+        self.response_started = True
+        self.status = response.status
+        backend = self.backend
+        if backend is not None:
+            backend.record_response_time(self.core.clock.seconds() - self.upstream_started)
+        client = self.client
+        keep_alive = self._keep_alive and self.body_done and not client.closing
+        if no_body:
+            self._to_client = _TO_CLIENT_NONE
+            framing = (
+                b"Content-Length: %d\r\n" % response.content_length
+                if response.content_length is not None
+                else b""
+            )
+        elif response.content_length is not None:
+            self._to_client = _TO_CLIENT_RAW
+            framing = b"Content-Length: %d\r\n" % response.content_length
+        elif self.request.version == b"HTTP/1.1":
+            self._to_client = _TO_CLIENT_CHUNKED
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            self._to_client = _TO_CLIENT_RAW
+            framing = b""
+            keep_alive = False
+        self._keep_alive = keep_alive
+        client.transport.write(
+            client_response_head(
+                b"HTTP/1.1",
+                response.status,
+                response.reason,
+                response.headers,
+                response.connection_tokens,
+                request_id=self.request_id,
+                server_tag=self.core.server_tag,
+                framing=framing,
+                keep_alive=keep_alive,
+            )
+        )
+
+    def response_body(self, data: bytes) -> None:
+        """Relay one piece of response body."""
+        self.bytes_sent += len(data)
+        if self._to_client == _TO_CLIENT_CHUNKED:
+            if data:
+                self.client.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.client.transport.write(data)
+
+    def response_done(self, reusable: bool) -> None:
+        """The whole response has been relayed."""
+        connection = self.upstream
+        self.upstream = None
+        if self._to_client == _TO_CLIENT_CHUNKED:
+            self.client.transport.write(LAST_CHUNK)
+        self._release_backend(False)
+        if connection is not None:
+            if reusable and self.body_done:
+                self.core.pool.release(connection)
+            else:
+                connection.abort()
+        self._finish()
+
+    # -- events from the client side ---------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        """Relay one piece of request body (already de-framed)."""
+        if self.request.chunked:
+            frame = b"%x\r\n%b\r\n" % (len(data), data)
+        else:
+            frame = data
+        upstream = self.upstream
+        if upstream is not None:
+            self.body_sent = True
+            upstream.transport.write(frame)
+        elif not self.finished:
+            self.pending.append(frame)
+            self.pending_size += len(frame)
+            if self.pending_size > PENDING_LIMIT:
+                self.client.pause_reading(self.client.PAUSED_CONNECTING)
+
+    def request_body_done(self) -> None:
+        """The client finished sending the request body."""
+        self.body_done = True
+        if self.finished:
+            return
+        upstream = self.upstream
+        if self.request.chunked:
+            if upstream is not None:
+                upstream.transport.write(LAST_CHUNK)
+            else:
+                self.pending.append(LAST_CHUNK)
+        if upstream is not None:
+            upstream.arm_read_timeout()
+
+    def client_lost(self) -> None:
+        """The client went away: drop the backend connection, never reuse it."""
+        if self.finished:
+            return
+        self.finished = True
+        connection = self.upstream
+        self.upstream = None
+        if connection is not None:
+            connection.abort()
+        self._release_backend(False)
+        self.core.log_exchange(self, 499)
+
+    # -- ending ------------------------------------------------------------
+
+    def fail(self, status: int, code: str, detail: str) -> None:
+        """Answer with a JSON error, or cut the client off if too late for one."""
+        if self.finished:
+            return
+        if self.response_started:
+            self._abort_client()
+            return
+        self.status = status
+        self.response_started = True
+        keep_alive = self._keep_alive and self.body_done and not self.client.closing
+        self._keep_alive = keep_alive
+        self.bytes_sent = self.client.send_error(
+            status, code, detail, self.request_id, keep_alive, self.request.method == b"HEAD"
+        )
+        self._finish()
+
+    def _abort_client(self) -> None:
+        self._keep_alive = False
+        self.finished = True
+        self.core.log_exchange(self, self.status)
+        self.client.exchange_finished(self, False, abort=True)
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.core.log_exchange(self, self.status)
+        self.client.exchange_finished(self, self._keep_alive)

@@ -1,0 +1,192 @@
+"""What the proxy adds, removes and trusts in forwarded headers."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from speedproxy.proxy.http1 import Headers
+
+#: Hop-by-hop fields (RFC 9110 7.6.1) plus the non-standard ones peers strip.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: Fields the proxy sets itself on the way to a backend.
+_REPLACED_UPSTREAM = HOP_BY_HOP | {
+    b"content-length",
+    b"expect",
+    b"x-real-ip",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+}
+#: Fields the proxy sets itself on the way to a client.
+_REPLACED_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"x-request-id", b"x-speedproxy"}
+
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}\Z")
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def sane_request_id(value: Optional[bytes]) -> Optional[bytes]:
+    """Return a client's ``X-Request-Id`` if it is safe to keep, else ``None``."""
+    if value is not None and _SANE_REQUEST_ID.match(value) is not None:
+        return value
+    return None
+
+
+class ClientAddressResolver:
+    """Finds the real client address, trusting headers only from trusted peers.
+
+    ``X-Forwarded-For`` (when it is the configured header) is walked right to
+    left, skipping only trusted hops, so a client cannot spoof its address by
+    prepending entries.
+    """
+
+    def __init__(self, trusted_proxies: Sequence[str], real_ip_header: str) -> None:
+        self._networks: Tuple[Network, ...] = tuple(
+            ipaddress.ip_network(network, strict=False) for network in trusted_proxies
+        )
+        self.header = real_ip_header.lower().encode("ascii")
+        self._is_xff = self.header == b"x-forwarded-for"
+
+    def is_trusted(self, address: str) -> bool:
+        """Is ``address`` one of the trusted proxies?"""
+        if not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
+
+    def resolve(self, peer: str, peer_trusted: bool, headers: Headers) -> str:
+        """Return the client address for a request from ``peer``."""
+        if not peer_trusted:
+            return peer
+        wanted = self.header
+        values: List[bytes] = [value for name, value in headers if name.lower() == wanted]
+        if not values:
+            return peer
+        if self._is_xff:
+            hops = [hop.strip() for value in values for hop in value.split(b",")]
+            for hop in reversed(hops):
+                text = hop.decode("latin-1")
+                if not _valid_ip(text):
+                    return peer
+                if not self.is_trusted(text):
+                    return text
+            return hops[0].decode("latin-1") if hops else peer
+        text = values[-1].strip().decode("latin-1")
+        return text if _valid_ip(text) else peer
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def upstream_request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    connection_tokens: Iterable[bytes],
+    *,
+    peer: str,
+    client_ip: str,
+    scheme: bytes,
+    host: bytes,
+    request_id: bytes,
+    framing: bytes,
+) -> bytes:
+    """Serialise the request head sent to a backend.
+
+    ``framing`` is the already-formatted body framing field line(s), for
+    example ``b"Content-Length: 12\\r\\n"`` or ``b""``.
+    """
+    drop = _REPLACED_UPSTREAM
+    if connection_tokens:
+        drop = drop | frozenset(connection_tokens)
+    out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    forwarded_for = None
+    via = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in drop:
+            continue
+        if lname == b"x-forwarded-for":
+            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            continue
+        if lname == b"via":
+            via = value if via is None else via + b", " + value
+            continue
+        out += (name, b": ", value, b"\r\n")
+    peer_bytes = peer.encode("ascii")
+    out += (
+        b"X-Forwarded-For: ",
+        peer_bytes if forwarded_for is None else forwarded_for + b", " + peer_bytes,
+        b"\r\nX-Real-IP: ",
+        client_ip.encode("ascii"),
+        b"\r\nX-Forwarded-Proto: ",
+        scheme,
+        b"\r\nX-Forwarded-Host: ",
+        host,
+        b"\r\nVia: ",
+        b"1.1 speedproxy" if via is None else via + b", 1.1 speedproxy",
+        b"\r\nX-Request-Id: ",
+        request_id,
+        b"\r\n",
+        framing,
+        b"\r\n",
+    )
+    return b"".join(out)
+
+
+def client_response_head(
+    version: bytes,
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    connection_tokens: Iterable[bytes],
+    *,
+    request_id: bytes,
+    server_tag: bytes,
+    framing: bytes,
+    keep_alive: bool,
+) -> bytes:
+    """Serialise the response head sent to the client.
+
+    ``server_tag`` is the preformatted ``X-Speedproxy``/``Via`` block.
+    """
+    drop = _REPLACED_DOWNSTREAM
+    if connection_tokens:
+        drop = drop | frozenset(connection_tokens)
+    out = [b"%s %d %s\r\n" % (version, status, reason)]
+    for name, value in headers:
+        if name.lower() in drop:
+            continue
+        out += (name, b": ", value, b"\r\n")
+    out += (
+        server_tag,
+        b"X-Request-Id: ",
+        request_id,
+        b"\r\n",
+        framing,
+        b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+    )
+    return b"".join(out)

@@ -1,0 +1,386 @@
+"""Strict, allocation-light HTTP/1.1 message parsing (sans I/O).
+
+Everything here works on ``bytes`` and raises :class:`ProtocolError` carrying
+the status the proxy should answer with.  The rules are the ones that keep
+request smuggling out (RFC 9112 section 11.2): one framing per message, no
+obs-fold, no duplicate or malformed ``Content-Length``, strict chunk sizes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+Headers = List[Tuple[bytes, bytes]]
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# Field values may hold visible ASCII, obs-text, SP and HTAB; nothing else.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A request target: no whitespace, no control characters.
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
+
+#: The most header fields accepted in one head (431 beyond).
+MAX_HEADER_COUNT = 128
+
+BODYLESS_STATUS = frozenset({204, 304})
+
+
+class ProtocolError(Exception):
+    """A message the proxy refuses; ``status`` and ``code`` shape the answer."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _bad(detail: str) -> ProtocolError:
+    return ProtocolError(400, "bad_request", detail)
+
+
+class RequestHead:
+    """A parsed request line and header block."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "host",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "expect_continue",
+        "connection_tokens",
+        "upgrade",
+        "request_id",
+        "raw_size",
+    )
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: Headers
+    host: bytes
+    content_length: Optional[int]
+    chunked: bool
+    keep_alive: bool
+    expect_continue: bool
+    connection_tokens: Tuple[bytes, ...]
+    upgrade: Optional[bytes]
+    #: The client's ``X-Request-Id``, unvalidated.
+    request_id: Optional[bytes]
+    raw_size: int
+
+    @property
+    def has_body(self) -> bool:
+        """Does a body follow the head?"""
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def path(self) -> bytes:
+        """The path part of the target (no query), for routing."""
+        target = self.target
+        if target[:1] != b"/":
+            # absolute-form: scheme://authority/path?query
+            _, sep, rest = target.partition(b"://")
+            if sep:
+                slash = rest.find(b"/")
+                target = rest[slash:] if slash >= 0 else b"/"
+        query = target.find(b"?")
+        return target if query < 0 else target[:query]
+
+    def header(self, lowered_name: bytes) -> Optional[bytes]:
+        """Return the first value of a header, by lower-case name."""
+        for name, value in self.headers:
+            if name.lower() == lowered_name:
+                return value
+        return None
+
+
+def _parse_fields(lines: List[bytes]) -> Headers:
+    """Parse header lines (after the start line) strictly."""
+    if len(lines) > MAX_HEADER_COUNT + 1:
+        raise ProtocolError(431, "request_header_fields_too_large", "too many header fields")
+    headers: Headers = []
+    append = headers.append
+    token = _TOKEN.match
+    bad_value = _BAD_VALUE.search
+    for index in range(1, len(lines)):
+        line = lines[index]
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise _bad("header line without a colon")
+        if token(name) is None:
+            if name[:1] in (b" ", b"\t"):
+                raise _bad("obsolete line folding is not allowed")
+            raise _bad("invalid header field name %r" % name[:64].decode("latin-1"))
+        value = value.strip(b" \t")
+        if bad_value(value) is not None:
+            raise _bad("control character in header %r" % name.decode("latin-1"))
+        append((name, value))
+    return headers
+
+
+def parse_request_head(head: bytes) -> RequestHead:
+    """Parse a request head (without its final blank line).
+
+    :raises ProtocolError: for anything malformed or ambiguous.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise _bad("malformed request line")
+    method, target, version = parts
+    if _TOKEN.match(method) is None:
+        raise _bad("invalid method")
+    if not target or _BAD_TARGET.search(target) is not None:
+        raise _bad("invalid request target")
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        if version[:5] == b"HTTP/" and len(version) == 8:
+            raise ProtocolError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1")
+        raise _bad("malformed HTTP version")
+    headers = _parse_fields(lines)
+
+    request = RequestHead()
+    request.method = method
+    request.target = target
+    request.version = version
+    request.headers = headers
+    request.raw_size = len(head)
+    host: Optional[bytes] = None
+    content_length: Optional[int] = None
+    transfer_encoding: Optional[bytes] = None
+    connection: Tuple[bytes, ...] = ()
+    expect: Optional[bytes] = None
+    upgrade: Optional[bytes] = None
+    request_id: Optional[bytes] = None
+    for name, value in headers:
+        if len(name) > 17:  # longest name of interest: transfer-encoding
+            continue
+        lname = name.lower()
+        if lname == b"host":
+            if host is not None:
+                raise _bad("more than one Host header")
+            host = value
+        elif lname == b"content-length":
+            if content_length is not None:
+                raise _bad("more than one Content-Length header")
+            if _DIGITS.match(value) is None:
+                raise _bad("invalid Content-Length")
+            content_length = int(value)
+        elif lname == b"transfer-encoding":
+            if transfer_encoding is not None:
+                raise _bad("more than one Transfer-Encoding header")
+            transfer_encoding = value
+        elif lname == b"connection":
+            connection = connection + tuple(
+                token.strip().lower() for token in value.split(b",") if token.strip()
+            )
+        elif lname == b"expect":
+            expect = value.lower()
+        elif lname == b"upgrade":
+            upgrade = value
+        elif lname == b"x-request-id":
+            request_id = value
+    if transfer_encoding is not None:
+        if content_length is not None:
+            raise _bad("both Content-Length and Transfer-Encoding")
+        if version == b"HTTP/1.0":
+            raise _bad("Transfer-Encoding in an HTTP/1.0 request")
+        if transfer_encoding.lower() != b"chunked":
+            raise ProtocolError(
+                501, "not_implemented", "only Transfer-Encoding: chunked is supported"
+            )
+    if host is None:
+        if version == b"HTTP/1.1":
+            raise _bad("missing Host header")
+        host = b""
+    elif not host or _BAD_TARGET.search(host) is not None or b"/" in host:
+        raise _bad("invalid Host header")
+    request.host = host
+    request.content_length = content_length
+    request.chunked = transfer_encoding is not None
+    request.connection_tokens = connection
+    if version == b"HTTP/1.1":
+        request.keep_alive = b"close" not in connection
+    else:
+        request.keep_alive = b"keep-alive" in connection
+    if expect is not None and expect != b"100-continue":
+        raise ProtocolError(417, "expectation_failed", "only Expect: 100-continue is supported")
+    request.expect_continue = expect is not None and version == b"HTTP/1.1"
+    request.upgrade = upgrade if b"upgrade" in connection else None
+    request.request_id = request_id
+    return request
+
+
+class ResponseHead:
+    """A parsed status line and header block from a backend."""
+
+    __slots__ = (
+        "version",
+        "status",
+        "reason",
+        "headers",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "connection_tokens",
+    )
+
+    version: bytes
+    status: int
+    reason: bytes
+    headers: Headers
+    content_length: Optional[int]
+    chunked: bool
+    keep_alive: bool
+    connection_tokens: Tuple[bytes, ...]
+
+
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Parse a backend's response head (without its final blank line).
+
+    :raises ProtocolError: (502) for anything malformed or ambiguous.
+    """
+    try:
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        status_text, _, reason = rest.partition(b" ")
+        if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+            raise _bad("malformed status line")
+        if len(status_text) != 3 or not status_text.isdigit():
+            raise _bad("malformed status code")
+        headers = _parse_fields(lines)
+    except ProtocolError as error:
+        raise ProtocolError(502, "bad_gateway", "invalid response from backend: " + error.detail)
+
+    response = ResponseHead()
+    response.version = version
+    response.status = int(status_text)
+    response.reason = reason
+    response.headers = headers
+    content_length: Optional[int] = None
+    chunked = False
+    connection: Tuple[bytes, ...] = ()
+    for name, value in headers:
+        if len(name) > 17:
+            continue
+        lname = name.lower()
+        if lname == b"content-length":
+            if _DIGITS.match(value) is None or (
+                content_length is not None and int(value) != content_length
+            ):
+                raise ProtocolError(502, "bad_gateway", "invalid Content-Length from backend")
+            content_length = int(value)
+        elif lname == b"transfer-encoding":
+            if value.lower() != b"chunked" or chunked:
+                raise ProtocolError(
+                    502, "bad_gateway", "unsupported Transfer-Encoding from backend"
+                )
+            chunked = True
+        elif lname == b"connection":
+            connection = connection + tuple(
+                token.strip().lower() for token in value.split(b",") if token.strip()
+            )
+    if chunked:
+        # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and such
+        # a message must not be reused.
+        content_length = None
+        connection = connection + (b"close",)
+    response.content_length = content_length
+    response.chunked = chunked
+    response.connection_tokens = connection
+    if version == b"HTTP/1.1":
+        response.keep_alive = b"close" not in connection
+    else:
+        response.keep_alive = b"keep-alive" in connection
+    return response
+
+
+class ChunkedDecoder:
+    """Incremental, strict decoder of a chunked body.
+
+    Feed it bytes; it returns the data pieces found and sets :attr:`done`
+    once the last chunk and trailers have been read, leaving any bytes that
+    follow the message in :attr:`leftover`.
+    """
+
+    __slots__ = ("_state", "_remaining", "_line", "done", "leftover", "_max_line")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, max_line: int = 4096) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = b""
+        self._max_line = max_line
+        self.done = False
+        self.leftover = b""
+
+    def feed(self, data: bytes) -> List[bytes]:
+        """Consume ``data``; return the body pieces it completed.
+
+        :raises ProtocolError: on a malformed chunk size, line ending or trailer.
+        """
+        pieces: List[bytes] = []
+        pos = 0
+        end = len(data)
+        while pos < end:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._remaining, end - pos)
+                pieces.append(data[pos : pos + take] if (pos or take != end) else data)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = self._DATA_END
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > self._max_line:
+                    raise _bad("chunk line too long")
+                break
+            line = self._line + data[pos:newline + 1]
+            self._line = b""
+            pos = newline + 1
+            if line[-2:] != b"\r\n" or len(line) > self._max_line:
+                raise _bad("malformed chunk line ending")
+            line = line[:-2]
+            if state == self._SIZE:
+                size_text, _, extension = line.partition(b";")
+                if _HEX.match(size_text) is None:
+                    raise _bad("invalid chunk size")
+                if _BAD_VALUE.search(extension) is not None:
+                    raise _bad("invalid chunk extension")
+                size = int(size_text, 16)
+                if size:
+                    self._remaining = size
+                    self._state = self._DATA
+                else:
+                    self._state = self._TRAILER
+            elif state == self._DATA_END:
+                if line:
+                    raise _bad("chunk data longer than its size")
+                self._state = self._SIZE
+            else:  # trailer section
+                if not line:
+                    self.done = True
+                    self.leftover = data[pos:]
+                    return pieces
+                name, sep, value = line.partition(b":")
+                if not sep or _TOKEN.match(name) is None or _BAD_VALUE.search(value):
+                    raise _bad("invalid trailer field")
+        return pieces
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """Frame one piece of body as a chunk."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

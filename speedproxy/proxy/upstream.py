@@ -1,0 +1,386 @@
+"""Keep-alive connections to backends and the per-worker pool that holds them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+from twisted.internet import error as net_error
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from speedproxy.proxy.http1 import (
+    BODYLESS_STATUS,
+    ChunkedDecoder,
+    ProtocolError,
+    ResponseHead,
+    parse_response_head,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.proxy.exchange import Exchange
+    from speedproxy.proxy.timeouts import TimeoutSweeper
+    from speedproxy.upstreams import Backend
+
+PoolKey = Tuple[str, str, int]
+
+# How the body of the current response is delimited.
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+
+#: Largest response head accepted from a backend.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+@implementer(IPushProducer)
+class UpstreamConnection(Protocol):
+    """One HTTP/1.1 connection to a backend, reused across requests.
+
+    It parses response heads and frames bodies, handing everything to the
+    :class:`~speedproxy.proxy.exchange.Exchange` it is attached to.  As the
+    producer registered with its own transport it relays backpressure: when
+    the backend cannot take more request body, the client stops being read.
+    """
+
+    exchange: Optional["Exchange"] = None
+
+    def __init__(self, pool: "ConnectionPool", backend: "Backend", key: PoolKey) -> None:
+        self.pool = pool
+        self.backend = backend
+        self.key = key
+        self.deadline = 0.0
+        self.idle = False
+        self.head_only = False
+        self._buffer = b""
+        self._framing = _NO_BODY
+        self._remaining = 0
+        self._decoder: Optional[ChunkedDecoder] = None
+        self._response: Optional[ResponseHead] = None
+        self._reusable = True
+        self._in_body = False
+        self.requests = 0
+        self.connected_exchange: Optional["Exchange"] = None
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        transport.registerProducer(self, True)
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self.pool.sweeper.watch(self)
+        exchange = self.connected_exchange
+        self.connected_exchange = None
+        if exchange is not None:
+            exchange.upstream_ready(self, False)
+
+    def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
+        self.connected = False
+        self.pool.forget(self)
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is None:
+            return
+        if self._in_body and self._framing == _UNTIL_CLOSE:
+            self._in_body = False
+            exchange.response_done(False)
+        else:
+            exchange.upstream_lost(reason, got_response=self._response is not None)
+
+    def attach(self, exchange: "Exchange", head_only: bool) -> None:
+        """Start serving one request for ``exchange``."""
+        self.exchange = exchange
+        self.head_only = head_only
+        self.idle = False
+        self.deadline = 0.0
+        self._response = None
+        self._in_body = False
+        self._buffer = b""
+        self.requests += 1
+
+    def arm_read_timeout(self) -> None:
+        """The request is sent: the backend now has ``read_timeout`` to answer."""
+        pool = self.pool
+        self.deadline = pool.clock.seconds() + pool.read_timeout
+
+    def abort(self) -> None:
+        """Drop the connection at once; it will never be reused."""
+        self.exchange = None
+        self._reusable = False
+        self.transport.abortConnection()
+
+    def on_timeout(self, now: float) -> None:
+        self.deadline = 0.0
+        exchange = self.exchange
+        if exchange is None:  # idle in the pool too long
+            self.transport.loseConnection()
+            return
+        self.exchange = None
+        self._reusable = False
+        self.transport.abortConnection()
+        exchange.upstream_timed_out(got_response=self._response is not None)
+
+    # -- IPushProducer: the backend's receive window ----------------------
+
+    def pauseProducing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.pause_reading(exchange.client.PAUSED_BY_UPSTREAM)
+
+    def resumeProducing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.resume_reading(exchange.client.PAUSED_BY_UPSTREAM)
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- response parsing --------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes from an idle backend connection: it is not ours to reuse.
+            self._reusable = False
+            self.transport.abortConnection()
+            return
+        if self.deadline:
+            self.deadline = self.pool.clock.seconds() + self.pool.read_timeout
+        if self._in_body:
+            self._body(exchange, data)
+            return
+        buffer = self._buffer + data if self._buffer else data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_RESPONSE_HEAD:
+                    self._fail(exchange, "response head too large")
+                else:
+                    self._buffer = buffer
+                return
+            try:
+                response = parse_response_head(buffer[:end])
+            except ProtocolError as error:
+                self._fail(exchange, error.detail)
+                return
+            buffer = buffer[end + 4 :]
+            status = response.status
+            if 100 <= status < 200:
+                # Interim answers (100 Continue, 103) are not relayed: the
+                # proxy answers Expect itself.  101 needs an upgrade tunnel.
+                if status == 101:
+                    self._fail(exchange, "unexpected 101 Switching Protocols")
+                    return
+                continue
+            break
+        self._buffer = b""
+        self._response = response
+        self._reusable = response.keep_alive
+        if self.head_only or status in BODYLESS_STATUS:
+            self._framing = _NO_BODY
+        elif response.chunked:
+            self._framing = _CHUNKED
+            self._decoder = ChunkedDecoder()
+        elif response.content_length is not None:
+            self._framing = _LENGTH
+            self._remaining = response.content_length
+        else:
+            self._framing = _UNTIL_CLOSE
+            self._reusable = False
+        exchange.response_head(response, self._framing == _NO_BODY)
+        if self.exchange is not exchange:
+            return
+        if self._framing == _NO_BODY or (self._framing == _LENGTH and not self._remaining):
+            if buffer:
+                self._reusable = False
+            self._complete(exchange)
+            return
+        self._in_body = True
+        if buffer:
+            self._body(exchange, buffer)
+
+    def _body(self, exchange: "Exchange", data: bytes) -> None:
+        framing = self._framing
+        if framing == _LENGTH:
+            remaining = self._remaining
+            size = len(data)
+            if size < remaining:
+                self._remaining = remaining - size
+                exchange.response_body(data)
+                return
+            if size > remaining:
+                self._reusable = False
+                data = data[:remaining]
+            self._remaining = 0
+            exchange.response_body(data)
+            if self.exchange is exchange:
+                self._complete(exchange)
+        elif framing == _CHUNKED:
+            decoder = self._decoder
+            try:
+                pieces = decoder.feed(data)  # type: ignore[union-attr]
+            except ProtocolError as error:
+                self._fail(exchange, error.detail)
+                return
+            for piece in pieces:
+                exchange.response_body(piece)
+                if self.exchange is not exchange:
+                    return
+            if decoder.done:  # type: ignore[union-attr]
+                if decoder.leftover:  # type: ignore[union-attr]
+                    self._reusable = False
+                self._complete(exchange)
+        else:
+            exchange.response_body(data)
+
+    def _complete(self, exchange: "Exchange") -> None:
+        self._in_body = False
+        self._decoder = None
+        self.exchange = None
+        self.deadline = 0.0
+        exchange.response_done(self._reusable)
+
+    def _fail(self, exchange: "Exchange", detail: str) -> None:
+        self.exchange = None
+        self._reusable = False
+        self.transport.abortConnection()
+        exchange.upstream_bad_response(detail, got_response=self._response is not None)
+
+    @property
+    def reusable(self) -> bool:
+        """May this connection carry another request?"""
+        return self._reusable and self.connected
+
+
+class _Connector(ClientFactory):
+    """Opens one connection to a backend on behalf of one exchange."""
+
+    noisy = False
+
+    def __init__(self, pool: "ConnectionPool", backend: "Backend", key: PoolKey, exchange: "Exchange") -> None:
+        self.pool = pool
+        self.backend = backend
+        self.key = key
+        self.exchange = exchange
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:
+        connection = UpstreamConnection(self.pool, self.backend, self.key)
+        connection.connected_exchange = self.exchange
+        connection.factory = self  # type: ignore[attr-defined]
+        return connection
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        timed_out = reason.check(net_error.TimeoutError) is not None
+        self.exchange.upstream_connect_failed(reason, timed_out)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to backends, per worker.
+
+    Connections are keyed by ``(scheme, host, port)``.  The most recently used
+    idle connection is handed out first, so a light load keeps only a handful
+    of connections warm and the rest time out.
+    """
+
+    def __init__(
+        self,
+        reactor: object,
+        sweeper: "TimeoutSweeper",
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive_timeout: float,
+        max_idle: int,
+        tls_options_for: Optional[object] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = reactor
+        self.sweeper = sweeper
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_idle = max_idle
+        self._tls_options_for = tls_options_for
+        self._idle: Dict[PoolKey, List[UpstreamConnection]] = {}
+        self.opened = 0
+
+    def configure(
+        self, connect_timeout: float, read_timeout: float, keepalive_timeout: float, max_idle: int
+    ) -> None:
+        """Apply new limits; existing connections keep running."""
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_idle = max_idle
+
+    def acquire(self, backend: "Backend", exchange: "Exchange") -> None:
+        """Get a connection to ``backend`` for ``exchange``.
+
+        Calls ``exchange.upstream_ready(connection, reused)`` (possibly before
+        returning) or ``exchange.upstream_connect_failed(reason, timed_out)``.
+        """
+        config = backend.config
+        key = (config.scheme, config.host, config.port)
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.reusable:
+                exchange.upstream_ready(connection, True)
+                return
+        self.opened += 1
+        connector = _Connector(self, backend, key, exchange)
+        if config.scheme == "https":
+            self.reactor.connectSSL(  # type: ignore[attr-defined]
+                config.host, config.port, connector, self._tls_options(config.host), self.connect_timeout
+            )
+        else:
+            self.reactor.connectTCP(  # type: ignore[attr-defined]
+                config.host, config.port, connector, self.connect_timeout
+            )
+
+    def _tls_options(self, host: str) -> object:
+        if self._tls_options_for is not None:
+            return self._tls_options_for(host)  # type: ignore[operator]
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return optionsForClientTLS(host)
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Take back a connection whose exchange finished cleanly."""
+        idle = self._idle.get(connection.key)
+        if idle is None:
+            idle = self._idle[connection.key] = []
+        if len(idle) >= self.max_idle or not connection.reusable:
+            connection.transport.loseConnection()
+            return
+        connection.idle = True
+        connection.deadline = self.clock.seconds() + self.keepalive_timeout  # type: ignore[attr-defined]
+        idle.append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """A connection closed: drop it from the idle list if it is there."""
+        self.sweeper.unwatch(connection)
+        if connection.idle:
+            connection.idle = False
+            idle = self._idle.get(connection.key)
+            if idle and connection in idle:
+                idle.remove(connection)
+
+    def idle_count(self, key: Optional[PoolKey] = None) -> int:
+        """How many idle connections are held (for one key, or in all)."""
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(idle) for idle in self._idle.values())
+
+    def close_backend(self, host: str, port: int) -> None:
+        """Close every idle connection to one backend address."""
+        for key, idle in list(self._idle.items()):
+            if key[1] == host and key[2] == port:
+                for connection in list(idle):
+                    connection.transport.loseConnection()
+
+    def close_idle(self) -> None:
+        """Close every idle connection (shutdown)."""
+        for idle in list(self._idle.values()):
+            for connection in list(idle):
+                connection.transport.loseConnection()

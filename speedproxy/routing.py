@@ -1,0 +1,107 @@
+"""Request routing: longest path prefix, optionally restricted to a Host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from speedproxy.config.model import RouteConfig
+from speedproxy.upstreams import BalancedGroup, UpstreamGroup
+
+
+@dataclass(eq=False)
+class Route:
+    """A route as the data path uses it: its config and its balanced groups."""
+
+    config: RouteConfig
+    path: bytes
+    host: Optional[bytes]
+    #: Plain HTTP requests.
+    http: BalancedGroup
+    #: ``Upgrade: websocket`` requests.
+    websocket: BalancedGroup
+    #: Server-sent event streams.
+    sse: BalancedGroup
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def _host_matches(pattern: bytes, host: bytes) -> bool:
+    if pattern[:2] == b"*.":
+        return host.endswith(pattern[1:])
+    return host == pattern
+
+
+def normalise_host(host: bytes) -> bytes:
+    """Lower-case a Host header value and drop its port."""
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        return host[: end + 1].lower() if end > 0 else host.lower()
+    colon = host.rfind(b":")
+    if colon >= 0:
+        host = host[:colon]
+    return host.lower()
+
+
+class Router:
+    """Maps (Host, path) to a :class:`Route`.
+
+    Routes with a ``host`` are tried before host-less ones; within each, the
+    longest matching path prefix wins (as nginx prefix locations do).
+    """
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes: List[Route] = sorted(
+            routes, key=lambda route: (route.host is None, -len(route.path))
+        )
+        self._single = self.routes[0] if len(self.routes) == 1 and self.routes[0].host is None else None
+
+    def match(self, host: bytes, path: bytes) -> Optional[Route]:
+        """Return the route for a request, or ``None`` when nothing matches."""
+        single = self._single
+        if single is not None:
+            return single if path.startswith(single.path) else None
+        hostname = normalise_host(host)
+        for route in self.routes:
+            if route.host is not None and not _host_matches(route.host, hostname):
+                continue
+            if path.startswith(route.path):
+                return route
+        return None
+
+
+def build_routes(
+    routing: Mapping[str, RouteConfig],
+    groups: Mapping[str, UpstreamGroup],
+    previous: Optional[Sequence[Route]] = None,
+) -> List[Route]:
+    """Create the routes of a config, reusing balancers whose setup is unchanged."""
+    reuse: Dict[Tuple[str, str, str], BalancedGroup] = {}
+    for route in previous or ():
+        for kind in ("http", "websocket", "sse"):
+            balanced: BalancedGroup = getattr(route, kind)
+            reuse[(route.name, kind, balanced.balancer_name)] = balanced
+
+    def balanced_for(config: RouteConfig, kind: str, balancer: str) -> BalancedGroup:
+        group = groups[config.upstream]
+        existing = reuse.get((config.name, kind, balancer))
+        if existing is not None and existing.group is group:
+            existing.refresh()
+            return existing
+        return BalancedGroup(group, balancer)
+
+    routes = []
+    for config in routing.values():
+        routes.append(
+            Route(
+                config=config,
+                path=config.path.encode("utf-8"),
+                host=config.host.lower().encode("utf-8") if config.host else None,
+                http=balanced_for(config, "http", config.load_balancer),
+                websocket=balanced_for(config, "websocket", config.protocols.websocket),
+                sse=balanced_for(config, "sse", config.protocols.sse),
+            )
+        )
+    return routes

@@ -1,0 +1,122 @@
+"""``twistd speedproxy``: command-line options and ``makeService``.
+
+The plugin in ``twisted/plugins`` only points here, so importing it stays
+free of side effects.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any, Optional
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from speedproxy import __version__
+
+DEFAULT_CONFIG = "/etc/speedproxy/speedproxy.yaml"
+
+log = Logger(namespace="speedproxy")
+
+
+class Options(usage.Options):
+    """Options of ``twistd speedproxy``."""
+
+    synopsis = "[--config FILE] [--check] [--demo-origin]"
+    longdesc = (
+        "Run the speedproxy reverse proxy. With --check, only validate the "
+        "config file, print what is wrong and exit 0 (valid) or 1 (invalid), "
+        "as nginx -t does."
+    )
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "Path to the YAML config file."],
+    ]
+    optFlags = [
+        ["check", "t", "Validate the config file and exit."],
+        [
+            "demo-origin",
+            None,
+            "Also serve a small demo origin on the address of the first backend "
+            "of the 'default' upstream (for trying speedproxy out).",
+        ],
+        ["version", "V", "Print the version and exit."],
+    ]
+
+    def opt_version(self) -> None:
+        print(f"speedproxy {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        from speedproxy.config import ConfigError, load_config
+
+        try:
+            self["loaded"] = load_config(self["config"])
+        except ConfigError as error:
+            if self["check"]:
+                print(str(error), file=sys.stderr)
+                print(f"speedproxy: configuration file {self['config']} test failed", file=sys.stderr)
+                sys.exit(1)
+            raise usage.UsageError(f"invalid configuration:\n{error}")
+        if self["check"]:
+            print(f"speedproxy: configuration file {self['config']} test is successful")
+            sys.exit(0)
+
+
+class ReloadOnHangup(Service):
+    """Re-reads the config file on SIGHUP; keeps the old one if the new is bad."""
+
+    def __init__(self, reactor: Any, path: str, worker: Any) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.worker = worker
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+
+    def reload(self) -> None:
+        """Validate and apply the config file now."""
+        from speedproxy.config import ConfigError, load_config
+
+        try:
+            config = load_config(self.path)
+        except ConfigError as error:
+            log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
+            return
+        self.worker.apply_config(config)
+        log.info("config reloaded from {path}", path=self.path)
+
+
+def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
+    """Build the speedproxy service tree from parsed options."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from speedproxy.worker import ProxyWorkerService
+
+    config = options["loaded"]
+    root = MultiService()
+    if options["demo-origin"]:
+        from twisted.application.internet import TCPServer
+
+        from speedproxy.demo import demo_site
+
+        first = next(iter(config.backends.get("default", ())), None)
+        if first is None:
+            raise usage.UsageError("--demo-origin needs a backend in the 'default' upstream")
+        TCPServer(first.port, demo_site(), interface=first.host).setServiceParent(root)
+    worker = ProxyWorkerService(reactor, config)
+    worker.setServiceParent(root)
+    ReloadOnHangup(reactor, options["config"], worker).setServiceParent(root)
+    return root

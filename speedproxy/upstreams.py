@@ -1,0 +1,130 @@
+"""Run-time state of upstream groups and their backends in one worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from speedproxy.balancers import IBalancer, make_balancer
+from speedproxy.config.model import BackendConfig
+
+
+@dataclass(eq=False)
+class Backend:
+    """One origin server as the data path sees it.
+
+    The config part is replaced in place on reload, so counters survive a
+    weight or timeout change.
+    """
+
+    config: BackendConfig
+    #: Requests in flight to this backend from this worker.
+    active_connections: int = 0
+    healthy: bool = True
+    requests: int = 0
+    failures: int = 0
+    #: Exponentially weighted moving average of response time, in seconds.
+    ewma_response_time: float = 0.0
+    #: Load the backend reports about itself as a fraction of its capacity:
+    #: 0.0 idle .. 1.0 saturated (a CPU percentage is divided by 100 before it
+    #: is stored here).  Used by the ``performance`` balancer; 0.0 = unknown.
+    reported_load: float = 0.0
+    #: Clock time (``reactor.seconds()``, i.e. wall-clock seconds) at which the
+    #: backend last became available; 0.0 = unknown.  The ``performance``
+    #: balancer ramps its share up over its slow-start window from here.
+    up_since: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def available(self) -> bool:
+        """Can this backend take one more request right now?"""
+        config = self.config
+        return (
+            config.active
+            and self.healthy
+            and config.weight > 0
+            and self.active_connections < config.max_conn
+        )
+
+    def record_response_time(self, seconds: float, alpha: float = 0.3) -> None:
+        """Fold one observed response time into the EWMA."""
+        if self.ewma_response_time == 0.0:
+            self.ewma_response_time = seconds
+        else:
+            self.ewma_response_time += alpha * (seconds - self.ewma_response_time)
+
+
+@dataclass(eq=False)
+class UpstreamGroup:
+    """A named set of backends (a ``backends:`` entry of the config)."""
+
+    name: str
+    backends: List[Backend] = field(default_factory=list)
+
+    def apply(self, configs: Sequence[BackendConfig]) -> None:
+        """Replace membership with ``configs``, keeping state of kept ids."""
+        existing = {backend.id: backend for backend in self.backends}
+        updated = []
+        for config in configs:
+            backend = existing.get(config.id)
+            if backend is None:
+                backend = Backend(config)
+            else:
+                backend.config = config
+            updated.append(backend)
+        self.backends = updated
+
+    def get(self, backend_id: str) -> Optional[Backend]:
+        for backend in self.backends:
+            if backend.id == backend_id:
+                return backend
+        return None
+
+
+class BalancedGroup:
+    """An upstream group seen through one balancer (one per route/protocol)."""
+
+    def __init__(self, group: UpstreamGroup, balancer_name: str) -> None:
+        self.group = group
+        self.balancer_name = balancer_name
+        self.balancer: IBalancer = make_balancer(balancer_name)
+        self._seen: Tuple[Tuple[str, int], ...] = ()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Tell the balancer about membership if it changed."""
+        seen = tuple((b.id, b.config.weight) for b in self.group.backends)
+        if seen != self._seen or not seen:
+            self._seen = seen
+            self.balancer.update(self.group.backends)
+
+    def pick(self, client_key: str, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
+        """Choose a backend for one request, or ``None`` when none can take it."""
+        if exclude:
+            excluded = set(exclude)
+            candidates = [b for b in self.group.backends if b.available and b not in excluded]
+        else:
+            candidates = [b for b in self.group.backends if b.available]
+        if not candidates:
+            return None
+        return self.balancer.pick(candidates, client_key)
+
+
+def build_groups(
+    backends: Mapping[str, Sequence[BackendConfig]],
+    previous: Optional[Mapping[str, UpstreamGroup]] = None,
+) -> Dict[str, UpstreamGroup]:
+    """Build (or update in place) the groups for a backends config section."""
+    groups: Dict[str, UpstreamGroup] = {}
+    for name, configs in backends.items():
+        group = (previous or {}).get(name) or UpstreamGroup(name)
+        group.apply(configs)
+        groups[name] = group
+    return groups

@@ -1,0 +1,101 @@
+"""The service that runs one worker's data path on a reactor.
+
+It does not depend on twistd: give it a reactor, a config and either an
+address to bind or listening sockets inherited from a master.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from speedproxy import __version__
+from speedproxy.accesslog import open_access_log
+from speedproxy.config.model import Config
+from speedproxy.proxy.core import ProxyCore
+from speedproxy.proxy.server import ProxyServerFactory
+
+log = Logger(namespace="speedproxy.worker")
+
+
+def _tls_server_options(config: Config) -> Any:
+    """Certificate options for the client-facing listener."""
+    from twisted.internet.ssl import PrivateCertificate
+
+    with open(config.ssl.cert_file, "rb") as cert, open(config.ssl.key_file, "rb") as key:
+        pem = cert.read() + b"\n" + key.read()
+    return PrivateCertificate.loadPEM(pem).options()
+
+
+class ProxyWorkerService(Service):
+    """Serves the proxy for one config on the given reactor."""
+
+    name = "speedproxy-worker"
+
+    def __init__(self, reactor: Any, config: Config) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.core: Optional[ProxyCore] = None
+        self.ports: List[Any] = []
+
+    def startService(self) -> None:
+        super().startService()
+        config = self.config
+        self.core = ProxyCore(self.reactor, config, open_access_log(config.server.access_log))
+        self.core.start()
+        server = config.server
+        if config.ssl.enabled:
+            factory = ProxyServerFactory(self.core, b"https")
+            port = self.reactor.listenSSL(
+                server.port, factory, _tls_server_options(config), backlog=1024, interface=server.host
+            )
+        else:
+            factory = ProxyServerFactory(self.core, b"http")
+            port = self.reactor.listenTCP(server.port, factory, backlog=1024, interface=server.host)
+        self.ports.append(port)
+        address = port.getHost()
+        log.info(
+            "speedproxy {version} serving on {host}:{port} ({routes} routes, {groups} upstream groups)",
+            version=__version__,
+            host=address.host,
+            port=address.port,
+            routes=len(config.routing),
+            groups=len(config.backends),
+        )
+
+    def apply_config(self, config: Config) -> None:
+        """Apply a new config to the running data path (listener unchanged)."""
+        self.config = config
+        if self.core is not None:
+            self.core.apply_config(config)
+
+    def stopService(self) -> Deferred:
+        """Stop accepting, let in-flight requests finish within the grace period."""
+        super().stopService()
+        core = self.core
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
+        if core is None:
+            return succeed(None)
+        for client in list(core.clients):
+            client.close_when_idle()
+        drained = core.when_no_clients()
+        grace = self.config.server.shutdown_grace
+
+        def give_up() -> None:
+            for client in list(core.clients):
+                client.transport.abortConnection()
+
+        timer = self.reactor.callLater(grace, give_up)
+
+        def finish(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            core.stop()
+
+        drained.addCallback(finish)
+        return drained
