@@ -1,6 +1,12 @@
 """Configuration: the immutable model and the YAML loader that validates it."""
 
-from speedproxy.config.loader import ConfigError, load_config, parse_config
+from speedproxy.config.loader import (
+    ConfigError,
+    config_from_mapping,
+    config_to_mapping,
+    load_config,
+    parse_config,
+)
 from speedproxy.config.model import (
     BALANCER_NAMES,
     AdminConfig,
@@ -19,6 +25,8 @@ __all__ = [
     "BackendConfig",
     "Config",
     "ConfigError",
+    "config_from_mapping",
+    "config_to_mapping",
     "HealthCheckConfig",
     "ProtocolBalancers",
     "RouteConfig",

@@ -141,7 +141,9 @@ def _from_node(problems: _Problems, node: yaml.Node, path: str, line: int, activ
         active.discard(id(node))
 
 
-def _from_mapping_node(problems: _Problems, node: yaml.MappingNode, path: str, active: Set[int]) -> Dict[str, _Val]:
+def _from_mapping_node(
+    problems: _Problems, node: yaml.MappingNode, path: str, active: Set[int]
+) -> Dict[str, _Val]:
     result: Dict[str, _Val] = {}
     key_lines: Dict[str, int] = {}
     merged: List[_Val] = []
@@ -398,7 +400,9 @@ def _unknown_key(key: str, valid: Iterable[str]) -> str:
     return f"unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else "")
 
 
-def _section(problems: _Problems, val: Optional[_Val], path: str, cls: Any, fields: Mapping[str, Converter]) -> Any:
+def _section(
+    problems: _Problems, val: Optional[_Val], path: str, cls: Any, fields: Mapping[str, Converter]
+) -> Any:
     """Build dataclass *cls* from an optional mapping; defaults where missing or bad."""
     if val is None or val.value is None:
         return cls()
@@ -480,7 +484,8 @@ _SIZE_FIELDS = ("max_header_size", "max_body_size")
 def _backends(problems: _Problems, val: _Val) -> Dict[str, Tuple[BackendConfig, ...]]:
     """Build the upstream groups; every named group exists even if a member is bad."""
     if not isinstance(val.value, dict):
-        problems.add(val.line, "backends", f"expected a mapping of upstream names to lists, got {describe_value(val.value)}")
+        got = describe_value(val.value)
+        problems.add(val.line, "backends", f"expected a mapping of upstream names to lists, got {got}")
         raise _Reported
     groups: Dict[str, Tuple[BackendConfig, ...]] = {}
     for name, group in val.value.items():
@@ -495,7 +500,8 @@ def _backends(problems: _Problems, val: _Val) -> Dict[str, Tuple[BackendConfig, 
         for index, item in enumerate(items):
             item_path = f"{group_path}[{index}]"
             try:
-                backend = BackendConfig(**_record(problems, item, item_path, _BACKEND_FIELDS, ("id", "host", "port")))
+                fields = _record(problems, item, item_path, _BACKEND_FIELDS, ("id", "host", "port"))
+                backend = BackendConfig(**fields)
             except _Reported:
                 continue
             if backend.id in first_use:
@@ -516,7 +522,8 @@ def _routing(
 ) -> Dict[str, RouteConfig]:
     """Build the routes, checking upstream names against *backends* (unless ``None``)."""
     if not isinstance(val.value, dict):
-        problems.add(val.line, "routing", f"expected a mapping of route names to routes, got {describe_value(val.value)}")
+        got = describe_value(val.value)
+        problems.add(val.line, "routing", f"expected a mapping of route names to routes, got {got}")
         return {}
     routes: Dict[str, RouteConfig] = {}
     first_use: Dict[Tuple[Optional[str], str], str] = {}
@@ -528,7 +535,8 @@ def _routing(
             continue
         route = RouteConfig(name=name, **fields)
         given = item.value.get("upstream")
-        if backends is not None and route.upstream not in backends and (given is None or "upstream" in fields):
+        checkable = given is None or "upstream" in fields
+        if backends is not None and checkable and route.upstream not in backends:
             problems.add(
                 item.line if given is None else given.line,
                 f"{route_path}.upstream",
@@ -554,7 +562,8 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
     """Validate the whole tree and return the :class:`Config`, or raise :class:`ConfigError`."""
     top = {} if root.value is None else root.value
     if not isinstance(top, dict):
-        problems.add(root.line, "", f"expected a mapping with keys {', '.join(_TOP_LEVEL)}, got {describe_value(top)}")
+        keys = ", ".join(_TOP_LEVEL)
+        problems.add(root.line, "", f"expected a mapping with keys {keys}, got {describe_value(top)}")
         problems.raise_if_any()
     for key, item in top.items():
         if key not in _TOP_LEVEL:
@@ -593,7 +602,9 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
     problems.raise_if_any()
 
     if base_dir is not None:
-        ssl = dataclasses.replace(ssl, cert_file=_resolve(base_dir, ssl.cert_file), key_file=_resolve(base_dir, ssl.key_file))
+        ssl = dataclasses.replace(
+            ssl, cert_file=_resolve(base_dir, ssl.cert_file), key_file=_resolve(base_dir, ssl.key_file)
+        )
         admin = dataclasses.replace(admin, api_key_file=_resolve(base_dir, admin.api_key_file))
         if server.access_log not in ("-", "off"):
             server = dataclasses.replace(server, access_log=_resolve(base_dir, server.access_log))

@@ -20,6 +20,7 @@ from speedproxy.proxy.errors import error_response
 from speedproxy.proxy.exchange import Exchange
 from speedproxy.proxy.forwarding import sane_request_id
 from speedproxy.proxy.http1 import ChunkedDecoder, ProtocolError, parse_request_head
+from speedproxy.proxy.sending import writers_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.core import ProxyCore
@@ -69,6 +70,7 @@ class ClientConnection(Protocol):
         core = self.core
         transport = self.transport
         self.peer_ip = transport.getPeer().host
+        self.write, self.write_sequence = writers_for(transport)
         self.peer_trusted = core.resolver.is_trusted(self.peer_ip)
         transport.registerProducer(self, True)
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
@@ -271,7 +273,7 @@ class ClientConnection(Protocol):
         data = error_response(
             status, code, detail, request_id, self.core.server_tag, keep_alive, head_only
         )
-        self.transport.write(data)
+        self.write(data)
         return len(data)
 
     def _refuse(self, status: int, code: str, detail: str) -> None:

@@ -61,6 +61,7 @@ class Exchange:
         "_to_client",
         "_keep_alive",
         "_continue_sent",
+        "_head",
     )
 
     def __init__(
@@ -95,6 +96,8 @@ class Exchange:
         self._to_client = _TO_CLIENT_NONE
         self._keep_alive = request.keep_alive
         self._continue_sent = False
+        #: The client response head, held back to leave with the first body bytes.
+        self._head = b""
 
     # -- choosing a backend ----------------------------------------------
 
@@ -172,22 +175,21 @@ class Exchange:
             request_id=self.request_id,
             framing=framing,
         )
-        transport = connection.transport
         self.head_sent = True
         if self.pending:
             self.pending.insert(0, head)
-            transport.writeSequence(self.pending)
+            connection.write_sequence(self.pending)
             self.pending = []
             self.pending_size = 0
             self.body_sent = True
             client.resume_reading(client.PAUSED_CONNECTING)
         else:
-            transport.write(head)
+            connection.write(head)
         if self.body_done:
             connection.arm_read_timeout()
         elif request.expect_continue and not self._continue_sent:
             self._continue_sent = True
-            client.transport.write(_CONTINUE)
+            client.write(_CONTINUE)
 
     def upstream_connect_failed(self, reason: Failure, timed_out: bool) -> None:
         """Opening a connection to the backend failed."""
@@ -263,8 +265,7 @@ class Exchange:
             framing = b""
             keep_alive = False
         self._keep_alive = keep_alive
-        client.transport.write(
-            client_response_head(
+        self._head = client_response_head(
                 b"HTTP/1.1",
                 response.status,
                 response.reason,
@@ -275,23 +276,36 @@ class Exchange:
                 framing=framing,
                 keep_alive=keep_alive,
             )
-        )
 
     def response_body(self, data: bytes) -> None:
         """Relay one piece of response body."""
-        self.bytes_sent += len(data)
+        size = len(data)
+        if not size:
+            return
+        self.bytes_sent += size
+        head = self._head
         if self._to_client == _TO_CLIENT_CHUNKED:
-            if data:
-                self.client.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            if head:
+                self._head = b""
+                self.client.write_sequence((head, b"%x\r\n" % size, data, b"\r\n"))
+            else:
+                self.client.write_sequence((b"%x\r\n" % size, data, b"\r\n"))
+        elif head:
+            self._head = b""
+            self.client.write_sequence((head, data))
         else:
-            self.client.transport.write(data)
+            self.client.write(data)
 
     def response_done(self, reusable: bool) -> None:
         """The whole response has been relayed."""
         connection = self.upstream
         self.upstream = None
+        head = self._head
         if self._to_client == _TO_CLIENT_CHUNKED:
-            self.client.transport.write(LAST_CHUNK)
+            self.client.write(head + LAST_CHUNK if head else LAST_CHUNK)
+        elif head:
+            self.client.write(head)
+        self._head = b""
         self._release_backend(False)
         if connection is not None:
             if reusable and self.body_done:
@@ -311,7 +325,7 @@ class Exchange:
         upstream = self.upstream
         if upstream is not None:
             self.body_sent = True
-            upstream.transport.write(frame)
+            upstream.write(frame)
         elif not self.finished:
             self.pending.append(frame)
             self.pending_size += len(frame)
@@ -326,7 +340,7 @@ class Exchange:
         upstream = self.upstream
         if self.request.chunked:
             if upstream is not None:
-                upstream.transport.write(LAST_CHUNK)
+                upstream.write(LAST_CHUNK)
             else:
                 self.pending.append(LAST_CHUNK)
         if upstream is not None:

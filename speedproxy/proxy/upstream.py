@@ -10,6 +10,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from speedproxy.proxy.sending import writers_for
 from speedproxy.proxy.http1 import (
     BODYLESS_STATUS,
     ChunkedDecoder,
@@ -65,6 +66,7 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
+        self.write, self.write_sequence = writers_for(transport)
         transport.registerProducer(self, True)
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -164,9 +166,9 @@ class UpstreamConnection(Protocol):
             except ProtocolError as error:
                 self._fail(exchange, error.detail)
                 return
-            buffer = buffer[end + 4 :]
             status = response.status
             if 100 <= status < 200:
+                buffer = buffer[end + 4 :]
                 # Interim answers (100 Continue, 103) are not relayed: the
                 # proxy answers Expect itself.  101 needs an upgrade tunnel.
                 if status == 101:
@@ -191,14 +193,17 @@ class UpstreamConnection(Protocol):
         exchange.response_head(response, self._framing == _NO_BODY)
         if self.exchange is not exchange:
             return
+        body_start = end + 4
         if self._framing == _NO_BODY or (self._framing == _LENGTH and not self._remaining):
-            if buffer:
+            if len(buffer) > body_start:
                 self._reusable = False
             self._complete(exchange)
             return
         self._in_body = True
-        if buffer:
-            self._body(exchange, buffer)
+        if len(buffer) > body_start:
+            # A view, not a copy: the body may be most of a 64 KiB read.
+            rest = memoryview(buffer)[body_start:] if self._framing != _CHUNKED else buffer[body_start:]
+            self._body(exchange, rest)
 
     def _body(self, exchange: "Exchange", data: bytes) -> None:
         framing = self._framing
