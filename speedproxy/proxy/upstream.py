@@ -29,6 +29,9 @@ PoolKey = Tuple[str, str, int]
 # How the body of the current response is delimited.
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
+#: Bytes asked of the kernel per read from a backend.
+RECV_SIZE = 256 * 1024
+
 #: Largest response head accepted from a backend.
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -67,6 +70,8 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         self.write, self.write_sequence = writers_for(transport)
+        # Read large responses in fewer, bigger recv() calls.
+        transport.bufferSize = RECV_SIZE
         transport.registerProducer(self, True)
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
