@@ -22,6 +22,8 @@ class Route:
     websocket: BalancedGroup
     #: Server-sent event streams.
     sse: BalancedGroup
+    #: Index in the shared stats segment (-1: none).
+    stats_index: int = -1
 
     @property
     def name(self) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from speedproxy.balancers import IBalancer, make_balancer
 from speedproxy.config.model import BackendConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.stats.shared import SharedView
 
 
 @dataclass(eq=False)
@@ -19,7 +22,7 @@ class Backend:
 
     config: BackendConfig
     #: Requests in flight to this backend from this worker.
-    active_connections: int = 0
+    local_connections: int = 0
     healthy: bool = True
     requests: int = 0
     failures: int = 0
@@ -34,9 +37,55 @@ class Backend:
     #: balancer ramps its share up over its slow-start window from here.
     up_since: float = 0.0
 
+    #: Index of this backend in the shared stats segment (-1: none).
+    stats_index: int = -1
+    #: The worker's view of the stats segment, for counts across workers.
+    shared: Optional["SharedView"] = None
+
     @property
     def id(self) -> str:
         return self.config.id
+
+    @property
+    def active_connections(self) -> int:
+        """Requests in flight to this backend from *all* workers.
+
+        Read from the shared stats segment when the worker has one (as
+        nginx's upstream ``zone``), so balancers agree across workers.
+        """
+        shared = self.shared
+        if shared is None or self.stats_index < 0:
+            return self.local_connections
+        return shared.backend_active(self.stats_index)
+
+    @active_connections.setter
+    def active_connections(self, value: int) -> None:
+        # For tests and single-process use; the data path calls
+        # request_started()/request_finished().
+        self._add_local(value - self.local_connections)
+
+    def _add_local(self, delta: int) -> None:
+        self.local_connections += delta
+        shared = self.shared
+        if shared is not None and self.stats_index >= 0:
+            shared.add_active(self.stats_index, delta)
+
+    def request_started(self) -> None:
+        """One more request in flight to this backend."""
+        self.requests += 1
+        self.local_connections += 1
+        shared = self.shared
+        if shared is not None and self.stats_index >= 0:
+            shared.started(self.stats_index)
+
+    def request_finished(self, failed: bool) -> None:
+        """A request to this backend ended (``failed``: no usable answer)."""
+        self._add_local(-1)
+        if failed:
+            self.failures += 1
+            shared = self.shared
+            if shared is not None and self.stats_index >= 0:
+                shared.add_failure(self.stats_index)
 
     @property
     def weight(self) -> int:

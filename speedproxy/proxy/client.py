@@ -147,6 +147,7 @@ class ClientConnection(Protocol):
     # -- reading -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.core.shared.bytes_in(len(data))
         if self._body != _BODY_NONE:
             self._feed_body(data)
             return

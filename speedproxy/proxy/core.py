@@ -15,6 +15,8 @@ from speedproxy.proxy.forwarding import ClientAddressResolver
 from speedproxy.proxy.timeouts import TimeoutSweeper
 from speedproxy.proxy.upstream import ConnectionPool
 from speedproxy.routing import Route, Router, build_routes
+from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
+from speedproxy.stats.shared import SharedView
 from speedproxy.upstreams import UpstreamGroup, build_groups
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,6 +38,8 @@ class ProxyCore:
         config: Config,
         access_log: Optional[IAccessLog] = None,
         sweep_interval: float = 0.25,
+        shared: Optional[SharedView] = None,
+        stats_index: Optional[StatsIndex] = None,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -60,10 +64,35 @@ class ProxyCore:
         self._id_counter = 0
         self.requests_served = 0
         self._drained: List[Deferred] = []
-        self.apply_config(config)
+        if shared is None:
+            # Serving in one process: a private segment with one slot.
+            segment = StatsSegment.anonymous(
+                layout_for(1, len(config.routing), sum(len(b) for b in config.backends.values()))
+            )
+            shared = SharedView(segment, 0)
+        self.shared = shared
+        self.stats = shared.writer
+        self.stats_index = stats_index
+        self.apply_config(config, stats_index)
 
-    def apply_config(self, config: Config) -> None:
-        """Make ``config`` the live one; backend state of kept ids survives."""
+    def apply_config(self, config: Config, stats_index: Optional[StatsIndex] = None) -> None:
+        """Make ``config`` the live one; backend state of kept ids survives.
+
+        ``stats_index`` (from the master) numbers routes and backends in the
+        shared stats segment; without one the core numbers them itself.
+        """
+        if stats_index is None:
+            stats_index = self.stats_index or StatsIndex()
+            stats_index.assign(
+                list(config.routing),
+                [
+                    StatsIndex.backend_key(upstream, backend.id)
+                    for upstream, backends in config.backends.items()
+                    for backend in backends
+                ],
+                self.shared.segment.layout,
+            )
+        self.stats_index = stats_index
         server = config.server
         self.config = config
         self.server: ServerConfig = server
@@ -71,6 +100,14 @@ class ProxyCore:
         self.groups = build_groups(config.backends, self.groups)
         self.routes = build_routes(config.routing, self.groups, self.routes)
         self.router = Router(self.routes)
+        for name, group in self.groups.items():
+            for backend in group.backends:
+                backend.shared = self.shared
+                backend.stats_index = stats_index.backends.get(
+                    StatsIndex.backend_key(name, backend.id), -1
+                )
+        for route in self.routes:
+            route.stats_index = stats_index.routes.get(route.name, -1)
         self.pool.configure(
             server.upstream_connect_timeout,
             server.upstream_read_timeout,
@@ -98,10 +135,12 @@ class ProxyCore:
     def client_opened(self, client: "ClientConnection") -> None:
         self.clients.add(client)
         self.sweeper.watch(client)
+        self.shared.client_opened()
 
     def client_closed(self, client: "ClientConnection") -> None:
         self.clients.discard(client)
         self.sweeper.unwatch(client)
+        self.shared.client_closed()
         if not self.clients and self._drained:
             waiting, self._drained = self._drained, []
             for deferred in waiting:
@@ -121,11 +160,20 @@ class ProxyCore:
     def log_exchange(self, exchange: "Exchange", status: int) -> None:
         """Account for (and access-log) one finished exchange."""
         self.requests_served += 1
+        backend = exchange.tried[-1] if exchange.tried else None
+        route = exchange.route
+        seconds = self.clock.seconds() - exchange.started
+        self.stats.request_done(
+            route.stats_index if route is not None else -1,
+            backend.stats_index if backend is not None else -1,
+            status,
+            seconds,
+            exchange.bytes_sent + exchange.head_bytes,
+        )
         log = self.access_log
         if log is None:
             return
         request = exchange.request
-        backend = exchange.tried[-1] if exchange.tried else None
         log.write(
             self._formatter.format(
                 exchange.client_ip,
@@ -136,7 +184,7 @@ class ProxyCore:
                 exchange.bytes_sent,
                 request.header(b"referer"),
                 request.header(b"user-agent"),
-                self.clock.seconds() - exchange.started,
+                seconds,
                 backend.config.address if backend is not None else "-",
                 exchange.request_id,
             )
@@ -145,6 +193,7 @@ class ProxyCore:
     def log_refusal(self, client: "ClientConnection", status: int, request_id: bytes) -> None:
         """Access-log a request refused before it could be parsed."""
         self.requests_served += 1
+        self.stats.request_done(-1, -1, status, 0.0, 0)
         log = self.access_log
         if log is not None:
             log.write(

@@ -55,6 +55,7 @@ class Exchange:
         "response_started",
         "status",
         "bytes_sent",
+        "head_bytes",
         "started",
         "upstream_started",
         "finished",
@@ -90,6 +91,7 @@ class Exchange:
         self.response_started = False
         self.status = 0
         self.bytes_sent = 0
+        self.head_bytes = 0
         self.started = core.clock.seconds()
         self.upstream_started = 0.0
         self.finished = False
@@ -123,8 +125,7 @@ class Exchange:
         self.backend = backend
         self.head_sent = False
         self.tried.append(backend)
-        backend.active_connections += 1
-        backend.requests += 1
+        backend.request_started()
         self.upstream_started = self.core.clock.seconds()
         self.core.pool.acquire(backend, self)
 
@@ -133,9 +134,7 @@ class Exchange:
         backend = self.backend
         if backend is not None:
             self.backend = None
-            backend.active_connections -= 1
-            if failed:
-                backend.failures += 1
+            backend.request_finished(failed)
 
     def _may_retry(self) -> bool:
         if self.response_started or self.finished:
@@ -276,6 +275,7 @@ class Exchange:
                 framing=framing,
                 keep_alive=keep_alive,
             )
+        self.head_bytes = len(self._head)
 
     def response_body(self, data: bytes) -> None:
         """Relay one piece of response body."""

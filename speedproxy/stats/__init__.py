@@ -1,0 +1,1 @@
+"""Statistics: the shared-memory segment, its readers and exporters."""

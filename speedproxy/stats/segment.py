@@ -1,0 +1,275 @@
+"""The shared-memory stats segment: one fixed-layout slot per worker.
+
+The segment is an ``mmap`` of a file (normally under ``/dev/shm``) viewed as
+an array of signed 64-bit integers.  A slot is written only by its worker
+and read by the master; no names are stored in it, only numbers at fixed
+offsets: the master owns the map from route and backend names to indexes
+(:class:`StatsIndex`) and hands it to every worker with the config.
+
+Every field is one aligned 8-byte word, so a reader never sees a torn
+value.  Each slot starts with a ``generation`` that the master bumps when it
+gives the slot to a new worker (after folding the old worker's counters into
+its retired totals), so a reader that sees the generation change while it
+copies a slot knows the copy is stale and takes it again.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+MAGIC = 0x5350_5354_4154_5331  # "SPSTATS1"
+LAYOUT_VERSION = 1
+HEADER_WORDS = 16
+
+#: Upper bounds (seconds) of the latency histogram buckets; +Inf is implied.
+LATENCY_BUCKETS: Tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+# Fixed words at the start of every slot.
+GENERATION = 0
+PID = 1
+STARTED = 2
+REQUESTS = 3
+BYTES_IN = 4
+BYTES_OUT = 5
+ACTIVE_CLIENTS = 6
+CLIENTS_TOTAL = 7
+LATENCY_SUM_US = 8
+ACTIVE_UPSTREAM = 9
+STATUS_BASE = 10  # 5 words: 1xx..5xx
+HIST_BASE = STATUS_BASE + 5  # len(LATENCY_BUCKETS) + 1 words
+FIXED_WORDS = HIST_BASE + len(LATENCY_BUCKETS) + 1
+
+#: Per-route words: requests by status class.
+ROUTE_WORDS = 5
+# Per-backend words.
+B_ACTIVE, B_REQUESTS, B_FAILURES, B_LATENCY_SUM_US, B_RESPONSES = range(5)
+BACKEND_WORDS = 5
+
+#: Gauges are not folded into retired totals when a worker goes away.
+GAUGE_WORDS = frozenset({ACTIVE_CLIENTS, ACTIVE_UPSTREAM})
+
+
+@dataclass
+class Layout:
+    """Sizes of a segment, fixed when it is created."""
+
+    slots: int
+    routes: int
+    backends: int
+
+    @property
+    def route_base(self) -> int:
+        return FIXED_WORDS
+
+    @property
+    def backend_base(self) -> int:
+        return FIXED_WORDS + self.routes * ROUTE_WORDS
+
+    @property
+    def slot_words(self) -> int:
+        return self.backend_base + self.backends * BACKEND_WORDS
+
+    @property
+    def total_words(self) -> int:
+        return HEADER_WORDS + self.slots * self.slot_words
+
+    def slot_offset(self, slot: int) -> int:
+        return HEADER_WORDS + slot * self.slot_words
+
+    def is_gauge(self, word: int) -> bool:
+        if word in GAUGE_WORDS:
+            return True
+        base = self.backend_base
+        return word >= base and (word - base) % BACKEND_WORDS == B_ACTIVE
+
+
+def latency_bucket(seconds: float) -> int:
+    """Index of the histogram bucket for one observation."""
+    for index, bound in enumerate(LATENCY_BUCKETS):
+        if seconds <= bound:
+            return index
+    return len(LATENCY_BUCKETS)
+
+
+class StatsSegment:
+    """An mmap'd stats file, created by the master or attached by a worker."""
+
+    def __init__(self, path: str, layout: Layout, words: memoryview, handle: mmap.mmap) -> None:
+        self.path = path
+        self.layout = layout
+        self.words = words
+        self._mmap = handle
+
+    @classmethod
+    def create(cls, path: str, layout: Layout) -> "StatsSegment":
+        """Create (or truncate) the file and write the header."""
+        size = layout.total_words * 8
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            handle = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        words = memoryview(handle).cast("q")
+        words[0] = MAGIC
+        words[1] = LAYOUT_VERSION
+        words[2] = layout.slots
+        words[3] = layout.routes
+        words[4] = layout.backends
+        words[5] = layout.slot_words
+        return cls(path, layout, words, handle)
+
+    @classmethod
+    def attach(cls, path: str) -> "StatsSegment":
+        """Map an existing segment, trusting only its header."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            handle = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        words = memoryview(handle).cast("q")
+        if words[0] != MAGIC or words[1] != LAYOUT_VERSION:
+            raise ValueError(f"{path} is not a speedproxy stats segment of layout {LAYOUT_VERSION}")
+        layout = Layout(slots=words[2], routes=words[3], backends=words[4])
+        if layout.slot_words != words[5] or layout.total_words * 8 > size:
+            raise ValueError(f"{path}: inconsistent stats segment header")
+        return cls(path, layout, words, handle)
+
+    @classmethod
+    def anonymous(cls, layout: Layout) -> "StatsSegment":
+        """A private segment for a proxy serving in one process."""
+        handle = mmap.mmap(-1, layout.total_words * 8)
+        words = memoryview(handle).cast("q")
+        words[0] = MAGIC
+        words[1] = LAYOUT_VERSION
+        return cls("", layout, words, handle)
+
+    def writer(self, slot: int) -> "SlotWriter":
+        """The writing side for one worker's slot."""
+        return SlotWriter(self, slot)
+
+    def read_slot(self, slot: int) -> List[int]:
+        """A consistent copy of one slot (retried if its generation moves)."""
+        start = self.layout.slot_offset(slot)
+        end = start + self.layout.slot_words
+        words = self.words
+        for _ in range(100):
+            generation = words[start + GENERATION]
+            copy = words[start:end].tolist()
+            if words[start + GENERATION] == generation:
+                return copy
+        return copy
+
+    def reset_slot(self, slot: int, pid: int, started: int) -> None:
+        """Hand a slot to a new worker: zero it and bump its generation."""
+        start = self.layout.slot_offset(slot)
+        words = self.words
+        generation = words[start + GENERATION] + 1
+        words[start + GENERATION] = generation  # readers of the old worker retry
+        for index in range(start + 1, start + self.layout.slot_words):
+            words[index] = 0
+        words[start + PID] = pid
+        words[start + STARTED] = started
+
+    def close(self) -> None:
+        try:
+            self.words.release()
+            self._mmap.close()
+        except (BufferError, ValueError):
+            pass
+
+
+class SlotWriter:
+    """What a worker's data path updates, one word at a time."""
+
+    __slots__ = ("words", "base", "route_base", "backend_base", "hist_base", "status_base")
+
+    def __init__(self, segment: StatsSegment, slot: int) -> None:
+        layout = segment.layout
+        self.words = segment.words
+        self.base = layout.slot_offset(slot)
+        self.route_base = self.base + layout.route_base
+        self.backend_base = self.base + layout.backend_base
+        self.hist_base = self.base + HIST_BASE
+        self.status_base = self.base + STATUS_BASE
+
+    def add(self, word: int, amount: int = 1) -> None:
+        self.words[self.base + word] += amount
+
+    def request_done(
+        self, route: int, backend: int, status: int, seconds: float, bytes_out: int
+    ) -> None:
+        """Account for one finished request."""
+        words = self.words
+        base = self.base
+        words[base + REQUESTS] += 1
+        words[base + BYTES_OUT] += bytes_out
+        micros = int(seconds * 1e6)
+        words[base + LATENCY_SUM_US] += micros
+        cls = status // 100 - 1
+        if 0 <= cls < 5:
+            words[self.status_base + cls] += 1
+            if route >= 0:
+                words[self.route_base + route * ROUTE_WORDS + cls] += 1
+        words[self.hist_base + latency_bucket(seconds)] += 1
+        if backend >= 0:
+            backend_word = self.backend_base + backend * BACKEND_WORDS
+            words[backend_word + B_RESPONSES] += 1
+            words[backend_word + B_LATENCY_SUM_US] += micros
+
+    def backend_word(self, backend: int, word: int) -> int:
+        """Absolute index of one per-backend word of this slot."""
+        return self.backend_base + backend * BACKEND_WORDS + word
+
+
+@dataclass
+class StatsIndex:
+    """Numeric slots for route and backend names, owned by the master.
+
+    An index is never reused for another name while the segment lives, so a
+    removed backend's counters can never be mistaken for a new one's.
+    """
+
+    routes: Dict[str, int] = field(default_factory=dict)
+    backends: Dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def backend_key(upstream: str, backend_id: str) -> str:
+        return f"{upstream}/{backend_id}"
+
+    def assign(self, route_names: Sequence[str], backend_keys: Sequence[str], layout: Optional[Layout]) -> None:
+        """Give every new name the next free index.
+
+        :raises ValueError: when the segment has no room left.
+        """
+        for name in route_names:
+            if name not in self.routes:
+                self.routes[name] = len(self.routes)
+        for key in backend_keys:
+            if key not in self.backends:
+                self.backends[key] = len(self.backends)
+        if layout is not None:
+            if len(self.routes) > layout.routes or len(self.backends) > layout.backends:
+                raise ValueError(
+                    "the stats segment has room for %d routes and %d backends; "
+                    "restart speedproxy to grow it" % (layout.routes, layout.backends)
+                )
+
+    def to_mapping(self) -> Dict[str, Dict[str, int]]:
+        return {"routes": dict(self.routes), "backends": dict(self.backends)}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Mapping[str, int]]) -> "StatsIndex":
+        return cls(routes=dict(data.get("routes", {})), backends=dict(data.get("backends", {})))
+
+
+def layout_for(slots: int, routes: int, backends: int) -> Layout:
+    """A layout with room to grow for a config of this size."""
+    return Layout(slots=slots, routes=max(64, 4 * routes), backends=max(256, 4 * backends))

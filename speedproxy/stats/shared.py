@@ -1,0 +1,73 @@
+"""A worker's side of the stats segment: its own slot, everyone's gauges."""
+
+from __future__ import annotations
+
+from typing import List
+
+from speedproxy.stats.segment import (
+    ACTIVE_CLIENTS,
+    ACTIVE_UPSTREAM,
+    B_ACTIVE,
+    B_FAILURES,
+    B_REQUESTS,
+    BACKEND_WORDS,
+    BYTES_IN,
+    CLIENTS_TOTAL,
+    SlotWriter,
+    StatsSegment,
+)
+
+
+class SharedView:
+    """Writes one worker's counters and reads per-backend load of all workers."""
+
+    def __init__(self, segment: StatsSegment, slot: int) -> None:
+        self.segment = segment
+        self.slot = slot
+        self.writer: SlotWriter = segment.writer(slot)
+        self.words = segment.words
+        layout = segment.layout
+        self._backend_bases: List[int] = [
+            layout.slot_offset(index) + layout.backend_base for index in range(layout.slots)
+        ]
+        self._own_backend_base = self.writer.backend_base
+        self._base = self.writer.base
+
+    # -- per backend ---------------------------------------------------------
+
+    def backend_active(self, index: int) -> int:
+        """Requests in flight to backend ``index`` from every worker."""
+        words = self.words
+        offset = index * BACKEND_WORDS + B_ACTIVE
+        total = 0
+        for base in self._backend_bases:
+            total += words[base + offset]
+        return total
+
+    def add_active(self, index: int, delta: int) -> None:
+        self.words[self._own_backend_base + index * BACKEND_WORDS + B_ACTIVE] += delta
+        self.words[self._base + ACTIVE_UPSTREAM] += delta
+
+    def started(self, index: int) -> None:
+        """A request to backend ``index`` started."""
+        word = self._own_backend_base + index * BACKEND_WORDS
+        words = self.words
+        words[word + B_ACTIVE] += 1
+        words[word + B_REQUESTS] += 1
+        words[self._base + ACTIVE_UPSTREAM] += 1
+
+    def add_failure(self, index: int) -> None:
+        self.words[self._own_backend_base + index * BACKEND_WORDS + B_FAILURES] += 1
+
+    # -- per worker ----------------------------------------------------------
+
+    def client_opened(self) -> None:
+        words = self.words
+        words[self._base + ACTIVE_CLIENTS] += 1
+        words[self._base + CLIENTS_TOTAL] += 1
+
+    def client_closed(self) -> None:
+        self.words[self._base + ACTIVE_CLIENTS] -= 1
+
+    def bytes_in(self, count: int) -> None:
+        self.words[self._base + BYTES_IN] += count
