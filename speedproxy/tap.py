@@ -103,6 +103,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    from speedproxy.master.service import MasterService, worker_count
     from speedproxy.worker import ProxyWorkerService
 
     config = options["loaded"]
@@ -116,7 +117,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         if first is None:
             raise usage.UsageError("--demo-origin needs a backend in the 'default' upstream")
         TCPServer(first.port, demo_site(), interface=first.host).setServiceParent(root)
-    worker = ProxyWorkerService(reactor, config)
-    worker.setServiceParent(root)
-    ReloadOnHangup(reactor, options["config"], worker).setServiceParent(root)
+    if worker_count(config) == 0:
+        # Serve in this process: no workers, no master.
+        worker = ProxyWorkerService(reactor, config)
+        worker.setServiceParent(root)
+        ReloadOnHangup(reactor, options["config"], worker).setServiceParent(root)
+    else:
+        MasterService(reactor, config, options["config"]).setServiceParent(root)
     return root

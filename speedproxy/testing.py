@@ -534,14 +534,21 @@ class BackendExchange:
         self.handler.wfile.flush()
 
     def send_head(
-        self, status: int = 200, headers: Sequence[Tuple[str, str]] = (), reason: Optional[str] = None
+        self,
+        status: int = 200,
+        headers: Sequence[Tuple[str, str]] = (),
+        reason: Optional[str] = None,
+        body: bytes = b"",
     ) -> None:
-        """Write a status line and headers (framing headers are the caller's)."""
+        """Write a status line and headers (framing headers are the caller's).
+
+        ``body`` bytes, if given, leave in the same write as the head.
+        """
         phrase = reason if reason is not None else http.server.BaseHTTPRequestHandler.responses.get(status, ("OK",))[0]
         lines = [f"HTTP/1.1 {status} {phrase}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
         lines.append("\r\n")
-        self.write("".join(lines).encode("latin-1"))
+        self.write("".join(lines).encode("latin-1") + body)
 
     def send(
         self,
@@ -552,9 +559,7 @@ class BackendExchange:
     ) -> None:
         """Answer with a whole Content-Length framed response."""
         all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))] + list(headers)
-        self.send_head(status, all_headers)
-        if self.request.method != "HEAD" and body:
-            self.write(body)
+        self.send_head(status, all_headers, body=b"" if self.request.method == "HEAD" else body)
 
     def send_json(self, value: Any, status: int = 200, headers: Sequence[Tuple[str, str]] = ()) -> None:
         self.send(status, json.dumps(value).encode("utf-8"), headers, "application/json")
@@ -698,6 +703,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.connection_number = self.server.backend._connection_opened(self.connection)
 
     def finish(self) -> None:

@@ -80,6 +80,7 @@ class ClientConnection(Protocol):
         if core.over_connection_limit():
             self.closing = True
             self.send_error(503, "too_many_connections", "connection limit reached", core.new_request_id(), False)
+            self.transport.loseConnection()
             return
         self.deadline = core.clock.seconds() + core.server.idle_timeout
 
@@ -166,6 +167,11 @@ class ClientConnection(Protocol):
             server = self.core.server
             while self.exchange is None and not self.closing and self._buffer:
                 buffer = self._buffer
+                if buffer[:1] in (b"\r", b"\n"):
+                    # Empty lines before a request line are ignored (RFC 9112 2.2).
+                    buffer = self._buffer = buffer.lstrip(b"\r\n")
+                    if not buffer:
+                        return
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0 or end > server.max_header_size:
                     if len(buffer) > server.max_header_size or end > server.max_header_size:
@@ -177,8 +183,6 @@ class ClientConnection(Protocol):
                 head = buffer[:end]
                 self._buffer = buffer[end + 4 :]
                 self._head_deadline = 0.0
-                if head[:2] == b"\r\n":  # tolerated empty lines between requests
-                    head = head.lstrip(b"\r\n")
                 self._start(head)
         finally:
             self._processing = False

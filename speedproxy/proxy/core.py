@@ -115,6 +115,25 @@ class ProxyCore:
             server.upstream_keepalive,
         )
 
+    def disconnect_backend(self, upstream: str, backend_id: str) -> int:
+        """Close every connection to one backend, pooled and in flight.
+
+        In-flight requests to it fail as if the backend had dropped them
+        (retried elsewhere when that is safe).  Returns how many closed.
+        """
+        group = self.groups.get(upstream)
+        backend = group.get(backend_id) if group is not None else None
+        if backend is None:
+            return 0
+        config = backend.config
+        closed = self.pool.close_backend(config.host, config.port)
+        for client in list(self.clients):
+            exchange = client.exchange
+            if exchange is not None and exchange.backend is backend and exchange.upstream is not None:
+                exchange.upstream.transport.abortConnection()
+                closed += 1
+        return closed
+
     def start(self) -> None:
         """Start the timers of the data path."""
         self.sweeper.start()

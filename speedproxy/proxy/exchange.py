@@ -63,6 +63,8 @@ class Exchange:
         "_keep_alive",
         "_continue_sent",
         "_head",
+        "_last_error",
+        "_fresh_retry",
     )
 
     def __init__(
@@ -100,6 +102,9 @@ class Exchange:
         self._continue_sent = False
         #: The client response head, held back to leave with the first body bytes.
         self._head = b""
+        self._last_error = (502, "bad_gateway", "no backend could be reached")
+        #: A stale pooled connection was already retried on a new one.
+        self._fresh_retry = False
 
     # -- choosing a backend ----------------------------------------------
 
@@ -118,7 +123,7 @@ class Exchange:
         backend = self.balanced.pick(self.client_ip, self.tried)  # type: ignore[union-attr]
         if backend is None:
             if self.tried:
-                self.fail(502, "bad_gateway", "no backend could be reached")
+                self.fail(*self._last_error)
             else:
                 self.fail(503, "no_backend_available", "no healthy backend can take the request")
             return
@@ -195,20 +200,35 @@ class Exchange:
         if self.finished:
             return
         self._release_backend(True)
+        if timed_out:
+            self._last_error = (504, "gateway_timeout", "timed out connecting to the backend")
+        else:
+            self._last_error = (
+                502, "bad_gateway", "could not connect to the backend: %s" % reason.getErrorMessage()
+            )
         if self._may_retry():
             self._connect()
-        elif timed_out:
-            self.fail(504, "gateway_timeout", "timed out connecting to the backend")
         else:
-            self.fail(502, "bad_gateway", "could not connect to the backend: %s" % reason.getErrorMessage())
+            self.fail(*self._last_error)
 
-    def upstream_lost(self, reason: Failure, got_response: bool) -> None:
+    def upstream_lost(self, reason: Failure, got_response: bool, reused: bool = False) -> None:
         """The backend connection closed before the response was complete."""
         self.upstream = None
         if self.finished:
             return
-        self._release_backend(True)
-        if not self.response_started and self._may_retry():
+        backend = self.backend
+        stale = reused and not got_response and not self.response_started
+        self._release_backend(not stale)
+        self._last_error = (502, "bad_gateway", "the backend closed the connection without answering")
+        if stale and backend is not None and not self._fresh_retry and self._may_retry():
+            # A pooled keep-alive connection the backend had already closed:
+            # try once more on a new connection to the same backend.
+            self._fresh_retry = True
+            self.backend = backend
+            self.head_sent = False
+            backend.request_started()
+            self.core.pool.acquire(backend, self, fresh=True)
+        elif not self.response_started and self._may_retry():
             self._connect()
         elif self.response_started:
             self._abort_client()
@@ -364,6 +384,13 @@ class Exchange:
         """Answer with a JSON error, or cut the client off if too late for one."""
         if self.finished:
             return
+        connection = self.upstream
+        if connection is not None:
+            # The request is abandoned (bad body, timeout): never let the
+            # backend's answer reach the client or the connection be reused.
+            self.upstream = None
+            connection.abort()
+        self._release_backend(False)
         if self.response_started:
             self._abort_client()
             return

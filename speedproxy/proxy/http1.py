@@ -287,10 +287,11 @@ def parse_response_head(head: bytes) -> ResponseHead:
                 token.strip().lower() for token in value.split(b",") if token.strip()
             )
     if chunked:
-        # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and such
-        # a message must not be reused.
+        if content_length is not None:
+            # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and
+            # the connection of such a message must not be reused.
+            connection = connection + (b"close",)
         content_length = None
-        connection = connection + (b"close",)
     response.content_length = content_length
     response.chunked = chunked
     response.connection_tokens = connection

@@ -93,7 +93,10 @@ class UpstreamConnection(Protocol):
             self._in_body = False
             exchange.response_done(False)
         else:
-            exchange.upstream_lost(reason, got_response=self._response is not None)
+            exchange.upstream_lost(
+                reason, got_response=self._response is not None or bool(self._buffer),
+                reused=self.requests > 1,
+            )
 
     def attach(self, exchange: "Exchange", head_only: bool) -> None:
         """Start serving one request for ``exchange``."""
@@ -323,15 +326,16 @@ class ConnectionPool:
         self.keepalive_timeout = keepalive_timeout
         self.max_idle = max_idle
 
-    def acquire(self, backend: "Backend", exchange: "Exchange") -> None:
+    def acquire(self, backend: "Backend", exchange: "Exchange", fresh: bool = False) -> None:
         """Get a connection to ``backend`` for ``exchange``.
 
         Calls ``exchange.upstream_ready(connection, reused)`` (possibly before
         returning) or ``exchange.upstream_connect_failed(reason, timed_out)``.
+        ``fresh`` skips the idle connections and opens a new one.
         """
         config = backend.config
         key = (config.scheme, config.host, config.port)
-        idle = self._idle.get(key)
+        idle = None if fresh else self._idle.get(key)
         while idle:
             connection = idle.pop()
             if connection.reusable:
@@ -382,12 +386,15 @@ class ConnectionPool:
             return len(self._idle.get(key, ()))
         return sum(len(idle) for idle in self._idle.values())
 
-    def close_backend(self, host: str, port: int) -> None:
-        """Close every idle connection to one backend address."""
+    def close_backend(self, host: str, port: int) -> int:
+        """Close every idle connection to one backend address; return how many."""
+        closed = 0
         for key, idle in list(self._idle.items()):
             if key[1] == host and key[2] == port:
                 for connection in list(idle):
                     connection.transport.loseConnection()
+                    closed += 1
+        return closed
 
     def close_idle(self) -> None:
         """Close every idle connection (shutdown)."""

@@ -6,6 +6,7 @@ address to bind or listening sockets inherited from a master.
 
 from __future__ import annotations
 
+import os
 from typing import Any, List, Optional
 
 from twisted.application.service import Service
@@ -17,6 +18,7 @@ from speedproxy.accesslog import open_access_log
 from speedproxy.config.model import Config
 from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
+from speedproxy.worker.draining import drain
 
 log = Logger(namespace="speedproxy.worker")
 
@@ -40,6 +42,7 @@ class ProxyWorkerService(Service):
         self.config = config
         self.core: Optional[ProxyCore] = None
         self.ports: List[Any] = []
+        self.admin_port: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -56,6 +59,11 @@ class ProxyWorkerService(Service):
             factory = ProxyServerFactory(self.core, b"http")
             port = self.reactor.listenTCP(server.port, factory, backlog=1024, interface=server.host)
         self.ports.append(port)
+        from speedproxy.admin.site import admin_site
+        from speedproxy.master.listeners import parse_listen
+
+        admin_host, admin_port = parse_listen(config.admin.listen)
+        self.admin_port = self.reactor.listenTCP(admin_port, admin_site(self), interface=admin_host)
         address = port.getHost()
         log.info(
             "speedproxy {version} serving on {host}:{port} ({routes} routes, {groups} upstream groups)",
@@ -66,6 +74,35 @@ class ProxyWorkerService(Service):
             groups=len(config.backends),
         )
 
+    # The same control surface as the master, for the admin site.
+
+    def state(self) -> dict:
+        assert self.core is not None
+        return {
+            "config": self.config,
+            "index": self.core.stats_index,
+            "workers": [{"slot": 0, "pid": os.getpid(), "ready": True, "config_version": 1}],
+            "restarts": 0,
+            "config_version": 1,
+            "backend_up": {},
+        }
+
+    def stats_snapshot(self) -> dict:
+        from speedproxy.stats.reader import StatsReader
+
+        assert self.core is not None
+        state = self.state()
+        return StatsReader(self.core.shared.segment).snapshot(
+            self.config, self.core.stats_index, state["workers"], {"version": __version__}  # type: ignore[arg-type]
+        )
+
+    def metrics_text(self) -> bytes:
+        from speedproxy.stats.prometheus import SegmentCollector, render_metrics
+        from speedproxy.stats.reader import StatsReader
+
+        assert self.core is not None
+        return render_metrics(SegmentCollector(StatsReader(self.core.shared.segment), self.state))
+
     def apply_config(self, config: Config) -> None:
         """Apply a new config to the running data path (listener unchanged)."""
         self.config = config
@@ -75,27 +112,9 @@ class ProxyWorkerService(Service):
     def stopService(self) -> Deferred:
         """Stop accepting, let in-flight requests finish within the grace period."""
         super().stopService()
-        core = self.core
-        for port in self.ports:
-            port.stopListening()
-        self.ports = []
-        if core is None:
+        ports, self.ports = self.ports, []
+        if self.admin_port is not None:
+            self.admin_port.stopListening()
+        if self.core is None:
             return succeed(None)
-        for client in list(core.clients):
-            client.close_when_idle()
-        drained = core.when_no_clients()
-        grace = self.config.server.shutdown_grace
-
-        def give_up() -> None:
-            for client in list(core.clients):
-                client.transport.abortConnection()
-
-        timer = self.reactor.callLater(grace, give_up)
-
-        def finish(result: object) -> None:
-            if timer.active():
-                timer.cancel()
-            core.stop()
-
-        drained.addCallback(finish)
-        return drained
+        return drain(self.reactor, self.core, ports, self.config.server.shutdown_grace)

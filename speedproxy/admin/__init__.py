@@ -1,0 +1,1 @@
+"""The admin / control API served by the master on ``admin.listen``."""

@@ -1,0 +1,480 @@
+"""The master: binds listeners, runs workers, serves the admin API.
+
+The master never serves proxy traffic.  It owns the config (file, SIGHUP,
+admin API), the stats segment's name→index map and the worker processes;
+it talks to each worker over AMP (:mod:`speedproxy.master.control`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from speedproxy import __version__
+from speedproxy.config import Config, ConfigError, config_to_mapping, load_config
+from speedproxy.master.control import ApplyConfig, DisconnectBackend, Ready, SetBackendState, Shutdown
+from speedproxy.master.listeners import bind_listener, parse_listen
+from speedproxy.stats.prometheus import SegmentCollector, render_metrics
+from speedproxy.stats.reader import StatsReader
+from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
+
+log = Logger(namespace="speedproxy.master")
+
+#: A worker that lived at least this long resets the respawn backoff.
+STABLE_AFTER = 10.0
+MAX_BACKOFF = 10.0
+
+
+def worker_count(config: Config) -> int:
+    """``server.workers``, with ``auto`` meaning one per CPU."""
+    if config.server.workers is None:
+        return os.cpu_count() or 1
+    return config.server.workers
+
+
+class MasterControl(amp.AMP):
+    """The master's end of one worker's control channel."""
+
+    def __init__(self, master: "MasterService", handle: "WorkerHandle") -> None:
+        super().__init__()
+        self.master = master
+        self.handle = handle
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.master.worker_connected(self.handle, self)
+
+    @Ready.responder
+    def ready(self, pid: int, slot: int, version: int) -> dict:
+        self.master.worker_ready(self.handle, pid, version)
+        return {}
+
+
+class WorkerProcess(ProcessProtocol):
+    """Relays a worker's output to the master's log and reports its exit."""
+
+    def __init__(self, master: "MasterService", handle: "WorkerHandle") -> None:
+        self.master = master
+        self.handle = handle
+        self._partial = {1: b"", 2: b""}
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        text = self._partial.get(fd, b"") + data
+        *lines, self._partial[fd] = text.split(b"\n")
+        for line in lines:
+            if line:
+                sys.stdout.write("[worker %d] %s\n" % (self.handle.slot, line.decode("utf-8", "replace")))
+        sys.stdout.flush()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.master.worker_exited(self.handle, reason)
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The master's record of one worker slot."""
+
+    slot: int
+    pid: int = 0
+    process: Any = None
+    control: Optional[MasterControl] = None
+    ready: bool = False
+    started: float = 0.0
+    version: int = 0
+    #: Consecutive quick exits, for the respawn backoff.
+    quick_exits: int = 0
+    retiring: bool = False
+    exited: Deferred = field(default_factory=Deferred)
+    respawn_call: Any = None
+
+
+class MasterService(Service):
+    """Runs ``server.workers`` worker processes behind shared listeners."""
+
+    name = "speedproxy-master"
+
+    def __init__(self, reactor: Any, config: Config, config_path: Optional[str]) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.config_path = config_path
+        self.config_version = 1
+        self.index = StatsIndex()
+        self.workers: Dict[int, WorkerHandle] = {}
+        self.restarts = 0
+        self.stopping = False
+        self.started_at = time.time()
+        self.listener: Optional[socket.socket] = None
+        self.family = "inet"
+        self.segment: Optional[StatsSegment] = None
+        self.reader: Optional[StatsReader] = None
+        self.admin_port: Any = None
+        self.backend_health: Dict[Tuple[str, str], bool] = {}
+        self._stats_path = ""
+        self._signals_installed = False
+
+    # -- start ---------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Bind the listener before privileges are dropped."""
+        server = self.config.server
+        self.listener, self.family = bind_listener(server.host, server.port)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.listener is None:
+            self.privilegedStartService()
+        config = self.config
+        count = worker_count(config)
+        backend_keys = self._backend_keys(config)
+        layout = layout_for(max(16, 2 * count), len(config.routing), len(backend_keys))
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        fd, self._stats_path = tempfile.mkstemp(prefix="speedproxy-stats-", dir=directory)
+        os.close(fd)
+        self.segment = StatsSegment.create(self._stats_path, layout)
+        self.reader = StatsReader(self.segment)
+        self.index.assign(list(config.routing), backend_keys, layout)
+        self._start_admin()
+        for slot in range(count):
+            self._spawn(WorkerHandle(slot))
+        address = self.listener.getsockname()  # type: ignore[union-attr]
+        log.info(
+            "speedproxy {version} master (pid {pid}) listening on {host}:{port} with {count} workers",
+            version=__version__, pid=os.getpid(), host=address[0], port=address[1], count=count,
+        )
+        self.reactor.callWhenRunning(self._install_signals)
+
+    def _start_admin(self) -> None:
+        from speedproxy.admin.site import admin_site
+
+        host, port = parse_listen(self.config.admin.listen)
+        self.admin_port = self.reactor.listenTCP(port, admin_site(self), interface=host)
+        log.info("admin API on {host}:{port}", host=host, port=self.admin_port.getHost().port)
+
+    def _install_signals(self) -> None:
+        self._signals_installed = True
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            # Second signal: no more waiting.
+            for handle in self.workers.values():
+                if handle.pid:
+                    try:
+                        os.kill(handle.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            os._exit(1)
+        self.reactor.callFromThread(self.reactor.stop)
+
+    @staticmethod
+    def _backend_keys(config: Config) -> List[str]:
+        return [
+            StatsIndex.backend_key(upstream, backend.id)
+            for upstream, backends in config.backends.items()
+            for backend in backends
+        ]
+
+    # -- workers ---------------------------------------------------------------
+
+    def _spawn(self, handle: WorkerHandle) -> None:
+        assert self.listener is not None and self.segment is not None
+        self.workers[handle.slot] = handle
+        handle.ready = False
+        handle.control = None
+        handle.exited = Deferred()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [
+            sys.executable, "-m", "speedproxy.worker",
+            "--listen-fd", "3", "--family", self.family,
+            "--control-fd", "4", "--slot", str(handle.slot), "--stats", self._stats_path,
+        ]
+        try:
+            process = self.reactor.spawnProcess(
+                WorkerProcess(self, handle),
+                sys.executable,
+                argv,
+                env=dict(os.environ),
+                childFDs={0: "w", 1: "r", 2: "r", 3: self.listener.fileno(), 4: child.fileno()},
+            )
+        finally:
+            child.close()
+        handle.process = process
+        handle.pid = process.pid
+        handle.started = self.reactor.seconds()
+        self.segment.reset_slot(handle.slot, process.pid, int(time.time()))
+
+        master = self
+
+        class _Factory(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr: Any) -> MasterControl:
+                return MasterControl(master, handle)
+
+        self.reactor.adoptStreamConnection(parent.fileno(), socket.AF_UNIX, _Factory())
+        parent.close()
+
+    def worker_connected(self, handle: WorkerHandle, control: MasterControl) -> None:
+        handle.control = control
+        self._push_config(handle, self.config, self.config_version).addErrback(
+            lambda failure: log.error(
+                "worker {slot} refused the config: {error}", slot=handle.slot, error=failure.getErrorMessage()
+            )
+        )
+
+    def worker_ready(self, handle: WorkerHandle, pid: int, version: int) -> None:
+        handle.ready = True
+        handle.version = version
+        log.info("worker {slot} (pid {pid}) ready", slot=handle.slot, pid=pid)
+        for (upstream, backend_id), healthy in self.backend_health.items():
+            if not healthy and handle.control is not None:
+                handle.control.callRemote(SetBackendState, upstream=upstream, backend_id=backend_id, healthy=False)
+
+    def worker_exited(self, handle: WorkerHandle, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        handle.ready = False
+        handle.control = None
+        if self.reader is not None:
+            self.reader.retire(handle.slot)
+        exited, handle.exited = handle.exited, Deferred()
+        if self.stopping or handle.retiring:
+            self.workers.pop(handle.slot, None)
+            log.info("worker {slot} (pid {pid}) exited", slot=handle.slot, pid=handle.pid)
+            handle.pid = 0
+            exited.callback(None)
+            return
+        lived = self.reactor.seconds() - handle.started
+        handle.quick_exits = 0 if lived >= STABLE_AFTER else handle.quick_exits + 1
+        delay = 0.0 if handle.quick_exits <= 1 else min(MAX_BACKOFF, 0.1 * 2 ** (handle.quick_exits - 1))
+        log.warn(
+            "worker {slot} (pid {pid}) died (exit {code}, signal {sig}); respawning in {delay:.1f}s",
+            slot=handle.slot, pid=handle.pid, code=code, sig=sig, delay=delay,
+        )
+        handle.pid = 0
+        self.restarts += 1
+        exited.callback(None)
+
+        def respawn() -> None:
+            handle.respawn_call = None
+            if not self.stopping and not handle.retiring:
+                self._spawn(handle)
+
+        handle.respawn_call = self.reactor.callLater(delay, respawn)
+
+    # -- config ------------------------------------------------------------------
+
+    def _push_config(self, handle: WorkerHandle, config: Config, version: int) -> Deferred:
+        if handle.control is None:
+            return succeed(None)
+        return handle.control.callRemote(
+            ApplyConfig,
+            config=config_to_mapping(config),
+            version=version,
+            stats_index=self.index.to_mapping(),
+        )
+
+    def reload(self) -> Deferred:
+        """SIGHUP: re-read the file; apply it if valid, else keep running as is."""
+        if self.config_path is None:
+            return succeed(None)
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as error:
+            log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
+            return succeed(None)
+        return self.apply_config(config).addCallbacks(
+            lambda version: log.info("config version {version} from {path} is live", version=version, path=self.config_path),
+            lambda failure: log.error("config reload failed: {error}", error=failure.getErrorMessage()),
+        )
+
+    def apply_config(self, config: Config) -> Deferred:
+        """Validate-free apply of an already validated config to every worker.
+
+        Fires with the new version once every live worker applied it; if one
+        refuses, the others are put back on the previous config and the
+        Deferred fails.
+        """
+        old = self.config
+        fixed = []
+        if (config.server.host, config.server.port) != (old.server.host, old.server.port):
+            fixed.append("server.host/server.port")
+        if config.admin.listen != old.admin.listen:
+            fixed.append("admin.listen")
+        if config.ssl.enabled != old.ssl.enabled:
+            fixed.append("ssl.enabled")
+        if fixed:
+            log.warn("{keys} changed: takes effect only after a restart", keys=", ".join(fixed))
+        index = StatsIndex.from_mapping(self.index.to_mapping())
+        try:
+            index.assign(list(config.routing), self._backend_keys(config), self.segment.layout if self.segment else None)
+        except ValueError as error:
+            from twisted.internet.defer import fail
+
+            return fail(error)
+        previous_index = self.index
+        self.index = index
+        version = self.config_version + 1
+        live = [handle for handle in self.workers.values() if handle.control is not None and not handle.retiring]
+        pushes = [self._push_config(handle, config, version) for handle in live]
+
+        def applied(results: List[Tuple[bool, Any]]) -> Any:
+            failures = [(handle, value) for handle, (ok, value) in zip(live, results) if not ok]
+            if failures:
+                self.index = previous_index
+                for handle, (ok, _) in zip(live, results):
+                    if ok:
+                        self._push_config(handle, old, self.config_version).addErrback(lambda _: None)
+                raise RuntimeError(
+                    "; ".join(
+                        "worker %d: %s" % (handle.slot, value.getErrorMessage()) for handle, value in failures
+                    )
+                )
+            self.config = config
+            self.config_version = version
+            for handle in live:
+                handle.version = version
+            self._resize(worker_count(config))
+            return version
+
+        return DeferredList(pushes, consumeErrors=True).addCallback(applied)
+
+    def _resize(self, count: int) -> None:
+        """Start or retire workers to reach ``count``."""
+        assert self.segment is not None
+        count = min(count, self.segment.layout.slots)
+        active = sorted(slot for slot, handle in self.workers.items() if not handle.retiring)
+        for slot in range(count):
+            if slot not in self.workers:
+                self._spawn(WorkerHandle(slot))
+        for slot in active:
+            if slot >= count:
+                handle = self.workers[slot]
+                handle.retiring = True
+                if handle.respawn_call is not None and handle.respawn_call.active():
+                    handle.respawn_call.cancel()
+                    self.workers.pop(slot, None)
+                elif handle.control is not None:
+                    handle.control.callRemote(Shutdown, grace=self.config.server.shutdown_grace)
+                elif handle.pid:
+                    os.kill(handle.pid, signal.SIGTERM)
+
+    # -- control used by the admin API -------------------------------------------
+
+    def state(self) -> Dict[str, Any]:
+        return {
+            "config": self.config,
+            "index": self.index,
+            "workers": [
+                {"slot": h.slot, "pid": h.pid, "ready": h.ready, "config_version": h.version}
+                for h in sorted(self.workers.values(), key=lambda h: h.slot)
+                if h.pid
+            ],
+            "restarts": self.restarts,
+            "config_version": self.config_version,
+            "backend_up": dict(self.backend_health),
+        }
+
+    def stats_snapshot(self) -> Dict[str, Any]:
+        assert self.reader is not None
+        state = self.state()
+        return self.reader.snapshot(
+            self.config,
+            self.index,
+            state["workers"],
+            {
+                "version": __version__,
+                "config_version": self.config_version,
+                "uptime_seconds": round(time.time() - self.started_at, 3),
+                "worker_restarts": self.restarts,
+            },
+        )
+
+    def metrics_text(self) -> bytes:
+        assert self.reader is not None
+        return render_metrics(SegmentCollector(self.reader, self.state))
+
+    def broadcast(self, command: Any, **arguments: Any) -> Deferred:
+        """Send one command to every live worker; fires with their answers."""
+        calls = [
+            handle.control.callRemote(command, **arguments)
+            for handle in self.workers.values()
+            if handle.control is not None
+        ]
+        return gatherResults(calls, consumeErrors=True)
+
+    def set_backend_health(self, upstream: str, backend_id: str, healthy: bool) -> Deferred:
+        self.backend_health[(upstream, backend_id)] = healthy
+        return self.broadcast(SetBackendState, upstream=upstream, backend_id=backend_id, healthy=healthy)
+
+    def disconnect_backend(self, upstream: str, backend_id: str) -> Deferred:
+        return self.broadcast(DisconnectBackend, upstream=upstream, backend_id=backend_id)
+
+    # -- stop ----------------------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        """Drain every worker (up to ``shutdown_grace``), then exit."""
+        super().stopService()
+        self.stopping = True
+        grace = self.config.server.shutdown_grace
+        waits = []
+        for handle in list(self.workers.values()):
+            if handle.respawn_call is not None and handle.respawn_call.active():
+                handle.respawn_call.cancel()
+            if not handle.pid:
+                continue
+            waits.append(handle.exited)
+            if handle.control is not None:
+                handle.control.callRemote(Shutdown, grace=grace)
+            else:
+                try:
+                    os.kill(handle.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        if self.admin_port is not None:
+            self.admin_port.stopListening()
+
+        def kill_stragglers() -> None:
+            for handle in self.workers.values():
+                if handle.pid:
+                    log.warn("worker {slot} did not stop in time; killing it", slot=handle.slot)
+                    try:
+                        os.kill(handle.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+        timer = self.reactor.callLater(grace + 5.0, kill_stragglers)
+
+        def cleanup(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if self.segment is not None:
+                self.segment.close()
+            try:
+                os.unlink(self._stats_path)
+            except OSError:
+                pass
+            log.info("speedproxy master stopped")
+            return result
+
+        return DeferredList(waits).addBoth(cleanup)

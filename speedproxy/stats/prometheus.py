@@ -1,0 +1,164 @@
+"""``/metrics``: Prometheus text built from the stats segment on each scrape."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+
+from speedproxy.stats.reader import StatsReader
+from speedproxy.stats.segment import (
+    ACTIVE_CLIENTS,
+    ACTIVE_UPSTREAM,
+    B_ACTIVE,
+    B_FAILURES,
+    B_LATENCY_SUM_US,
+    B_REQUESTS,
+    B_RESPONSES,
+    BACKEND_WORDS,
+    BYTES_IN,
+    BYTES_OUT,
+    CLIENTS_TOTAL,
+    HIST_BASE,
+    LATENCY_BUCKETS,
+    LATENCY_SUM_US,
+    REQUESTS,
+    ROUTE_WORDS,
+    STATUS_BASE,
+    STATUS_CLASSES,
+    StatsIndex,
+)
+
+
+class SegmentCollector:
+    """A prometheus-client collector reading the segment at scrape time.
+
+    ``state`` returns the master's current view: ``config``, ``index``,
+    ``workers`` (list of dicts with ``slot``), ``restarts``,
+    ``config_version`` and ``backend_up`` (``{(upstream, id): bool}``).
+    """
+
+    def __init__(self, reader: StatsReader, state: Callable[[], Mapping[str, Any]]) -> None:
+        self.reader = reader
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state()
+        config = state["config"]
+        index: StatsIndex = state["index"]
+        reader = self.reader
+        layout = reader.layout
+        slots = reader.slots()
+        total = reader.totals(slots)
+
+        requests = CounterMetricFamily(
+            "speedproxy_requests",
+            "Requests answered, by route, upstream and status class.",
+            labels=["route", "upstream", "status_class"],
+        )
+        routed = 0
+        for name, route in config.routing.items():
+            idx = index.routes.get(name)
+            if idx is None:
+                continue
+            word = layout.route_base + idx * ROUTE_WORDS
+            for i, cls in enumerate(STATUS_CLASSES):
+                requests.add_metric([name, route.upstream, cls], total[word + i])
+                routed += total[word + i]
+        # Requests refused before routing (bad request line, no route...).
+        for i, cls in enumerate(STATUS_CLASSES):
+            unrouted = total[STATUS_BASE + i] - sum(
+                total[layout.route_base + idx * ROUTE_WORDS + i] for idx in index.routes.values()
+            )
+            requests.add_metric(["", "", cls], max(unrouted, 0))
+        yield requests
+
+        buckets = []
+        running = 0
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            running += total[HIST_BASE + i]
+            buckets.append((repr(bound), running))
+        running += total[HIST_BASE + len(LATENCY_BUCKETS)]
+        buckets.append(("+Inf", running))
+        yield HistogramMetricFamily(
+            "speedproxy_request_duration_seconds",
+            "Time from request head to the end of the response.",
+            buckets=buckets,
+            sum_value=total[LATENCY_SUM_US] / 1e6,
+        )
+
+        yield GaugeMetricFamily(
+            "speedproxy_active_connections", "Open client connections.", value=total[ACTIVE_CLIENTS]
+        )
+        yield CounterMetricFamily(
+            "speedproxy_connections", "Client connections accepted.", value=total[CLIENTS_TOTAL]
+        )
+        yield GaugeMetricFamily(
+            "speedproxy_active_upstream_requests",
+            "Requests in flight to backends.",
+            value=total[ACTIVE_UPSTREAM],
+        )
+        yield CounterMetricFamily(
+            "speedproxy_received_bytes", "Bytes received from clients.", value=total[BYTES_IN]
+        )
+        yield CounterMetricFamily(
+            "speedproxy_sent_bytes", "Bytes sent to clients.", value=total[BYTES_OUT]
+        )
+
+        per_worker = CounterMetricFamily(
+            "speedproxy_worker_requests", "Requests answered, by worker slot.", labels=["worker"]
+        )
+        for info in state["workers"]:
+            per_worker.add_metric([str(info["slot"])], slots[info["slot"]][REQUESTS])
+        yield per_worker
+        yield GaugeMetricFamily("speedproxy_workers", "Workers serving.", value=len(state["workers"]))
+        yield CounterMetricFamily(
+            "speedproxy_worker_restarts", "Workers respawned after exiting.", value=state["restarts"]
+        )
+        yield GaugeMetricFamily(
+            "speedproxy_config_version", "Version of the live config.", value=state["config_version"]
+        )
+
+        labels = ["upstream", "backend"]
+        active = GaugeMetricFamily("speedproxy_backend_active_requests", "Requests in flight.", labels=labels)
+        b_requests = CounterMetricFamily("speedproxy_backend_requests", "Requests sent.", labels=labels)
+        b_failures = CounterMetricFamily("speedproxy_backend_failures", "Failed requests.", labels=labels)
+        b_latency = CounterMetricFamily(
+            "speedproxy_backend_response_seconds",
+            "Sum of time to response end for answered requests.",
+            labels=labels,
+        )
+        b_responses = CounterMetricFamily("speedproxy_backend_responses", "Responses relayed.", labels=labels)
+        up = GaugeMetricFamily("speedproxy_backend_up", "1 when the backend takes traffic.", labels=labels)
+        weight = GaugeMetricFamily("speedproxy_backend_weight", "Configured weight.", labels=labels)
+        backend_up = state.get("backend_up", {})
+        for upstream, configs in config.backends.items():
+            for backend in configs:
+                idx = index.backends.get(StatsIndex.backend_key(upstream, backend.id))
+                if idx is None:
+                    continue
+                word = layout.backend_base + idx * BACKEND_WORDS
+                key = [upstream, backend.id]
+                active.add_metric(key, sum(values[word + B_ACTIVE] for values in slots))
+                b_requests.add_metric(key, total[word + B_REQUESTS])
+                b_failures.add_metric(key, total[word + B_FAILURES])
+                b_latency.add_metric(key, total[word + B_LATENCY_SUM_US] / 1e6)
+                b_responses.add_metric(key, total[word + B_RESPONSES])
+                healthy = backend_up.get((upstream, backend.id), True)
+                up.add_metric(key, 1.0 if (backend.active and healthy and backend.weight > 0) else 0.0)
+                weight.add_metric(key, backend.weight)
+        yield from (active, b_requests, b_failures, b_latency, b_responses, up, weight)
+
+
+def render_metrics(collector: SegmentCollector) -> bytes:
+    """Prometheus text exposition of one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    return generate_latest(registry)

@@ -1,0 +1,166 @@
+"""The master's side of the stats segment: totals that never go backwards."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from speedproxy.config.model import Config
+from speedproxy.stats.segment import (
+    ACTIVE_CLIENTS,
+    ACTIVE_UPSTREAM,
+    B_ACTIVE,
+    B_FAILURES,
+    B_LATENCY_SUM_US,
+    B_REQUESTS,
+    B_RESPONSES,
+    BACKEND_WORDS,
+    BYTES_IN,
+    BYTES_OUT,
+    CLIENTS_TOTAL,
+    HIST_BASE,
+    LATENCY_BUCKETS,
+    LATENCY_SUM_US,
+    PID,
+    REQUESTS,
+    ROUTE_WORDS,
+    STARTED,
+    STATUS_BASE,
+    STATUS_CLASSES,
+    StatsIndex,
+    StatsSegment,
+)
+
+
+class StatsReader:
+    """Sums worker slots, plus the counts of workers that are gone.
+
+    When a worker exits, :meth:`retire` folds its counters (not its gauges)
+    into ``retired`` before the slot is zeroed for the replacement, so every
+    total stays monotonic across worker restarts.
+    """
+
+    def __init__(self, segment: StatsSegment) -> None:
+        self.segment = segment
+        self.layout = segment.layout
+        self.retired: List[int] = [0] * self.layout.slot_words
+
+    def retire(self, slot: int) -> None:
+        """Fold a finished worker's counters in and zero its slot."""
+        values = self.segment.read_slot(slot)
+        layout = self.layout
+        retired = self.retired
+        for word in range(3, layout.slot_words):
+            if not layout.is_gauge(word):
+                retired[word] += values[word]
+        self.segment.reset_slot(slot, 0, 0)
+
+    def slots(self) -> List[List[int]]:
+        return [self.segment.read_slot(slot) for slot in range(self.layout.slots)]
+
+    def totals(self, slots: Optional[Sequence[List[int]]] = None) -> List[int]:
+        """Live slots plus retired counters, word by word."""
+        total = list(self.retired)
+        for values in slots if slots is not None else self.slots():
+            for word in range(3, len(values)):
+                if values[word]:
+                    total[word] += values[word]
+        return total
+
+    def snapshot(
+        self,
+        config: Config,
+        index: StatsIndex,
+        workers: Sequence[Mapping[str, Any]] = (),
+        extra: Optional[Mapping[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """Everything behind ``/stats`` as plain JSON-able data."""
+        slots = self.slots()
+        total = self.totals(slots)
+        layout = self.layout
+
+        def summary(values: List[int]) -> Dict[str, Any]:
+            requests = values[REQUESTS]
+            return {
+                "requests": requests,
+                "status": {
+                    name: values[STATUS_BASE + i] for i, name in enumerate(STATUS_CLASSES)
+                },
+                "bytes_in": values[BYTES_IN],
+                "bytes_out": values[BYTES_OUT],
+                "active_connections": values[ACTIVE_CLIENTS],
+                "connections_total": values[CLIENTS_TOTAL],
+                "active_upstream_requests": values[ACTIVE_UPSTREAM],
+                "avg_latency_ms": round(values[LATENCY_SUM_US] / requests / 1000.0, 3) if requests else 0.0,
+            }
+
+        worker_rows = []
+        for info in workers:
+            slot = info["slot"]
+            row = dict(info)
+            row.update(summary(slots[slot]))
+            worker_rows.append(row)
+        backends = []
+        for upstream, configs in config.backends.items():
+            for backend in configs:
+                key = StatsIndex.backend_key(upstream, backend.id)
+                idx = index.backends.get(key)
+                if idx is None:
+                    continue
+                word = layout.backend_base + idx * BACKEND_WORDS
+                responses = total[word + B_RESPONSES]
+                backends.append(
+                    {
+                        "upstream": upstream,
+                        "id": backend.id,
+                        "address": backend.address,
+                        "weight": backend.weight,
+                        "active": backend.active,
+                        "active_requests": sum(values[word + B_ACTIVE] for values in slots),
+                        "requests": total[word + B_REQUESTS],
+                        "failures": total[word + B_FAILURES],
+                        "avg_response_ms": round(total[word + B_LATENCY_SUM_US] / responses / 1000.0, 3)
+                        if responses
+                        else 0.0,
+                    }
+                )
+        routes = []
+        for name, route in config.routing.items():
+            idx = index.routes.get(name)
+            if idx is None:
+                continue
+            word = layout.route_base + idx * ROUTE_WORDS
+            routes.append(
+                {
+                    "route": name,
+                    "upstream": route.upstream,
+                    "status": {
+                        cls: total[word + i] for i, cls in enumerate(STATUS_CLASSES)
+                    },
+                }
+            )
+        result: Dict[str, Any] = {
+            "totals": summary(total),
+            "latency_histogram": self.histogram(total),
+            "workers": worker_rows,
+            "backends": backends,
+            "routes": routes,
+        }
+        if extra:
+            result.update(extra)
+        return result
+
+    @staticmethod
+    def histogram(total: Sequence[int]) -> Dict[str, int]:
+        """Cumulative latency bucket counts keyed by upper bound."""
+        out: Dict[str, int] = {}
+        running = 0
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            running += total[HIST_BASE + i]
+            out[repr(bound)] = running
+        running += total[HIST_BASE + len(LATENCY_BUCKETS)]
+        out["+Inf"] = running
+        return out
+
+    def worker_info(self, slot: int) -> Dict[str, int]:
+        values = self.segment.read_slot(slot)
+        return {"pid": values[PID], "started": values[STARTED]}

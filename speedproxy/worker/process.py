@@ -1,0 +1,206 @@
+"""A worker process: adopts the master's listening socket and serves it.
+
+Run by the master as ``python -m speedproxy.worker --listen-fd 3
+--control-fd 4 --slot N --stats PATH``; it does not depend on twistd.  It
+waits for its first config over the control channel, then adopts the
+listening socket and reports ``Ready``.  It exits when the master says so
+(after draining) or when the control channel closes (the master is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+from typing import Any, List, Optional, Sequence
+
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from speedproxy.accesslog import open_access_log
+from speedproxy.config import ConfigError, config_from_mapping
+from speedproxy.master.control import (
+    ApplyConfig,
+    ConfigRefused,
+    DisconnectBackend,
+    Ready,
+    SetBackendState,
+    Shutdown,
+)
+from speedproxy.proxy.core import ProxyCore
+from speedproxy.proxy.server import ProxyServerFactory
+from speedproxy.stats.segment import StatsIndex, StatsSegment
+from speedproxy.stats.shared import SharedView
+from speedproxy.worker.draining import drain
+from speedproxy.worker.service import _tls_server_options
+
+log = Logger(namespace="speedproxy.worker")
+
+
+class WorkerControl(amp.AMP):
+    """The worker's end of the control channel."""
+
+    def __init__(self, worker: "Worker") -> None:
+        super().__init__()
+        self.worker = worker
+
+    @ApplyConfig.responder
+    def apply_config(self, config: Any, version: int, stats_index: Any) -> dict:
+        try:
+            self.worker.apply(config, version, stats_index)
+        except (ConfigError, ValueError, OSError) as error:
+            raise ConfigRefused(str(error))
+        return {"version": version}
+
+    @Shutdown.responder
+    def shutdown(self, grace: float) -> dict:
+        self.worker.shutdown(grace)
+        return {}
+
+    @SetBackendState.responder
+    def set_backend_state(self, upstream: str, backend_id: str, healthy: bool) -> dict:
+        self.worker.set_backend_state(upstream, backend_id, healthy)
+        return {}
+
+    @DisconnectBackend.responder
+    def disconnect_backend(self, upstream: str, backend_id: str) -> dict:
+        return {"closed": self.worker.disconnect_backend(upstream, backend_id)}
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.worker.master_lost()
+
+
+class Worker:
+    """The state of one worker process."""
+
+    def __init__(self, reactor: Any, listen_fd: int, family: int, slot: int, stats_path: str) -> None:
+        self.reactor = reactor
+        self.listen_fd = listen_fd
+        self.family = family
+        self.slot = slot
+        self.segment = StatsSegment.attach(stats_path)
+        self.shared = SharedView(self.segment, slot)
+        self.core: Optional[ProxyCore] = None
+        self.ports: List[Any] = []
+        self.control: Optional[WorkerControl] = None
+        self.version = 0
+        self.stopping = False
+
+    def connect(self, control_fd: int) -> None:
+        """Speak AMP on the inherited control socket."""
+        worker = self
+
+        class _ControlFactory(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr: Any) -> WorkerControl:
+                worker.control = WorkerControl(worker)
+                return worker.control
+
+        self.reactor.adoptStreamConnection(control_fd, socket.AF_UNIX, _ControlFactory())
+        os.close(control_fd)
+
+    def apply(self, mapping: Any, version: int, stats_index: Any) -> None:
+        """Apply a config pushed by the master (first one: start serving)."""
+        config = config_from_mapping(mapping, filename="<master>")
+        index = StatsIndex.from_mapping(stats_index)
+        if self.core is None:
+            self.core = ProxyCore(
+                self.reactor,
+                config,
+                open_access_log(config.server.access_log),
+                shared=self.shared,
+                stats_index=index,
+            )
+            self.core.start()
+            scheme = b"https" if config.ssl.enabled else b"http"
+            factory: Any = ProxyServerFactory(self.core, scheme)
+            if config.ssl.enabled:
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                factory = TLSMemoryBIOFactory(_tls_server_options(config), False, factory)
+            self.ports.append(self.reactor.adoptStreamPort(self.listen_fd, self.family, factory))
+            os.close(self.listen_fd)
+            self.version = version
+            self.reactor.callLater(0, self._ready)
+        else:
+            self.core.apply_config(config, index)
+            self.version = version
+
+    def _ready(self) -> None:
+        if self.control is not None:
+            self.control.callRemote(Ready, pid=os.getpid(), slot=self.slot, version=self.version)
+        log.info("worker {slot} (pid {pid}) serving, config version {version}",
+                 slot=self.slot, pid=os.getpid(), version=self.version)
+
+    def set_backend_state(self, upstream: str, backend_id: str, healthy: bool) -> None:
+        if self.core is None:
+            return
+        group = self.core.groups.get(upstream)
+        backend = group.get(backend_id) if group is not None else None
+        if backend is not None:
+            backend.healthy = healthy
+
+    def disconnect_backend(self, upstream: str, backend_id: str) -> int:
+        if self.core is None:
+            return 0
+        return self.core.disconnect_backend(upstream, backend_id)
+
+    def shutdown(self, grace: float) -> None:
+        """Drain, then exit 0."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.core is None:
+            self.reactor.stop()
+            return
+        ports, self.ports = self.ports, []
+        done = drain(self.reactor, self.core, ports, grace)
+        done.addBoth(lambda _: self.reactor.stop())
+
+    def master_lost(self) -> None:
+        """The control channel closed: the master is gone, so are we."""
+        if not self.stopping:
+            log.warn("master went away; worker {slot} exits", slot=self.slot)
+            self.stopping = True
+            if self.reactor.running:
+                self.reactor.stop()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m speedproxy.worker``."""
+    parser = argparse.ArgumentParser(prog="speedproxy-worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--family", choices=("inet", "inet6"), default="inet")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--slot", type=int, required=True)
+    parser.add_argument("--stats", required=True)
+    args = parser.parse_args(argv)
+
+    try:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
+    except Exception:  # not Linux, or a reactor is already installed
+        pass
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # Ctrl-C reaches the whole process group; the master coordinates the stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    family = socket.AF_INET6 if args.family == "inet6" else socket.AF_INET
+    worker = Worker(reactor, args.listen_fd, family, args.slot, args.stats)
+    worker.connect(args.control_fd)
+
+    def on_term(*_: Any) -> None:
+        grace = worker.core.server.shutdown_grace if worker.core is not None else 0.0
+        reactor.callFromThread(worker.shutdown, grace)
+
+    reactor.callWhenRunning(lambda: signal.signal(signal.SIGTERM, on_term))
+    reactor.run(installSignalHandlers=False)
+    return 0

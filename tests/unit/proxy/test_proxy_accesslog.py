@@ -1,0 +1,154 @@
+"""Tests for :mod:`speedproxy.accesslog`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from speedproxy.accesslog import (
+    AccessLogFormatter,
+    FileAccessLog,
+    IAccessLog,
+    TwistedLogAccessLog,
+    open_access_log,
+)
+
+# 2026-11-23 11:05:47 UTC
+STAMP = 1795431947.25
+
+COMBINED = re.compile(
+    r'^(?P<ip>\S+) - - \[(?P<time>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<size>\d+) '
+    r'"(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)" rt=(?P<rt>\d+\.\d{3}) '
+    r"upstream=(?P<upstream>\S+) rid=(?P<rid>\S+)$"
+)
+
+
+def line(**overrides: object) -> str:
+    args = dict(
+        client_ip="127.0.0.1",
+        method=b"GET",
+        target=b"/",
+        version=b"HTTP/1.1",
+        status=200,
+        size=1024,
+        referer=None,
+        user_agent=b"curl/8.0",
+        seconds=0.0021,
+        upstream="127.0.0.1:8081",
+        request_id=b"ab12-1",
+    )
+    args.update(overrides)
+    return AccessLogFormatter(lambda: STAMP).format(**args)  # type: ignore[arg-type]
+
+
+def test_combined_format_example() -> None:
+    assert line() == (
+        '127.0.0.1 - - [23/Nov/2026:11:05:47 +0000] "GET / HTTP/1.1" 200 1024 "-" "curl/8.0" '
+        "rt=0.002 upstream=127.0.0.1:8081 rid=ab12-1"
+    )
+
+
+def test_fields_parse_as_combined() -> None:
+    match = COMBINED.match(line(referer=b"https://r.example/", status=404, size=0, seconds=1.5))
+    assert match is not None
+    assert match["ip"] == "127.0.0.1"
+    assert match["request"] == "GET / HTTP/1.1"
+    assert match["status"] == "404"
+    assert match["size"] == "0"
+    assert match["referer"] == "https://r.example/"
+    assert match["agent"] == "curl/8.0"
+    assert match["rt"] == "1.500"
+
+
+@pytest.mark.parametrize(
+    "agent,quoted",
+    [
+        (b'say "hi"', 'say \\"hi\\"'),
+        (b"back\\slash", "back\\\\slash"),
+        (b'\\"', '\\\\\\"'),
+        (b"", "-"),
+        (None, "-"),
+    ],
+)
+def test_quoting(agent: object, quoted: str) -> None:
+    text = line(user_agent=agent)
+    match = COMBINED.match(text)
+    assert match is not None, text
+    assert match["agent"] == quoted
+
+
+def test_target_quoted_and_missing_upstream() -> None:
+    text = line(target=b'/a"b', upstream="", client_ip="2001:db8::1")
+    match = COMBINED.match(text)
+    assert match is not None
+    assert match["request"] == 'GET /a\\"b HTTP/1.1'
+    assert match["upstream"] == "-"
+    assert match["ip"] == "2001:db8::1"
+
+
+def test_timestamp_cached_per_second() -> None:
+    now = [STAMP]
+    formatter = AccessLogFormatter(lambda: now[0])
+    first = formatter.timestamp()
+    now[0] += 0.5
+    assert formatter.timestamp() is first
+    now[0] += 1
+    assert formatter.timestamp() == "23/Nov/2026:11:05:48 +0000"
+
+
+def test_file_access_log(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = FileAccessLog(str(path))
+    assert verifyObject(IAccessLog, log)
+    log.write(line())
+    log.write(line(status=502))
+    log.flush()
+    lines: List[str] = path.read_text("utf-8").splitlines()
+    assert len(lines) == 2
+    assert all(COMBINED.match(text) for text in lines)
+    assert " 502 " in lines[1]
+    # rotation: the old file moves away, reopen starts a new one
+    path.rename(tmp_path / "access.log.1")
+    log.reopen()
+    log.write(line(status=404))
+    log.close()
+    assert path.read_text("utf-8").count("\n") == 1
+    assert " 404 " in path.read_text("utf-8")
+
+
+def test_file_access_log_appends(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    path.write_text("old\n")
+    log = FileAccessLog(str(path))
+    log.write("new")
+    log.close()
+    assert path.read_text() == "old\nnew\n"
+
+
+def test_open_access_log(tmp_path: Path) -> None:
+    assert open_access_log("off") is None
+    assert isinstance(open_access_log("-"), TwistedLogAccessLog)
+    assert isinstance(open_access_log(""), TwistedLogAccessLog)
+    log = open_access_log(str(tmp_path / "a.log"))
+    assert isinstance(log, FileAccessLog)
+    log.close()
+
+
+def test_twisted_log_access_log() -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        log = TwistedLogAccessLog()
+        assert verifyObject(IAccessLog, log)
+        log.write("a line")
+        log.flush()
+        log.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("line") == "a line" and e.get("log_namespace") == "speedproxy.access" for e in events)
