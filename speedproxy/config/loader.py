@@ -252,6 +252,15 @@ def _integer(low: int, high: Optional[int] = None) -> Converter:
     return convert
 
 
+def _fraction(problems: _Problems, val: _Val, path: str) -> float:
+    value = val.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number between 0 and 1, got {describe_value(value)}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return float(value)
+
+
 def _duration(positive: bool) -> Converter:
     def convert(problems: _Problems, val: _Val, path: str) -> float:
         seconds = parse_duration(val.value)
@@ -443,6 +452,10 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "trusted_proxies": _networks,
     "access_log": _string(non_empty=True),
     "shutdown_grace": _duration(positive=False),
+    "retries": _integer(0, 10),
+    "retry_budget": _fraction,
+    "websocket_idle_timeout": _POSITIVE_DURATION,
+    "sse_idle_timeout": _POSITIVE_DURATION,
 }
 _SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
 _ADMIN_FIELDS: Dict[str, Converter] = {"listen": _listen, "api_key": _string(), "api_key_file": _string()}
@@ -453,6 +466,9 @@ _HEALTH_CHECK_FIELDS: Dict[str, Converter] = {
     "failures": _integer(1),
     "successes": _integer(1),
     "expected_status": _status_range,
+    "passive_failures": _integer(0),
+    "passive_5xx": _boolean,
+    "unhealthy_timeout": _POSITIVE_DURATION,
 }
 _BACKEND_FIELDS: Dict[str, Converter] = {
     "id": _string(non_empty=True),
@@ -474,7 +490,10 @@ _ROUTE_FIELDS: Dict[str, Converter] = {
 }
 _TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing")
 
-#: Size fields of ServerConfig; every float field in the model is a duration.
+#: Float fields that are plain numbers; every other float field is a duration.
+_FRACTION_FIELDS = ("retry_budget",)
+
+#: Size fields of ServerConfig.
 _SIZE_FIELDS = ("max_header_size", "max_body_size")
 
 
@@ -717,7 +736,7 @@ def _dump(record: Any) -> Dict[str, Any]:
     data = {}
     for field in dataclasses.fields(record):
         value = getattr(record, field.name)
-        if field.type in ("float", float):
+        if field.type in ("float", float) and field.name not in _FRACTION_FIELDS:
             value = format_duration(value)
         elif isinstance(value, tuple):
             value = list(value)

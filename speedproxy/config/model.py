@@ -36,6 +36,12 @@ class HealthCheckConfig:
     successes: int = 2
     #: Inclusive range of statuses that count as healthy.
     expected_status: Tuple[int, int] = (200, 399)
+    #: Passive check in every worker: consecutive failed requests (connect
+    #: errors, timeouts, and 5xx when ``passive_5xx``) that take the backend
+    #: out for ``unhealthy_timeout``.  0 disables passive checks.
+    passive_failures: int = 3
+    passive_5xx: bool = False
+    unhealthy_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,16 @@ class ServerConfig:
     #: ``-`` logs to twistd's log, ``off`` disables, anything else is a file path.
     access_log: str = "-"
     shutdown_grace: float = 30.0
+    #: Extra attempts on another backend for a request that failed before
+    #: any response byte (idempotent, or body not yet sent).
+    retries: int = 2
+    #: Retries may add at most this fraction of extra load (plus a small
+    #: floor), so a failing pool cannot be hit by a retry storm.
+    retry_budget: float = 0.2
+    #: Idle time after which a WebSocket tunnel is closed.
+    websocket_idle_timeout: float = 3600.0
+    #: Time an event stream may go without an event before it is closed.
+    sse_idle_timeout: float = 3600.0
 
 
 @dataclass(frozen=True)

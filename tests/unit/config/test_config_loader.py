@@ -893,3 +893,30 @@ def test_round_trip_property(config):
     data = config_to_mapping(config)
     assert config_from_mapping(data) == config
     assert parse_config(yaml.safe_dump(data)) == config
+
+
+def test_retry_and_long_lived_protocol_settings() -> None:
+    config = parse_config(
+        "server:\n  retries: 3\n  retry_budget: 0.5\n  websocket_idle_timeout: 2h\n  sse_idle_timeout: 90s\n"
+    )
+    assert config.server.retries == 3
+    assert config.server.retry_budget == 0.5
+    assert config.server.websocket_idle_timeout == 7200.0
+    assert config.server.sse_idle_timeout == 90.0
+    assert config_from_mapping(config_to_mapping(config)) == config
+
+
+def test_retry_budget_out_of_range_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("server:\n  retry_budget: 2\n", "f.yaml")
+    assert "f.yaml:2: server.retry_budget: must be between 0 and 1" in str(info.value)
+
+
+def test_passive_health_settings() -> None:
+    config = parse_config(
+        "backends:\n  default:\n    - id: a\n      host: h\n      port: 1\n"
+        "      health_check: {passive_failures: 0, passive_5xx: true, unhealthy_timeout: 5s}\n"
+    )
+    check = config.backends["default"][0].health_check
+    assert check is not None
+    assert (check.passive_failures, check.passive_5xx, check.unhealthy_timeout) == (0, True, 5.0)
