@@ -61,7 +61,9 @@ __all__ = [
     "BackendExchange",
     "HTTPBackend",
     "ProxyProcess",
+    "ProxyReloadError",
     "ProxyStartError",
+    "RawHandler",
     "RawBackend",
     "RawClient",
     "RawResponse",
@@ -197,6 +199,16 @@ class ProxyStartError(RuntimeError):
     """``twistd speedproxy`` exited or did not become ready in time."""
 
 
+class ProxyReloadError(RuntimeError):
+    """The proxy logged that it refused a reloaded config."""
+
+
+#: Log fragments saying a SIGHUP reload took effect (master / single process).
+RELOAD_APPLIED: Tuple[str, ...] = (" is live", "config reloaded")
+#: Log fragments saying a SIGHUP reload was refused or failed.
+RELOAD_REFUSED: Tuple[str, ...] = ("config reload refused", "config reload failed")
+
+
 def _repo_root() -> Path:
     """The checkout holding ``twisted/plugins/speedproxy_plugin.py``."""
     return Path(__file__).resolve().parent.parent
@@ -309,12 +321,20 @@ class ProxyProcess:
         return self.config_path
 
     def reload(self, config: Optional[Mapping[str, Any]] = None, timeout: float = DEFAULT_TIMEOUT) -> str:
-        """Write ``config`` merged over the current one, SIGHUP, wait for the reload line."""
+        """Write ``config`` merged over the current one, SIGHUP, wait for the outcome.
+
+        Returns the log line saying the new config is live.
+
+        :raises ProxyReloadError: if the proxy logged that it refused the file.
+        """
         if config is not None:
             self.write_config(deep_merge(self.config, config))
         mark = self.log_mark()
         self.signal(signal.SIGHUP)
-        return self.wait_for_log("config reload", timeout, since=mark)
+        line = self.wait_for_log(RELOAD_APPLIED + RELOAD_REFUSED, timeout, since=mark)
+        if any(marker in line for marker in RELOAD_REFUSED):
+            raise ProxyReloadError(f"reload refused: {line}\n{self.log_tail()}")
+        return line
 
     # -- life cycle ----------------------------------------------------------
 
@@ -454,34 +474,68 @@ class ProxyProcess:
         """The current length of the log; pass as ``since=`` to see only new lines."""
         return len(self.log_text())
 
-    def wait_for_log(self, substring: str, timeout: float = DEFAULT_TIMEOUT, since: int = 0) -> str:
+    def wait_for_log(
+        self, substring: Union[str, Sequence[str]], timeout: float = DEFAULT_TIMEOUT, since: int = 0
+    ) -> str:
         """Wait (bounded) for a log line containing ``substring``; return the line.
 
-        Only text after character offset ``since`` is searched.
+        ``substring`` may be a sequence: the first line containing any of them
+        is returned.  Only text after character offset ``since`` (see
+        :meth:`log_mark`) is searched.
         """
+        wanted = (substring,) if isinstance(substring, str) else tuple(substring)
         deadline = time.monotonic() + timeout
         while True:
             text = self.log_text()[since:]
-            index = text.find(substring)
-            if index >= 0:
+            found = [index for index in (text.find(item) for item in wanted) if index >= 0]
+            if found:
+                index = min(found)
                 start = text.rfind("\n", 0, index) + 1
                 end = text.find("\n", index)
                 return text[start : end if end >= 0 else len(text)]
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{substring!r} not logged within {timeout}s; log tail:\n{self.log_tail()}"
-                )
+                raise TimeoutError(f"{substring!r} not logged within {timeout}s; log tail:\n{self.log_tail()}")
             time.sleep(_POLL)
 
     # -- process facts -------------------------------------------------------
 
+    def pids(self) -> List[int]:
+        """The process and all its live descendants (the master and its workers)."""
+        tree = [self.pid]
+        children: Dict[int, List[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields and fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+        index = 0
+        while index < len(tree):
+            tree.extend(children.get(tree[index], ()))
+            index += 1
+        return tree
+
+    def worker_pids(self) -> List[int]:
+        """Descendant processes only (empty when the proxy serves in-process)."""
+        return self.pids()[1:]
+
     def rss_bytes(self) -> int:
-        """The resident set size of the process (``VmRSS`` in ``/proc``)."""
-        with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc status")
+        """Total resident set size of :meth:`pids` (``VmRSS`` in ``/proc``)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii") as status:
+                    for line in status:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+                            break
+            except OSError:
+                continue
+        return total
 
 
 # -- threaded HTTP backend ---------------------------------------------------------

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from speedproxy.balancers import IBalancer, make_balancer
-from speedproxy.config.model import BackendConfig
+from speedproxy.config.model import BackendConfig, HealthCheckConfig
+
+_DEFAULT_CHECK = HealthCheckConfig()
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.stats.shared import SharedView
@@ -36,6 +38,11 @@ class Backend:
     #: backend last became available; 0.0 = unknown.  The ``performance``
     #: balancer ramps its share up over its slow-start window from here.
     up_since: float = 0.0
+
+    #: Passive health: consecutive failed requests seen by this worker.
+    consecutive_failures: int = 0
+    #: Passive health: out of rotation until this clock time (0: in).
+    down_until: float = 0.0
 
     #: Index of this backend in the shared stats segment (-1: none).
     stats_index: int = -1
@@ -98,9 +105,52 @@ class Backend:
         return (
             config.active
             and self.healthy
+            and not self.down_until
             and config.weight > 0
             and self.active_connections < config.max_conn
         )
+
+    # -- passive health (circuit breaker) --------------------------------------
+
+    @property
+    def health_check(self) -> HealthCheckConfig:
+        return self.config.health_check or _DEFAULT_CHECK
+
+    def record_failure(self, now: float) -> None:
+        """A request failed (connect error, timeout, broken answer)."""
+        check = self.health_check
+        self.consecutive_failures += 1
+        if check.passive_failures and self.consecutive_failures >= check.passive_failures:
+            self.mark_down(now + check.unhealthy_timeout)
+
+    def record_5xx(self, now: float) -> None:
+        """The backend answered 5xx; a failure only when ``passive_5xx``."""
+        if self.health_check.passive_5xx:
+            self.record_failure(now)
+        else:
+            self.consecutive_failures = 0
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+
+    def mark_down(self, until: float) -> None:
+        """Take the backend out until ``until`` (and tell the other workers)."""
+        self.down_until = until
+        shared = self.shared
+        if shared is not None and self.stats_index >= 0:
+            shared.set_down_until(self.stats_index, until)
+
+    def half_open(self) -> None:
+        """The down period is over: let the next request probe the backend.
+
+        One more failure takes it out again at once.
+        """
+        self.down_until = 0.0
+        passive = self.health_check.passive_failures
+        self.consecutive_failures = max(0, passive - 1)
+        shared = self.shared
+        if shared is not None and self.stats_index >= 0:
+            shared.set_down_until(self.stats_index, 0.0)
 
     def record_response_time(self, seconds: float, alpha: float = 0.3) -> None:
         """Fold one observed response time into the EWMA."""
@@ -116,6 +166,7 @@ class UpstreamGroup:
 
     name: str
     backends: List[Backend] = field(default_factory=list)
+    retry_budget: "RetryBudget" = field(default_factory=lambda: RetryBudget(0.2))
 
     def apply(self, configs: Sequence[BackendConfig]) -> None:
         """Replace membership with ``configs``, keeping state of kept ids."""
@@ -135,6 +186,37 @@ class UpstreamGroup:
             if backend.id == backend_id:
                 return backend
         return None
+
+
+class RetryBudget:
+    """Bounds retries to a fraction of requests, so failures cannot storm.
+
+    Each request deposits ``ratio`` of a token and time deposits
+    ``per_second``; a retry spends a whole token.  Tokens are capped, so a
+    long healthy period buys at most ``cap`` immediate retries.
+    """
+
+    def __init__(self, ratio: float, per_second: float = 1.0, cap: float = 10.0) -> None:
+        self.ratio = ratio
+        self.per_second = per_second
+        self.cap = cap
+        self.tokens = cap
+        self._last = 0.0
+
+    def deposit(self) -> None:
+        """One request was sent."""
+        tokens = self.tokens + self.ratio
+        self.tokens = tokens if tokens < self.cap else self.cap
+
+    def try_spend(self, now: float) -> bool:
+        """May one retry happen now?  Spends a token if so."""
+        if self._last:
+            self.tokens = min(self.cap, self.tokens + (now - self._last) * self.per_second)
+        self._last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class BalancedGroup:

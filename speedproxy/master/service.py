@@ -152,8 +152,10 @@ class MasterService(Service):
         for slot in range(count):
             self._spawn(WorkerHandle(slot))
         address = self.listener.getsockname()  # type: ignore[union-attr]
+        self._address = address
+        self._announced = False
         log.info(
-            "speedproxy {version} master (pid {pid}) listening on {host}:{port} with {count} workers",
+            "speedproxy {version} master (pid {pid}) listening on {host}:{port}, starting {count} workers",
             version=__version__, pid=os.getpid(), host=address[0], port=address[1], count=count,
         )
         self.reactor.callWhenRunning(self._install_signals)
@@ -243,6 +245,13 @@ class MasterService(Service):
         handle.ready = True
         handle.version = version
         log.info("worker {slot} (pid {pid}) ready", slot=handle.slot, pid=pid)
+        if not self._announced and all(h.ready for h in self.workers.values()):
+            self._announced = True
+            log.info(
+                "speedproxy {version} serving on {host}:{port} ({count} workers, master pid {pid})",
+                version=__version__, host=self._address[0], port=self._address[1],
+                count=len(self.workers), pid=os.getpid(),
+            )
         for (upstream, backend_id), healthy in self.backend_health.items():
             if not healthy and handle.control is not None:
                 handle.control.callRemote(SetBackendState, upstream=upstream, backend_id=backend_id, healthy=False)

@@ -63,6 +63,7 @@ class ClientConnection(Protocol):
         self._paused = 0
         self._write_paused = False
         self._processing = False
+        self._tunnel = False
 
     # -- connection life ---------------------------------------------------
 
@@ -94,6 +95,10 @@ class ClientConnection(Protocol):
 
     def on_timeout(self, now: float) -> None:
         self.deadline = 0.0
+        if self._tunnel:
+            # An idle WebSocket: close both sides.
+            self.transport.loseConnection()
+            return
         if self._write_paused:
             self.transport.abortConnection()  # the client stopped reading
         elif self.exchange is not None:
@@ -135,7 +140,9 @@ class ClientConnection(Protocol):
 
     def resumeProducing(self) -> None:
         self._write_paused = False
-        self.deadline = 0.0
+        self.deadline = (
+            self.core.clock.seconds() + self.core.server.websocket_idle_timeout if self._tunnel else 0.0
+        )
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
             exchange.upstream.transport.resumeProducing()
@@ -149,6 +156,9 @@ class ClientConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.core.shared.bytes_in(len(data))
+        if self._tunnel:
+            self.exchange.tunnel_from_client(data)  # type: ignore[union-attr]
+            return
         if self._body != _BODY_NONE:
             self._feed_body(data)
             return
@@ -262,6 +272,16 @@ class ClientConnection(Protocol):
         if rest:
             self._buffer = self._buffer + rest if self._buffer else rest
         exchange.request_body_done()
+
+    def enter_tunnel(self, exchange: Exchange) -> None:
+        """After a 101: every byte from now on goes straight to the backend."""
+        self._tunnel = True
+        self._body = _BODY_NONE
+        self.deadline = self.core.clock.seconds() + self.core.server.websocket_idle_timeout
+        self.resume_reading(self.PAUSED_PIPELINE)
+        if self._buffer:
+            early, self._buffer = self._buffer, b""
+            exchange.tunnel_from_client(early)
 
     # -- writing -----------------------------------------------------------
 

@@ -17,7 +17,7 @@ from speedproxy.proxy.upstream import ConnectionPool
 from speedproxy.routing import Route, Router, build_routes
 from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
 from speedproxy.stats.shared import SharedView
-from speedproxy.upstreams import UpstreamGroup, build_groups
+from speedproxy.upstreams import RetryBudget, UpstreamGroup, build_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.client import ClientConnection
@@ -64,6 +64,7 @@ class ProxyCore:
         self._id_counter = 0
         self.requests_served = 0
         self._drained: List[Deferred] = []
+        self.sweeper.also.append(self.housekeeping)
         if shared is None:
             # Serving in one process: a private segment with one slot.
             segment = StatsSegment.anonymous(
@@ -100,7 +101,10 @@ class ProxyCore:
         self.groups = build_groups(config.backends, self.groups)
         self.routes = build_routes(config.routing, self.groups, self.routes)
         self.router = Router(self.routes)
+        self.retries = server.retries
         for name, group in self.groups.items():
+            if group.retry_budget.ratio != server.retry_budget:
+                group.retry_budget = RetryBudget(server.retry_budget)
             for backend in group.backends:
                 backend.shared = self.shared
                 backend.stats_index = stats_index.backends.get(
@@ -114,6 +118,20 @@ class ProxyCore:
             server.upstream_keepalive_timeout,
             server.upstream_keepalive,
         )
+
+    def housekeeping(self, now: float) -> None:
+        """Every sweep: passive health verdicts, shared with the other workers."""
+        shared = self.shared
+        for group in self.groups.values():
+            for backend in group.backends:
+                if backend.stats_index >= 0:
+                    others = shared.down_until(backend.stats_index)
+                    if others > now and others > backend.down_until:
+                        backend.down_until = others  # another worker saw it fail
+                if backend.down_until and backend.down_until <= now:
+                    backend.half_open()
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def disconnect_backend(self, upstream: str, backend_id: str) -> int:
         """Close every connection to one backend, pooled and in flight.

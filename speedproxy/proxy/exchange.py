@@ -65,6 +65,8 @@ class Exchange:
         "_head",
         "_last_error",
         "_fresh_retry",
+        "upgrade",
+        "tunnel",
     )
 
     def __init__(
@@ -105,6 +107,11 @@ class Exchange:
         self._last_error = (502, "bad_gateway", "no backend could be reached")
         #: A stale pooled connection was already retried on a new one.
         self._fresh_retry = False
+        #: The ``Upgrade`` value of a WebSocket handshake being relayed.
+        upgrade = request.upgrade
+        self.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" else None
+        #: Bytes are spliced both ways (after a 101).
+        self.tunnel = False
 
     # -- choosing a backend ----------------------------------------------
 
@@ -116,7 +123,12 @@ class Exchange:
             self.fail(404, "no_route", "no route matches this request")
             return
         self.route = route
-        self.balanced = route.http
+        if self.upgrade is not None:
+            self.balanced = route.websocket
+        elif request.event_stream:
+            self.balanced = route.sse
+        else:
+            self.balanced = route.http
         self._connect()
 
     def _connect(self) -> None:
@@ -131,21 +143,33 @@ class Exchange:
         self.head_sent = False
         self.tried.append(backend)
         backend.request_started()
+        self.balanced.group.retry_budget.deposit()  # type: ignore[union-attr]
         self.upstream_started = self.core.clock.seconds()
         self.core.pool.acquire(backend, self)
 
     def _release_backend(self, failed: bool) -> None:
-        """Stop counting this exchange against its backend (idempotent)."""
+        """Stop counting this exchange against its backend (idempotent).
+
+        ``failed`` feeds the backend's passive health check.
+        """
         backend = self.backend
         if backend is not None:
             self.backend = None
             backend.request_finished(failed)
+            if failed:
+                backend.record_failure(self.core.clock.seconds())
 
     def _may_retry(self) -> bool:
         if self.response_started or self.finished:
             return False
         if len(self.tried) > self.core.retries:
             return False
+        if self.tried and self.balanced is not None:
+            if not self.balanced.group.retry_budget.try_spend(self.core.clock.seconds()):
+                self._last_error = (
+                    self._last_error[0], self._last_error[1], self._last_error[2] + " (retry budget exhausted)"
+                )
+                return False
         if self.body_sent:  # a streamed body cannot be replayed
             return False
         return not self.head_sent or self.request.method in IDEMPOTENT
@@ -178,6 +202,7 @@ class Exchange:
             host=request.host,
             request_id=self.request_id,
             framing=framing,
+            upgrade=self.upgrade,
         )
         self.head_sent = True
         if self.pending:
@@ -264,6 +289,17 @@ class Exchange:
         backend = self.backend
         if backend is not None:
             backend.record_response_time(self.core.clock.seconds() - self.upstream_started)
+            if response.status >= 500:
+                backend.record_5xx(self.core.clock.seconds())
+            else:
+                backend.record_success()
+        if response.streaming or self.request.event_stream:
+            # Server-sent events: no read timeout while events keep coming,
+            # only the stream's own idle timeout.
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.read_timeout = self.core.server.sse_idle_timeout
+                upstream.arm_read_timeout()
         client = self.client
         keep_alive = self._keep_alive and self.body_done and not client.closing
         if no_body:
@@ -334,6 +370,58 @@ class Exchange:
                 connection.abort()
         self._finish()
 
+    # -- WebSocket tunnel --------------------------------------------------------
+
+    def upgraded(self, response: ResponseHead) -> None:
+        """The backend switched protocols: relay the 101, then splice bytes."""
+        self.response_started = True
+        self.status = 101
+        self.tunnel = True
+        backend = self.backend
+        if backend is not None:
+            backend.record_response_time(self.core.clock.seconds() - self.upstream_started)
+            backend.record_success()
+        head = client_response_head(
+            b"HTTP/1.1",
+            101,
+            response.reason,
+            response.headers,
+            response.connection_tokens,
+            request_id=self.request_id,
+            server_tag=self.core.server_tag,
+            framing=b"Connection: Upgrade\r\nUpgrade: %s\r\n" % (response.upgrade or self.upgrade),
+            keep_alive=True,
+        )
+        self.head_bytes = len(head)
+        self.client.write(head)
+        self.client.enter_tunnel(self)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        client = self.client
+        client.deadline = self.core.clock.seconds() + self.core.server.websocket_idle_timeout
+        client.write(data)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self.client.deadline = self.core.clock.seconds() + self.core.server.websocket_idle_timeout
+            upstream.write(data)
+
+    def tunnel_closed(self, from_upstream: bool) -> None:
+        """One side of the tunnel closed: close the other once it is flushed."""
+        if self.finished:
+            return
+        self.finished = True
+        connection = self.upstream
+        self.upstream = None
+        if connection is not None and not from_upstream:
+            connection.exchange = None
+            connection.transport.loseConnection()
+        self._release_backend(False)
+        self.core.log_exchange(self, 101)
+        self.client.exchange_finished(self, False)
+
     # -- events from the client side ---------------------------------------
 
     def request_body(self, data: bytes) -> None:
@@ -369,6 +457,9 @@ class Exchange:
     def client_lost(self) -> None:
         """The client went away: drop the backend connection, never reuse it."""
         if self.finished:
+            return
+        if self.tunnel:
+            self.tunnel_closed(from_upstream=False)
             return
         self.finished = True
         connection = self.upstream

@@ -113,8 +113,12 @@ def upstream_request_head(
     host: bytes,
     request_id: bytes,
     framing: bytes,
+    upgrade: Optional[bytes] = None,
 ) -> bytes:
     """Serialise the request head sent to a backend.
+
+    ``upgrade`` (the client's ``Upgrade`` value) keeps a protocol upgrade
+    going; it is otherwise hop-by-hop and removed.
 
     ``framing`` is the already-formatted body framing field line(s), for
     example ``b"Content-Length: 12\\r\\n"`` or ``b""``.
@@ -152,8 +156,10 @@ def upstream_request_head(
         request_id,
         b"\r\n",
         framing,
-        b"\r\n",
     )
+    if upgrade is not None:
+        out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    out.append(b"\r\n")
     return b"".join(out)
 
 

@@ -56,6 +56,7 @@ class RequestHead:
         "expect_continue",
         "connection_tokens",
         "upgrade",
+        "event_stream",
         "request_id",
         "raw_size",
     )
@@ -71,6 +72,8 @@ class RequestHead:
     expect_continue: bool
     connection_tokens: Tuple[bytes, ...]
     upgrade: Optional[bytes]
+    #: Did the client ask for ``text/event-stream`` (server-sent events)?
+    event_stream: bool
     #: The client's ``X-Request-Id``, unvalidated.
     request_id: Optional[bytes]
     raw_size: int
@@ -158,6 +161,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     expect: Optional[bytes] = None
     upgrade: Optional[bytes] = None
     request_id: Optional[bytes] = None
+    event_stream = False
     for name, value in headers:
         if len(name) > 17:  # longest name of interest: transfer-encoding
             continue
@@ -186,6 +190,9 @@ def parse_request_head(head: bytes) -> RequestHead:
             upgrade = value
         elif lname == b"x-request-id":
             request_id = value
+        elif lname == b"accept":
+            if b"text/event-stream" in value.lower():
+                event_stream = True
     if transfer_encoding is not None:
         if content_length is not None:
             raise _bad("both Content-Length and Transfer-Encoding")
@@ -214,6 +221,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     request.expect_continue = expect is not None and version == b"HTTP/1.1"
     request.upgrade = upgrade if b"upgrade" in connection else None
     request.request_id = request_id
+    request.event_stream = event_stream
     return request
 
 
@@ -229,6 +237,8 @@ class ResponseHead:
         "chunked",
         "keep_alive",
         "connection_tokens",
+        "streaming",
+        "upgrade",
     )
 
     version: bytes
@@ -239,6 +249,10 @@ class ResponseHead:
     chunked: bool
     keep_alive: bool
     connection_tokens: Tuple[bytes, ...]
+    #: ``text/event-stream`` or ``X-Accel-Buffering: no``: flush as it comes.
+    streaming: bool
+    #: The ``Upgrade`` value of a 101 answer.
+    upgrade: Optional[bytes]
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
@@ -266,11 +280,21 @@ def parse_response_head(head: bytes) -> ResponseHead:
     content_length: Optional[int] = None
     chunked = False
     connection: Tuple[bytes, ...] = ()
+    streaming = False
+    upgrade: Optional[bytes] = None
     for name, value in headers:
         if len(name) > 17:
             continue
         lname = name.lower()
-        if lname == b"content-length":
+        if lname == b"content-type":
+            if value[:17].lower() == b"text/event-stream":
+                streaming = True
+        elif lname == b"x-accel-buffering":
+            if value.lower() == b"no":
+                streaming = True
+        elif lname == b"upgrade":
+            upgrade = value
+        elif lname == b"content-length":
             if _DIGITS.match(value) is None or (
                 content_length is not None and int(value) != content_length
             ):
@@ -293,6 +317,8 @@ def parse_response_head(head: bytes) -> ResponseHead:
             connection = connection + (b"close",)
         content_length = None
     response.content_length = content_length
+    response.streaming = streaming
+    response.upgrade = upgrade
     response.chunked = chunked
     response.connection_tokens = connection
     if version == b"HTTP/1.1":

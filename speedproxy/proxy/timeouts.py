@@ -9,7 +9,7 @@ are therefore honoured within one sweep interval.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol as _Protocol, Set
+from typing import Callable, List, Optional, Protocol as _Protocol, Set
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -32,6 +32,8 @@ class TimeoutSweeper:
         self.interval = interval
         self._watched: Set[Watched] = set()
         self._loop: Optional[LoopingCall] = None
+        #: Called with the current time at every sweep (housekeeping).
+        self.also: List[Callable[[float], None]] = []
 
     def watch(self, item: Watched) -> None:
         self._watched.add(item)
@@ -58,6 +60,8 @@ class TimeoutSweeper:
         for item in late:
             if 0 < item.deadline <= now:
                 item.on_timeout(now)
+        for task in self.also:
+            task(now)
 
     def __len__(self) -> int:
         return len(self._watched)

@@ -64,6 +64,10 @@ class UpstreamConnection(Protocol):
         self._in_body = False
         self.requests = 0
         self.connected_exchange: Optional["Exchange"] = None
+        #: Seconds the backend may stay silent (SSE streams get their own).
+        self.read_timeout = pool.read_timeout
+        #: After a 101 answer the connection is a byte tunnel.
+        self.tunnel = False
 
     # -- connection life -------------------------------------------------
 
@@ -89,7 +93,9 @@ class UpstreamConnection(Protocol):
         self.exchange = None
         if exchange is None:
             return
-        if self._in_body and self._framing == _UNTIL_CLOSE:
+        if self.tunnel:
+            exchange.tunnel_closed(from_upstream=True)
+        elif self._in_body and self._framing == _UNTIL_CLOSE:
             self._in_body = False
             exchange.response_done(False)
         else:
@@ -107,12 +113,12 @@ class UpstreamConnection(Protocol):
         self._response = None
         self._in_body = False
         self._buffer = b""
+        self.read_timeout = self.pool.read_timeout
         self.requests += 1
 
     def arm_read_timeout(self) -> None:
         """The request is sent: the backend now has ``read_timeout`` to answer."""
-        pool = self.pool
-        self.deadline = pool.clock.seconds() + pool.read_timeout
+        self.deadline = self.pool.clock.seconds() + self.read_timeout
 
     def abort(self) -> None:
         """Drop the connection at once; it will never be reused."""
@@ -156,9 +162,12 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
             return
         if self.deadline:
-            self.deadline = self.pool.clock.seconds() + self.pool.read_timeout
+            self.deadline = self.pool.clock.seconds() + self.read_timeout
         if self._in_body:
             self._body(exchange, data)
+            return
+        if self.tunnel:
+            exchange.tunnel_from_upstream(data)
             return
         buffer = self._buffer + data if self._buffer else data
         while True:
@@ -178,9 +187,20 @@ class UpstreamConnection(Protocol):
             if 100 <= status < 200:
                 buffer = buffer[end + 4 :]
                 # Interim answers (100 Continue, 103) are not relayed: the
-                # proxy answers Expect itself.  101 needs an upgrade tunnel.
+                # proxy answers Expect itself.
                 if status == 101:
-                    self._fail(exchange, "unexpected 101 Switching Protocols")
+                    if not exchange.upgrade:
+                        self._fail(exchange, "unexpected 101 Switching Protocols")
+                        return
+                    # The protocol switch: from here on, bytes both ways.
+                    self._buffer = b""
+                    self._response = response
+                    self.tunnel = True
+                    self._reusable = False
+                    self.deadline = 0.0
+                    exchange.upgraded(response)
+                    if buffer and self.exchange is exchange:
+                        exchange.tunnel_from_upstream(buffer)
                     return
                 continue
             break

@@ -48,8 +48,8 @@ FIXED_WORDS = HIST_BASE + len(LATENCY_BUCKETS) + 1
 #: Per-route words: requests by status class.
 ROUTE_WORDS = 5
 # Per-backend words.
-B_ACTIVE, B_REQUESTS, B_FAILURES, B_LATENCY_SUM_US, B_RESPONSES = range(5)
-BACKEND_WORDS = 5
+B_ACTIVE, B_REQUESTS, B_FAILURES, B_LATENCY_SUM_US, B_RESPONSES, B_DOWN_UNTIL_MS = range(6)
+BACKEND_WORDS = 6
 
 #: Gauges are not folded into retired totals when a worker goes away.
 GAUGE_WORDS = frozenset({ACTIVE_CLIENTS, ACTIVE_UPSTREAM})
@@ -86,7 +86,7 @@ class Layout:
         if word in GAUGE_WORDS:
             return True
         base = self.backend_base
-        return word >= base and (word - base) % BACKEND_WORDS == B_ACTIVE
+        return word >= base and (word - base) % BACKEND_WORDS in (B_ACTIVE, B_DOWN_UNTIL_MS)
 
 
 def latency_bucket(seconds: float) -> int:

@@ -8,6 +8,7 @@ from speedproxy.stats.segment import (
     ACTIVE_CLIENTS,
     ACTIVE_UPSTREAM,
     B_ACTIVE,
+    B_DOWN_UNTIL_MS,
     B_FAILURES,
     B_REQUESTS,
     BACKEND_WORDS,
@@ -55,6 +56,21 @@ class SharedView:
         words[word + B_ACTIVE] += 1
         words[word + B_REQUESTS] += 1
         words[self._base + ACTIVE_UPSTREAM] += 1
+
+    def set_down_until(self, index: int, until: float) -> None:
+        """Publish this worker's passive verdict on backend ``index``."""
+        self.words[self._own_backend_base + index * BACKEND_WORDS + B_DOWN_UNTIL_MS] = int(until * 1000)
+
+    def down_until(self, index: int) -> float:
+        """The latest time any worker took backend ``index`` out until."""
+        words = self.words
+        offset = index * BACKEND_WORDS + B_DOWN_UNTIL_MS
+        latest = 0
+        for base in self._backend_bases:
+            value = words[base + offset]
+            if value > latest:
+                latest = value
+        return latest / 1000.0
 
     def add_failure(self, index: int) -> None:
         self.words[self._own_backend_base + index * BACKEND_WORDS + B_FAILURES] += 1
