@@ -1,0 +1,1 @@
+"""The master process: listeners, worker processes, config ownership, admin API."""
