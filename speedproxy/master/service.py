@@ -33,6 +33,8 @@ from speedproxy.stats.reader import StatsReader
 from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
 
 log = Logger(namespace="speedproxy.master")
+#: Lines the workers print, relayed into the master's log.
+worker_log = Logger(namespace="speedproxy.worker")
 
 #: A worker that lived at least this long resets the respawn backoff.
 STABLE_AFTER = 10.0
@@ -77,8 +79,9 @@ class WorkerProcess(ProcessProtocol):
         *lines, self._partial[fd] = text.split(b"\n")
         for line in lines:
             if line:
-                sys.stdout.write("[worker %d] %s\n" % (self.handle.slot, line.decode("utf-8", "replace")))
-        sys.stdout.flush()
+                worker_log.info(
+                    "[worker {slot}] {line}", slot=self.handle.slot, line=line.decode("utf-8", "replace")
+                )
 
     def processEnded(self, reason: Failure) -> None:
         self.master.worker_exited(self.handle, reason)

@@ -188,9 +188,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception:  # not Linux, or a reactor is already installed
         pass
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import formatEvent, globalLogBeginner
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # The master timestamps the lines it relays; print just level, system and text.
+    def observer(event: Any) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += "\n" + failure.getTraceback()
+        level = event.get("log_level")
+        sys.stdout.write(
+            "[%s#%s] %s\n" % (event.get("log_namespace", "-"), level.name if level else "-", text)
+        )
+        sys.stdout.flush()
+
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     # Ctrl-C reaches the whole process group; the master coordinates the stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     family = socket.AF_INET6 if args.family == "inet6" else socket.AF_INET
