@@ -51,8 +51,16 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         from speedproxy.config import ConfigError, load_config
 
+        from speedproxy.tls import TLSConfigError, server_tls_options
+
         try:
             self["loaded"] = load_config(self["config"])
+            ssl = self["loaded"].ssl
+            if ssl.enabled:
+                try:
+                    server_tls_options(ssl.cert_file, ssl.key_file)
+                except TLSConfigError as problem:
+                    raise ConfigError([f"{self['config']}: {problem}"])
         except ConfigError as error:
             if self["check"]:
                 print(str(error), file=sys.stderr)

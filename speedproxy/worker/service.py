@@ -25,11 +25,9 @@ log = Logger(namespace="speedproxy.worker")
 
 def _tls_server_options(config: Config) -> Any:
     """Certificate options for the client-facing listener."""
-    from twisted.internet.ssl import PrivateCertificate
+    from speedproxy.tls import server_tls_options
 
-    with open(config.ssl.cert_file, "rb") as cert, open(config.ssl.key_file, "rb") as key:
-        pem = cert.read() + b"\n" + key.read()
-    return PrivateCertificate.loadPEM(pem).options()
+    return server_tls_options(config.ssl.cert_file, config.ssl.key_file)
 
 
 class ProxyWorkerService(Service):
