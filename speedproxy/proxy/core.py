@@ -192,7 +192,10 @@ class ProxyCore:
         return deferred
 
     def over_connection_limit(self) -> bool:
-        return len(self.clients) > self.server.max_conn
+        """Is ``server.max_conn`` exceeded, counting every worker's clients?"""
+        if len(self.clients) > self.server.max_conn:
+            return True
+        return self.shared.active_clients() > self.server.max_conn
 
     def log_exchange(self, exchange: "Exchange", status: int) -> None:
         """Account for (and access-log) one finished exchange."""

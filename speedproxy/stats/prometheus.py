@@ -63,7 +63,6 @@ class SegmentCollector:
             "Requests answered, by route, upstream and status class.",
             labels=["route", "upstream", "status_class"],
         )
-        routed = 0
         for name, route in config.routing.items():
             idx = index.routes.get(name)
             if idx is None:
@@ -71,7 +70,6 @@ class SegmentCollector:
             word = layout.route_base + idx * ROUTE_WORDS
             for i, cls in enumerate(STATUS_CLASSES):
                 requests.add_metric([name, route.upstream, cls], total[word + i])
-                routed += total[word + i]
         # Requests refused before routing (bad request line, no route...).
         for i, cls in enumerate(STATUS_CLASSES):
             unrouted = total[STATUS_BASE + i] - sum(

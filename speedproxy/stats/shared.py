@@ -85,5 +85,13 @@ class SharedView:
     def client_closed(self) -> None:
         self.words[self._base + ACTIVE_CLIENTS] -= 1
 
+    def active_clients(self) -> int:
+        """Open client connections across every worker."""
+        words = self.words
+        layout = self.segment.layout
+        return sum(
+            words[layout.slot_offset(slot) + ACTIVE_CLIENTS] for slot in range(layout.slots)
+        )
+
     def bytes_in(self, count: int) -> None:
         self.words[self._base + BYTES_IN] += count
