@@ -6,6 +6,7 @@ free of side effects.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any, Optional
@@ -73,7 +74,12 @@ class Options(usage.Options):
 
 
 class ReloadOnHangup(Service):
-    """Re-reads the config file on SIGHUP; keeps the old one if the new is bad."""
+    """Signals when serving in this process (``server.workers: 0``).
+
+    SIGHUP re-reads the config file and keeps the old one if the new is bad.
+    SIGTERM/SIGINT stop gracefully and exit 0 (twistd's own handler would
+    re-raise the signal after shutdown); a second one exits at once.
+    """
 
     def __init__(self, reactor: Any, path: str, worker: Any) -> None:
         self.reactor = reactor
@@ -83,9 +89,21 @@ class ReloadOnHangup(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self._previous = signal.signal(
             signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
         )
+        self.reactor.callWhenRunning(self._install_stop_handlers)
+
+    def _install_stop_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self._stopping:
+            os._exit(1)  # second signal: no more waiting
+        self._stopping = True
+        self.reactor.callFromThread(self.reactor.stop)
 
     def stopService(self) -> None:
         super().stopService()

@@ -225,13 +225,18 @@ class ClientConnection(Protocol):
             self._body_remaining = request.content_length
         if self._body != _BODY_NONE:
             self.deadline = core.clock.seconds() + core.server.read_timeout
+            if self._buffer:
+                # Body bytes that came with the head are checked (and held)
+                # before anything goes to a backend: a malformed chunk in the
+                # first packet never reaches one.
+                data = self._buffer
+                self._buffer = b""
+                self._feed_body(data)
+                if exchange.finished:
+                    return
         else:
             self.deadline = 0.0
         exchange.start()
-        if self._body != _BODY_NONE and self._buffer and self.exchange is exchange:
-            data = self._buffer
-            self._buffer = b""
-            self._feed_body(data)
 
     def _feed_body(self, data: bytes) -> None:
         exchange = self.exchange

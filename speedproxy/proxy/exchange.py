@@ -266,7 +266,7 @@ class Exchange:
         if self.finished:
             return
         self._release_backend(True)
-        if self.response_started:
+        if self.committed:
             self._abort_client()
         else:
             self.fail(504, "gateway_timeout", "the backend did not answer in time")
@@ -277,7 +277,7 @@ class Exchange:
         if self.finished:
             return
         self._release_backend(True)
-        if self.response_started:
+        if self.committed:
             self._abort_client()
         else:
             self.fail(502, "bad_gateway", detail)
@@ -482,9 +482,10 @@ class Exchange:
             self.upstream = None
             connection.abort()
         self._release_backend(False)
-        if self.response_started:
+        if self.committed:
             self._abort_client()
             return
+        self._head = b""  # a held-back backend head is replaced by the error
         self.status = status
         self.response_started = True
         keep_alive = self._keep_alive and self.body_done and not self.client.closing
@@ -493,6 +494,11 @@ class Exchange:
             status, code, detail, self.request_id, keep_alive, self.request.method == b"HEAD"
         )
         self._finish()
+
+    @property
+    def committed(self) -> bool:
+        """Have response bytes reached the client (too late for an error)?"""
+        return self.response_started and not self._head
 
     def _abort_client(self) -> None:
         self._keep_alive = False

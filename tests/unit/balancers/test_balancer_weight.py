@@ -42,7 +42,11 @@ def test_exact_ratio_over_whole_cycles(weights: List[int], cycles: int) -> None:
 
 @given(weights=st.lists(st.integers(1, 12), min_size=2, max_size=6))
 def test_spread_not_bursty(weights: List[int]) -> None:
-    """After every pick, each backend is within one pick of its exact share."""
+    """After every pick, each backend stays close to its exact share.
+
+    Smooth WRR is not bounded by exactly one pick in every case (weights
+    1,1,1,1,7,7 reach 1.06 after 13 picks), so the bound checked is 2.
+    """
     members = _backends(weights)
     balancer = WeightBalancer()
     balancer.update(members)
@@ -51,7 +55,7 @@ def test_spread_not_bursty(weights: List[int]) -> None:
     for picked in range(1, 2 * total + 1):
         counts[balancer.pick(members, "k").id] += 1
         for backend in members:
-            assert abs(counts[backend.id] - picked * backend.weight / total) <= 1
+            assert abs(counts[backend.id] - picked * backend.weight / total) <= 2
 
 
 def test_skips_unavailable_backends() -> None:

@@ -133,10 +133,19 @@ def test_request_refused_mid_body_releases_the_backend(proxy) -> None:
 def test_request_refused_while_connecting_releases_the_backend(make_proxy) -> None:
     harness = limited(make_proxy, "max_body_size: 4")
     client = harness.client()
-    client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n")
+    client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    client.send(b"5\r\n01234\r\n")  # the backend connection is still being opened
     assert client.response().status == 413
     harness.accept()
     assert harness.backend("b1").active_connections == 0
+
+
+def test_body_in_the_first_packet_is_checked_before_connecting(make_proxy) -> None:
+    harness = limited(make_proxy, "max_body_size: 4")
+    client = harness.client()
+    client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n")
+    assert client.response().status == 413
+    assert harness.reactor.tcpClients == []  # no backend was even contacted
 
 
 def test_request_head_timeout_is_408(proxy) -> None:
