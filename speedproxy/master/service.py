@@ -14,11 +14,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, gatherResults, succeed
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -26,7 +27,15 @@ from twisted.python.failure import Failure
 
 from speedproxy import __version__
 from speedproxy.config import Config, ConfigError, config_to_mapping, load_config
-from speedproxy.master.control import ApplyConfig, DisconnectBackend, Ready, SetBackendState, Shutdown
+from speedproxy.master.control import (
+    ApplyConfig,
+    DisconnectBackend,
+    Inspect,
+    Ready,
+    SetBackendState,
+    SetReportedLoad,
+    Shutdown,
+)
 from speedproxy.master.listeners import bind_listener, parse_listen
 from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
@@ -39,6 +48,9 @@ worker_log = Logger(namespace="speedproxy.worker")
 #: A worker that lived at least this long resets the respawn backoff.
 STABLE_AFTER = 10.0
 MAX_BACKOFF = 10.0
+#: A worker that has not answered a config push (or an inspection) within
+#: this many seconds is treated as having refused it.
+PUSH_TIMEOUT = 10.0
 
 
 def worker_count(config: Config) -> int:
@@ -128,11 +140,24 @@ class MasterService(Service):
         self.backend_health: Dict[Tuple[str, str], bool] = {}
         self._stats_path = ""
         self._signals_installed = False
+        #: Serialises config changes (SIGHUP, admin API): each one is computed
+        #: from the config the previous one left live.
+        self._config_lock = DeferredLock()
+        #: Loads reported through ``/api/v1/report``, re-sent to new workers.
+        self.reported_loads: Dict[Tuple[str, str], float] = {}
+        self.admin_site: Any = None
+        self.push_timeout = PUSH_TIMEOUT
 
     # -- start ---------------------------------------------------------------
 
+    #: What the admin API reports as the process model.
+    mode = "master"
+
     def privilegedStartService(self) -> None:
         """Bind the listener before privileges are dropped."""
+        from speedproxy.admin.auth import refuse_insecure_admin
+
+        refuse_insecure_admin(self.config)
         server = self.config.server
         self.listener, self.family = bind_listener(server.host, server.port)
         super().privilegedStartService()
@@ -152,6 +177,12 @@ class MasterService(Service):
         self.reader = StatsReader(self.segment)
         self.index.assign(list(config.routing), backend_keys, layout)
         self._start_admin()
+        from speedproxy.health.http import HTTPHealthChecker
+        from speedproxy.health.monitor import HealthMonitor
+
+        # Active checks run here, once per backend, never in the workers.
+        self.health = HealthMonitor(self.reactor, HTTPHealthChecker(self.reactor), self._health_changed)
+        self.health.update(config.backends)
         for slot in range(count):
             self._spawn(WorkerHandle(slot))
         address = self.listener.getsockname()  # type: ignore[union-attr]
@@ -167,7 +198,8 @@ class MasterService(Service):
         from speedproxy.admin.site import admin_site
 
         host, port = parse_listen(self.config.admin.listen)
-        self.admin_port = self.reactor.listenTCP(port, admin_site(self), interface=host)
+        self.admin_site = admin_site(self)
+        self.admin_port = self.reactor.listenTCP(port, self.admin_site, interface=host)
         log.info("admin API on {host}:{port}", host=host, port=self.admin_port.getHost().port)
 
     def _install_signals(self) -> None:
@@ -258,6 +290,11 @@ class MasterService(Service):
         for (upstream, backend_id), healthy in self.backend_health.items():
             if not healthy and handle.control is not None:
                 handle.control.callRemote(SetBackendState, upstream=upstream, backend_id=backend_id, healthy=False)
+        for (upstream, backend_id), load in self.reported_loads.items():
+            if handle.control is not None:
+                handle.control.callRemote(
+                    SetReportedLoad, upstream=upstream, backend_id=backend_id, load=load
+                ).addErrback(lambda _: None)
 
     def worker_exited(self, handle: WorkerHandle, reason: Failure) -> None:
         code = getattr(reason.value, "exitCode", None)
@@ -296,12 +333,15 @@ class MasterService(Service):
     def _push_config(self, handle: WorkerHandle, config: Config, version: int) -> Deferred:
         if handle.control is None:
             return succeed(None)
-        return handle.control.callRemote(
+        pushed = handle.control.callRemote(
             ApplyConfig,
             config=config_to_mapping(config),
             version=version,
             stats_index=self.index.to_mapping(),
         )
+        if self.push_timeout:
+            pushed.addTimeout(self.push_timeout, self.reactor)
+        return pushed
 
     def reload(self) -> Deferred:
         """SIGHUP: re-read the file; apply it if valid, else keep running as is."""
@@ -312,10 +352,20 @@ class MasterService(Service):
         except ConfigError as error:
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
             return succeed(None)
-        return self.apply_config(config).addCallbacks(
+        return self.update_config(lambda current: config).addCallbacks(
             lambda version: log.info("config version {version} from {path} is live", version=version, path=self.config_path),
             lambda failure: log.error("config reload failed: {error}", error=failure.getErrorMessage()),
         )
+
+    def update_config(self, make: Callable[[Config], Config]) -> Deferred:
+        """Apply ``make(current config)`` to every worker, one change at a time.
+
+        ``make`` runs once every earlier change has finished, so changes
+        computed from the current config (the admin API's backend calls)
+        never overwrite each other; it may raise to refuse the change.
+        Fires with the new config version (see :meth:`apply_config`).
+        """
+        return self._config_lock.run(lambda: self.apply_config(make(self.config)))
 
     def apply_config(self, config: Config) -> Deferred:
         """Validate-free apply of an already validated config to every worker.
@@ -338,8 +388,6 @@ class MasterService(Service):
         try:
             index.assign(list(config.routing), self._backend_keys(config), self.segment.layout if self.segment else None)
         except ValueError as error:
-            from twisted.internet.defer import fail
-
             return fail(error)
         previous_index = self.index
         self.index = index
@@ -348,11 +396,19 @@ class MasterService(Service):
         pushes = [self._push_config(handle, config, version) for handle in live]
 
         def applied(results: List[Tuple[bool, Any]]) -> Any:
-            failures = [(handle, value) for handle, (ok, value) in zip(live, results) if not ok]
+            # A worker that died meanwhile is respawned with whatever config
+            # is live by then: its lost channel is no refusal.
+            failures = [
+                (handle, value)
+                for handle, (ok, value) in zip(live, results)
+                if not ok and not value.check(net_error.ConnectionDone, net_error.ConnectionLost)
+            ]
             if failures:
                 self.index = previous_index
-                for handle, (ok, _) in zip(live, results):
-                    if ok:
+                for handle, (ok, value) in zip(live, results):
+                    # Put back every worker that took the change or may still
+                    # take it late (no answer in time).
+                    if ok or value.check(defer.TimeoutError, defer.CancelledError):
                         self._push_config(handle, old, self.config_version).addErrback(lambda _: None)
                 raise RuntimeError(
                     "; ".join(
@@ -363,7 +419,17 @@ class MasterService(Service):
             self.config_version = version
             for handle in live:
                 handle.version = version
+            # Workers that connected while this change was in flight were
+            # given the previous config: bring them up to date.
+            for handle in list(self.workers.values()):
+                if handle not in live and handle.control is not None and not handle.retiring:
+                    self._push_config(handle, config, version).addErrback(
+                        lambda failure, slot=handle.slot: log.error(
+                            "worker {slot} refused the config: {error}", slot=slot, error=failure.getErrorMessage()
+                        )
+                    )
             self._resize(worker_count(config))
+            self.health.update(config.backends)
             return version
 
         return DeferredList(pushes, consumeErrors=True).addCallback(applied)
@@ -439,12 +505,81 @@ class MasterService(Service):
     def disconnect_backend(self, upstream: str, backend_id: str) -> Deferred:
         return self.broadcast(DisconnectBackend, upstream=upstream, backend_id=backend_id)
 
+    def report_load(self, upstream: str, backend_id: str, load: float) -> Deferred:
+        """Give every worker a backend's reported load (0..1); kept for new workers."""
+        self.reported_loads[(upstream, backend_id)] = load
+        return self.broadcast(SetReportedLoad, upstream=upstream, backend_id=backend_id, load=load)
+
+    def forget_backend(self, upstream: str, backend_id: str) -> None:
+        """Drop what the master remembers about a removed backend."""
+        self.reported_loads.pop((upstream, backend_id), None)
+
+    def inspect_workers(self, active_limit: int = 0, slow_limit: int = 0) -> Deferred:
+        """Ask every live worker what it is doing (see ``Inspect``).
+
+        Fires with one report per worker, ordered by slot; a worker that does
+        not answer in time is listed with an ``error`` instead.
+        """
+        handles = sorted(
+            (handle for handle in self.workers.values() if handle.control is not None),
+            key=lambda handle: handle.slot,
+        )
+        calls = []
+        for handle in handles:
+            call = handle.control.callRemote(Inspect, active_limit=active_limit, slow_limit=slow_limit)  # type: ignore[union-attr]
+            if self.push_timeout:
+                call.addTimeout(self.push_timeout, self.reactor)
+            calls.append(call)
+
+        def collect(results: List[Tuple[bool, Any]]) -> List[Dict[str, Any]]:
+            reports = []
+            for handle, (ok, value) in zip(handles, results):
+                if ok:
+                    report = dict(value["report"])
+                    report["ready"] = handle.ready
+                else:
+                    report = {"slot": handle.slot, "pid": handle.pid, "ready": handle.ready,
+                              "serving": False, "error": value.getErrorMessage()}
+                reports.append(report)
+            return reports
+
+        return DeferredList(calls, consumeErrors=True).addCallback(collect)
+
+    def process_table(self) -> List[Dict[str, Any]]:
+        """The master and every live worker: role, slot and pid."""
+        rows: List[Dict[str, Any]] = [{"role": "master", "slot": None, "pid": os.getpid()}]
+        for handle in sorted(self.workers.values(), key=lambda h: h.slot):
+            if handle.pid:
+                rows.append({"role": "worker", "slot": handle.slot, "pid": handle.pid})
+        return rows
+
+    def reload_ssl(self) -> Deferred:
+        """Re-read the TLS certificate and key (``/api/v1/config/reload-ssl``).
+
+        Accepted but not carried out yet: certificate rotation arrives with
+        the TLS work, which replaces this method.
+        """
+        return succeed(
+            {
+                "reloaded": False,
+                "ssl_enabled": self.config.ssl.enabled,
+                "detail": "accepted; certificate reload is not implemented yet, nothing was reloaded",
+            }
+        )
+
     # -- stop ----------------------------------------------------------------------
+
+    def _health_changed(self, upstream: str, backend_id: str, healthy: bool) -> None:
+        self.set_backend_health(upstream, backend_id, healthy).addErrback(
+            lambda failure: log.error("could not push health of {u}/{b}: {e}", u=upstream, b=backend_id, e=failure.getErrorMessage())
+        )
 
     def stopService(self) -> Deferred:
         """Drain every worker (up to ``shutdown_grace``), then exit."""
         super().stopService()
         self.stopping = True
+        if getattr(self, "health", None) is not None:
+            self.health.stop()
         grace = self.config.server.shutdown_grace
         waits = []
         for handle in list(self.workers.values()):
@@ -465,6 +600,8 @@ class MasterService(Service):
             self.listener = None
         if self.admin_port is not None:
             self.admin_port.stopListening()
+        if self.admin_site is not None:
+            self.admin_site.stop()
 
         def kill_stragglers() -> None:
             for handle in self.workers.values():

@@ -119,6 +119,25 @@ class ProxyCore:
             server.upstream_keepalive,
         )
 
+    def set_backend_health(self, upstream: str, backend_id: str, healthy: bool) -> bool:
+        """Apply an active health check's verdict; False if no such backend.
+
+        A backend that comes back also leaves any passive down period (the
+        probe just succeeded) and starts its slow-start ramp.
+        """
+        group = self.groups.get(upstream)
+        backend = group.get(backend_id) if group is not None else None
+        if backend is None:
+            return False
+        if healthy and not backend.healthy:
+            backend.up_since = self.clock.seconds()
+        backend.healthy = healthy
+        if healthy:
+            if backend.down_until:
+                backend.half_open()
+            backend.consecutive_failures = 0
+        return True
+
     def housekeeping(self, now: float) -> None:
         """Every sweep: passive health verdicts, shared with the other workers."""
         shared = self.shared

@@ -21,13 +21,22 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from speedproxy.accesslog import open_access_log
+from speedproxy.admin.tracking import (
+    RemovedBackends,
+    RequestTracker,
+    disconnect_backend,
+    inspect_core,
+    set_reported_load,
+)
 from speedproxy.config import ConfigError, config_from_mapping
 from speedproxy.master.control import (
     ApplyConfig,
     ConfigRefused,
     DisconnectBackend,
+    Inspect,
     Ready,
     SetBackendState,
+    SetReportedLoad,
     Shutdown,
 )
 from speedproxy.proxy.core import ProxyCore
@@ -69,6 +78,14 @@ class WorkerControl(amp.AMP):
     def disconnect_backend(self, upstream: str, backend_id: str) -> dict:
         return {"closed": self.worker.disconnect_backend(upstream, backend_id)}
 
+    @SetReportedLoad.responder
+    def set_reported_load(self, upstream: str, backend_id: str, load: float) -> dict:
+        return {"found": self.worker.set_reported_load(upstream, backend_id, load)}
+
+    @Inspect.responder
+    def inspect(self, active_limit: int, slow_limit: int) -> dict:
+        return {"report": self.worker.inspect(active_limit, slow_limit)}
+
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self.worker.master_lost()
@@ -87,6 +104,9 @@ class Worker:
         self.core: Optional[ProxyCore] = None
         self.ports: List[Any] = []
         self.control: Optional[WorkerControl] = None
+        #: Admin bookkeeping: slow requests and recently removed backends.
+        self.tracker: Optional[RequestTracker] = None
+        self.removed = RemovedBackends()
         self.version = 0
         self.stopping = False
 
@@ -117,6 +137,7 @@ class Worker:
                 stats_index=index,
             )
             self.core.start()
+            self.tracker = RequestTracker(self.core)
             scheme = b"https" if config.ssl.enabled else b"http"
             factory: Any = ProxyServerFactory(self.core, scheme)
             if config.ssl.enabled:
@@ -128,6 +149,7 @@ class Worker:
             self.version = version
             self.reactor.callLater(0, self._ready)
         else:
+            self.removed.before_apply(self.core, config)
             self.core.apply_config(config, index)
             self.version = version
 
@@ -140,15 +162,23 @@ class Worker:
     def set_backend_state(self, upstream: str, backend_id: str, healthy: bool) -> None:
         if self.core is None:
             return
-        group = self.core.groups.get(upstream)
-        backend = group.get(backend_id) if group is not None else None
-        if backend is not None:
-            backend.healthy = healthy
+        self.core.set_backend_health(upstream, backend_id, healthy)
 
     def disconnect_backend(self, upstream: str, backend_id: str) -> int:
-        if self.core is None:
-            return 0
-        return self.core.disconnect_backend(upstream, backend_id)
+        return disconnect_backend(self.core, self.removed, upstream, backend_id)
+
+    def set_reported_load(self, upstream: str, backend_id: str, load: float) -> bool:
+        return set_reported_load(self.core, upstream, backend_id, load)
+
+    def inspect(self, active_limit: int, slow_limit: int) -> dict:
+        return inspect_core(
+            self.core,
+            self.tracker,
+            slot=self.slot,
+            version=self.version,
+            active_limit=active_limit,
+            slow_limit=slow_limit,
+        )
 
     def shutdown(self, grace: float) -> None:
         """Drain, then exit 0."""

@@ -7,10 +7,11 @@ address to bind or listening sockets inherited from a master.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from speedproxy import __version__
@@ -34,19 +35,45 @@ class ProxyWorkerService(Service):
     """Serves the proxy for one config on the given reactor."""
 
     name = "speedproxy-worker"
+    #: What the admin API reports as the process model.
+    mode = "single-process"
 
     def __init__(self, reactor: Any, config: Config) -> None:
         self.reactor = reactor
         self.config = config
+        self.config_version = 1
+        self.config_path: Optional[str] = config.source
+        self.started_at = time.time()
         self.core: Optional[ProxyCore] = None
         self.ports: List[Any] = []
         self.admin_port: Any = None
+        self.admin_site: Any = None
+        self.tracker: Any = None
+        self.removed: Any = None
+
+    def privilegedStartService(self) -> None:
+        from speedproxy.admin.auth import refuse_insecure_admin
+
+        refuse_insecure_admin(self.config)
+        super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
+        from speedproxy.admin.tracking import RemovedBackends, RequestTracker
+
         config = self.config
         self.core = ProxyCore(self.reactor, config, open_access_log(config.server.access_log))
         self.core.start()
+        from speedproxy.health.http import HTTPHealthChecker
+        from speedproxy.health.monitor import HealthMonitor
+
+        core = self.core
+        self.health = HealthMonitor(
+            self.reactor, HTTPHealthChecker(self.reactor), core.set_backend_health
+        )
+        self.health.update(config.backends)
+        self.tracker = RequestTracker(self.core)
+        self.removed = RemovedBackends()
         server = config.server
         if config.ssl.enabled:
             factory = ProxyServerFactory(self.core, b"https")
@@ -61,7 +88,8 @@ class ProxyWorkerService(Service):
         from speedproxy.master.listeners import parse_listen
 
         admin_host, admin_port = parse_listen(config.admin.listen)
-        self.admin_port = self.reactor.listenTCP(admin_port, admin_site(self), interface=admin_host)
+        self.admin_site = admin_site(self)
+        self.admin_port = self.reactor.listenTCP(admin_port, self.admin_site, interface=admin_host)
         address = port.getHost()
         log.info(
             "speedproxy {version} serving on {host}:{port} ({routes} routes, {groups} upstream groups)",
@@ -79,9 +107,9 @@ class ProxyWorkerService(Service):
         return {
             "config": self.config,
             "index": self.core.stats_index,
-            "workers": [{"slot": 0, "pid": os.getpid(), "ready": True, "config_version": 1}],
+            "workers": [{"slot": 0, "pid": os.getpid(), "ready": True, "config_version": self.config_version}],
             "restarts": 0,
-            "config_version": 1,
+            "config_version": self.config_version,
             "backend_up": {},
         }
 
@@ -91,7 +119,15 @@ class ProxyWorkerService(Service):
         assert self.core is not None
         state = self.state()
         return StatsReader(self.core.shared.segment).snapshot(
-            self.config, self.core.stats_index, state["workers"], {"version": __version__}  # type: ignore[arg-type]
+            self.config,
+            self.core.stats_index,  # type: ignore[arg-type]
+            state["workers"],
+            {
+                "version": __version__,
+                "config_version": self.config_version,
+                "uptime_seconds": round(time.time() - self.started_at, 3),
+                "worker_restarts": 0,
+            },
         )
 
     def metrics_text(self) -> bytes:
@@ -103,16 +139,72 @@ class ProxyWorkerService(Service):
 
     def apply_config(self, config: Config) -> None:
         """Apply a new config to the running data path (listener unchanged)."""
-        self.config = config
         if self.core is not None:
+            if self.removed is not None:
+                self.removed.before_apply(self.core, config)
             self.core.apply_config(config)
+        if getattr(self, "health", None) is not None:
+            self.health.update(config.backends)
+        self.config = config
+        self.config_version += 1
+
+    # The rest of the admin API's control surface (see speedproxy.admin.context).
+
+    def update_config(self, make: Callable[[Config], Config]) -> Deferred:
+        """Apply ``make(current config)`` now; fires with the new version."""
+        try:
+            self.apply_config(make(self.config))
+        except Exception:
+            return fail()
+        return succeed(self.config_version)
+
+    def disconnect_backend(self, upstream: str, backend_id: str) -> Deferred:
+        from speedproxy.admin.tracking import disconnect_backend
+
+        return succeed([{"closed": disconnect_backend(self.core, self.removed, upstream, backend_id)}])
+
+    def report_load(self, upstream: str, backend_id: str, load: float) -> Deferred:
+        from speedproxy.admin.tracking import set_reported_load
+
+        return succeed([{"found": set_reported_load(self.core, upstream, backend_id, load)}])
+
+    def inspect_workers(self, active_limit: int = 0, slow_limit: int = 0) -> Deferred:
+        from speedproxy.admin.tracking import inspect_core
+
+        report = inspect_core(
+            self.core,
+            self.tracker,
+            slot=0,
+            version=self.config_version,
+            active_limit=active_limit,
+            slow_limit=slow_limit,
+        )
+        report["ready"] = self.core is not None
+        return succeed([report])
+
+    def process_table(self) -> List[Dict[str, Any]]:
+        return [{"role": "single-process", "slot": 0, "pid": os.getpid()}]
+
+    def reload_ssl(self) -> Deferred:
+        """Accepted, not carried out yet (certificate rotation comes with the TLS work)."""
+        return succeed(
+            {
+                "reloaded": False,
+                "ssl_enabled": self.config.ssl.enabled,
+                "detail": "accepted; certificate reload is not implemented yet, nothing was reloaded",
+            }
+        )
 
     def stopService(self) -> Deferred:
         """Stop accepting, let in-flight requests finish within the grace period."""
         super().stopService()
         ports, self.ports = self.ports, []
+        if getattr(self, "health", None) is not None:
+            self.health.stop()
         if self.admin_port is not None:
             self.admin_port.stopListening()
+        if self.admin_site is not None:
+            self.admin_site.stop()
         if self.core is None:
             return succeed(None)
         return drain(self.reactor, self.core, ports, self.config.server.shutdown_grace)
