@@ -138,6 +138,8 @@ class MasterService(Service):
         self.reader: Optional[StatsReader] = None
         self.admin_port: Any = None
         self.backend_health: Dict[Tuple[str, str], bool] = {}
+        #: Active health checks (started with the service).
+        self.health: Any = None
         self._stats_path = ""
         self._signals_installed = False
         #: Serialises config changes (SIGHUP, admin API): each one is computed
@@ -429,7 +431,8 @@ class MasterService(Service):
                         )
                     )
             self._resize(worker_count(config))
-            self.health.update(config.backends)
+            if self.health is not None:
+                self.health.update(config.backends)
             return version
 
         return DeferredList(pushes, consumeErrors=True).addCallback(applied)
@@ -578,7 +581,7 @@ class MasterService(Service):
         """Drain every worker (up to ``shutdown_grace``), then exit."""
         super().stopService()
         self.stopping = True
-        if getattr(self, "health", None) is not None:
+        if self.health is not None:
             self.health.stop()
         grace = self.config.server.shutdown_grace
         waits = []
