@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,6 @@ from typing import (
     Iterator,
     List,
     Mapping,
-    MutableMapping,
     Optional,
     Sequence,
     Tuple,
@@ -77,12 +75,15 @@ __all__ = [
     "fixed_body",
     "free_port",
     "pattern_chunks",
+    "paced",
     "pattern_sha256",
     "proxy_config",
+    "read_request_head",
     "raw_response",
     "stall",
     "streaming",
     "twistd_command",
+    "upload_digest",
     "wait_until",
 ]
 
@@ -256,7 +257,7 @@ class ProxyProcess:
 
     ``config`` is merged over test defaults (listen on 127.0.0.1 on a free
     port, the admin API on another free port, access log to the twistd log,
-    one worker)::
+    one worker, a 2 s shutdown grace)::
 
         with ProxyProcess(proxy_config(backend)) as proxy:
             urllib.request.urlopen(proxy.url + "/")
@@ -285,6 +286,8 @@ class ProxyProcess:
                 "port": self.port,
                 "workers": 1,
                 "access_log": "-",
+                # Teardown must not wait out a 30 s drain of leftover connections.
+                "shutdown_grace": "2s",
             },
             "admin": {"listen": f"{self.host}:{self.admin_port}"},
         }
@@ -437,7 +440,11 @@ class ProxyProcess:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                process.kill()
+                for pid in reversed(self.pids()):  # workers too: they would be orphaned
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
                 process.wait(10.0)
         self.returncode = process.returncode
         if self._log_file is not None:
@@ -701,6 +708,43 @@ def streaming(pieces: Callable[[], Iterable[bytes]], content_type: str = "text/p
     return behaviour
 
 
+def paced(
+    pieces: Sequence[bytes],
+    gates: Sequence[Optional[threading.Event]],
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Behaviour:
+    """Answer chunked with ``pieces``; piece ``i`` waits for ``gates[i]`` first.
+
+    A ``None`` gate sends at once.  Each wait is bounded by ``timeout``; the
+    names of gates that timed out are appended to ``HTTPBackend.errors``.
+    """
+
+    def generate_for(exchange: BackendExchange) -> Callable[[], Iterable[bytes]]:
+        def generate() -> Iterator[bytes]:
+            for index, piece in enumerate(pieces):
+                gate = gates[index] if index < len(gates) else None
+                if gate is not None and not gate.wait(timeout):
+                    exchange.backend.errors.append(f"gate {index} not set within {timeout}s")
+                yield piece
+
+        return generate
+
+    def behaviour(exchange: BackendExchange) -> None:
+        streaming(generate_for(exchange))(exchange)
+
+    return behaviour
+
+
+def upload_digest() -> Behaviour:
+    """Answer with JSON ``{"sha256": ..., "length": ...}`` of the request body."""
+
+    def behaviour(exchange: BackendExchange) -> None:
+        request = exchange.request
+        exchange.send_json({"sha256": request.body_sha256, "length": request.body_length, "chunked": request.chunked})
+
+    return behaviour
+
+
 def stall() -> Behaviour:
     """Read the request and never answer (until the backend stops)."""
 
@@ -816,7 +860,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         backend = self.server.backend
-        backend._record_head(self.command, self.path)
+        backend._record_head(self.command, self.path, self.connection_number)
         digest, length, chunked = self._read_body()
         request = BackendRequest(
             method=self.command,
@@ -867,6 +911,8 @@ class HTTPBackend:
         self.requests: List[BackendRequest] = []
         #: ``(method, path)`` of every request head, recorded before its body is read.
         self.heads: List[Tuple[str, str]] = []
+        #: The connection serial number of each entry of :attr:`heads`.
+        self.head_connections: List[int] = []
         #: Serial numbers of the connections that have closed.
         self.closed_connections: List[int] = []
         self.errors: List[str] = []
@@ -955,9 +1001,10 @@ class HTTPBackend:
             self._sockets.pop(id(sock), None)
             self._condition.notify_all()
 
-    def _record_head(self, method: str, path: str) -> None:
+    def _record_head(self, method: str, path: str, connection: int) -> None:
         with self._condition:
             self.heads.append((method, path))
+            self.head_connections.append(connection)
             self._condition.notify_all()
 
     def _record(self, request: BackendRequest) -> None:
@@ -1000,6 +1047,7 @@ class HTTPBackend:
         with self._condition:
             self.requests.clear()
             self.heads.clear()
+            self.head_connections.clear()
             self.errors.clear()
             self.expect_continue_seen = 0
             self.stalled = 0

@@ -1,46 +1,228 @@
-"""The admin site: the resource tree on ``admin.listen``."""
+"""The admin site: the resource tree on ``admin.listen``, its gate and audit log.
+
+Paths (see README.rst, "Admin API")::
+
+    /health /status /stats /upstream /metrics            open
+    /config /cache/{info,keys,search,clear}               TMDB proxy
+    /api/v1/config[/reload-ssl]                           SpeedMimi
+    /api/v1/backends[/add,/update,/remove,/disconnect]
+    /api/v1/stats/{server,backend}  /api/v1/report
+    /api/v1/performance/{health,stats,dashboard,operations,active-requests,
+                         slow-requests,resource-usage,alerts/thresholds}
+
+Every request passes the site's *gate* before its handler: a body over
+``admin.max_body_size`` gets 413, a protected endpoint without the right
+``X-API-Key`` gets 401.  Every finished request is offered to the audit log
+(:mod:`speedproxy.admin.audit`), which records mutating and refused calls.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, Mapping, Optional
 
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
-from speedproxy.admin.json_resource import JSONResource
+from speedproxy.admin.api_backends import (
+    AddBackendResource,
+    BackendsResource,
+    DisconnectBackendResource,
+    RemoveBackendResource,
+    UpdateBackendResource,
+)
+from speedproxy.admin.api_cache import (
+    CacheClearResource,
+    CacheInfoResource,
+    CacheKeysResource,
+    CacheSearchResource,
+)
+from speedproxy.admin.api_config import ConfigResource, ReloadSSLResource, TMDBConfigResource
+from speedproxy.admin.api_performance import (
+    ActiveRequestsResource,
+    DashboardResource,
+    OperationsResource,
+    PerformanceHealthResource,
+    PerformanceStatsResource,
+    ResourceUsageResource,
+    SlowRequestsResource,
+    ThresholdsResource,
+)
+from speedproxy.admin.api_stats import (
+    BackendStatsResource,
+    HealthResource,
+    ReportResource,
+    ServerStatsResource,
+    StatusResource,
+    UpstreamResource,
+)
+from speedproxy.admin.audit import audit_line
+from speedproxy.admin.auth import HEADER
+from speedproxy.admin.context import AdminContext
+from speedproxy.admin.json_resource import APIError, Namespace, NotFoundResource
 from speedproxy.admin.stats import MetricsResource, StatsResource
 
 
-class _NotFound(JSONResource):
-    def render(self, request: Any) -> Any:
-        from speedproxy.admin.json_resource import write_json
-        from twisted.web.server import NOT_DONE_YET
-
-        write_json(request, 404, {"error": "not_found", "detail": "no such admin endpoint"})
-        return NOT_DONE_YET
+def _namespace(children: Mapping[bytes, Resource]) -> Namespace:
+    node = Namespace()
+    for name, child in children.items():
+        node.putChild(name, child)
+    return node
 
 
 class AdminRoot(Resource):
-    """Maps paths to resources; unknown paths get a JSON 404."""
+    """Maps paths to resources; unknown paths get a JSON 404 (behind the key)."""
 
-    def __init__(self, control: Any) -> None:
+    def __init__(self, control: Any, api: Optional[AdminContext] = None) -> None:
         super().__init__()
-        self.putChild(b"stats", StatsResource(control))
-        self.putChild(b"metrics", MetricsResource(control))
+        api = api if api is not None else AdminContext(control)
+        self.api = api
+        for name, child in {
+            b"health": HealthResource(api),
+            b"status": StatusResource(api),
+            b"stats": StatsResource(control),
+            b"upstream": UpstreamResource(api),
+            b"metrics": MetricsResource(control),
+            b"config": TMDBConfigResource(api),
+            b"cache": _namespace(
+                {
+                    b"info": CacheInfoResource(api),
+                    b"keys": CacheKeysResource(api),
+                    b"search": CacheSearchResource(api),
+                    b"clear": CacheClearResource(api),
+                }
+            ),
+        }.items():
+            self.putChild(name, child)
+        config = ConfigResource(api)
+        config.putChild(b"reload-ssl", ReloadSSLResource(api))
+        backends = BackendsResource(api)
+        backends.putChild(b"add", AddBackendResource(api))
+        backends.putChild(b"update", UpdateBackendResource(api))
+        backends.putChild(b"remove", RemoveBackendResource(api))
+        backends.putChild(b"disconnect", DisconnectBackendResource(api))
+        performance = _namespace(
+            {
+                b"health": PerformanceHealthResource(api),
+                b"stats": PerformanceStatsResource(api),
+                b"dashboard": DashboardResource(api),
+                b"operations": OperationsResource(api),
+                b"active-requests": ActiveRequestsResource(api),
+                b"slow-requests": SlowRequestsResource(api),
+                b"resource-usage": ResourceUsageResource(api),
+                b"alerts": _namespace({b"thresholds": ThresholdsResource(api)}),
+            }
+        )
+        v1 = _namespace(
+            {
+                b"config": config,
+                b"backends": backends,
+                b"stats": _namespace({b"server": ServerStatsResource(api), b"backend": BackendStatsResource(api)}),
+                b"report": ReportResource(api),
+                b"performance": performance,
+            }
+        )
+        self.putChild(b"api", _namespace({b"v1": v1}))
 
     def getChild(self, path: bytes, request: Any) -> Resource:
-        return _NotFound()
+        return NotFoundResource()
 
     def render(self, request: Any) -> Any:
-        return _NotFound().render(request)
+        return NotFoundResource().render(request)
+
+
+class AdminRequest(Request):
+    """A request whose body is capped at ``admin.max_body_size``.
+
+    Bytes past the limit are discarded as they arrive (never buffered); the
+    gate then answers 413.
+    """
+
+    body_too_large = False
+    _body_received = 0
+    #: Why the key was refused (``missing_key`` / ``wrong_key``), for the audit line.
+    audit_reason: Optional[str] = None
+
+    def _body_limit(self) -> int:
+        site = getattr(self.channel, "site", None)
+        limit = getattr(site, "max_body_size", None)
+        return int(limit()) if callable(limit) else 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        limit = self._body_limit()
+        if length is not None and limit and length > limit:
+            self.body_too_large = True
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_received += len(data)
+        limit = self._body_limit()
+        if limit and self._body_received > limit:
+            self.body_too_large = True
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)
 
 
 class AdminSite(Site):
+    """The admin API's site: gate, audit log and the rate sampler's life."""
+
     noisy = False
+    requestFactory = AdminRequest
+
+    def __init__(self, root: AdminRoot, api: AdminContext) -> None:
+        super().__init__(root)
+        self.api = api
+        self.displayTracebacks = False
+
+    def max_body_size(self) -> int:
+        return self.api.config.admin.max_body_size
+
+    def gate(self, request: Any, resource: Any) -> Optional[APIError]:
+        """Refuse ``request`` for ``resource`` (401, 413) or let it through (``None``)."""
+        if not getattr(resource, "open", False):
+            reason = self.api.checker.check(self.api.config.admin, request.getHeader(HEADER))
+            if reason is not None:
+                request.audit_reason = reason
+                detail = "a valid X-API-Key header is required" if reason == "missing_key" else "the X-API-Key is wrong"
+                return APIError(401, "unauthorized", detail, extra={"reason": reason})
+        if getattr(request, "body_too_large", False):
+            return APIError(
+                413,
+                "payload_too_large",
+                f"the body is larger than admin.max_body_size ({self.max_body_size()} bytes)",
+            )
+        return None
+
+    def getResourceFor(self, request: Any) -> Resource:
+        finished = request.notifyFinish()
+        finished.addCallbacks(
+            lambda _: audit_line(request, request.code, getattr(request, "audit_reason", None)),
+            lambda _: audit_line(request, request.code, getattr(request, "audit_reason", None), aborted=True),
+        )
+        return super().getResourceFor(request)
 
     def log(self, request: Any) -> None:
-        """Admin calls are audited separately; no access log here."""
+        """Admin calls are audited (see :meth:`getResourceFor`); no access log here."""
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.api.sampler.start()
+
+    def stopFactory(self) -> None:
+        self.api.sampler.stop()
+        super().stopFactory()
+
+    def stop(self) -> None:
+        """Stop background work (the rate sampler)."""
+        self.api.sampler.stop()
 
 
-def admin_site(control: Any) -> Site:
-    return AdminSite(AdminRoot(control))
+def admin_site(control: Any, environ: Optional[Mapping[str, str]] = None, clock: Any = None) -> AdminSite:
+    """The admin site driving ``control`` (a master or a single-process service)."""
+    api = AdminContext(control, clock=clock, environ=environ)
+    return AdminSite(AdminRoot(control, api), api)

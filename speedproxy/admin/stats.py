@@ -1,4 +1,4 @@
-"""``/stats`` and ``/metrics``."""
+"""``/stats`` and ``/metrics`` (open: monitoring needs no key)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from speedproxy.admin.json_resource import JSONResource
 class StatsResource(JSONResource):
     """JSON totals, per worker, per backend and per route."""
 
+    open = True
+
     def __init__(self, control: Any) -> None:
         super().__init__()
         self.control = control
@@ -22,6 +24,8 @@ class StatsResource(JSONResource):
 
 class MetricsResource(JSONResource):
     """Prometheus text exposition, aggregated over all workers."""
+
+    open = True
 
     def __init__(self, control: Any) -> None:
         super().__init__()

@@ -452,13 +452,19 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "trusted_proxies": _networks,
     "access_log": _string(non_empty=True),
     "shutdown_grace": _duration(positive=False),
+    "slow_request_threshold": _POSITIVE_DURATION,
     "retries": _integer(0, 10),
     "retry_budget": _fraction,
     "websocket_idle_timeout": _POSITIVE_DURATION,
     "sse_idle_timeout": _POSITIVE_DURATION,
 }
 _SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
-_ADMIN_FIELDS: Dict[str, Converter] = {"listen": _listen, "api_key": _string(), "api_key_file": _string()}
+_ADMIN_FIELDS: Dict[str, Converter] = {
+    "listen": _listen,
+    "api_key": _string(),
+    "api_key_file": _string(),
+    "max_body_size": _size(1024),
+}
 _HEALTH_CHECK_FIELDS: Dict[str, Converter] = {
     "path": _url_path,
     "interval": _POSITIVE_DURATION,

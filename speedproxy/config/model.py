@@ -111,6 +111,9 @@ class ServerConfig:
     #: ``-`` logs to twistd's log, ``off`` disables, anything else is a file path.
     access_log: str = "-"
     shutdown_grace: float = 30.0
+    #: Requests slower than this are logged and listed by the admin API
+    #: (``/api/v1/performance/slow-requests``).
+    slow_request_threshold: float = 1.0
     #: Extra attempts on another backend for a request that failed before
     #: any response byte (idempotent, or body not yet sent).
     retries: int = 2
@@ -139,6 +142,8 @@ class AdminConfig:
     listen: str = "127.0.0.1:9901"
     api_key: str = ""
     api_key_file: str = ""
+    #: Largest request body the admin API accepts (413 above it).
+    max_body_size: int = 1024 * 1024
 
 
 def _default_backends() -> Mapping[str, Tuple[BackendConfig, ...]]:

@@ -84,3 +84,31 @@ class DisconnectBackend(amp.Command):
 
     arguments = [(b"upstream", amp.Unicode()), (b"backend_id", amp.Unicode())]
     response = [(b"closed", amp.Integer())]
+
+
+class SetReportedLoad(amp.Command):
+    """Master → worker: the load a backend reported about itself (``/api/v1/report``).
+
+    ``load`` is a fraction of capacity, 0.0 (idle) .. 1.0 (saturated); it
+    becomes :attr:`speedproxy.upstreams.Backend.reported_load`.
+    """
+
+    arguments = [
+        (b"upstream", amp.Unicode()),
+        (b"backend_id", amp.Unicode()),
+        (b"load", amp.Float()),
+    ]
+    response = [(b"found", amp.Boolean())]
+
+
+class Inspect(amp.Command):
+    """Master → worker: what the worker is doing right now.
+
+    The answer is a JSON report (see :func:`speedproxy.admin.tracking.inspect_core`):
+    the worker's pid, slot and config version, up to ``active_limit``
+    in-flight requests, up to ``slow_limit`` recent slow requests and the
+    run-time state of every backend (health, EWMA, reported load, in flight).
+    """
+
+    arguments = [(b"active_limit", amp.Integer()), (b"slow_limit", amp.Integer())]
+    response = [(b"report", JSONValue())]

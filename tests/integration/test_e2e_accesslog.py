@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from speedproxy.testing import RawClient, wait_until
 
 LINE = re.compile(
@@ -72,14 +70,6 @@ def test_access_log_to_file(stack, proxy_factory, tmp_path) -> None:
     assert "/logged/3" not in proxy.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "proxy bug: FileAccessLog buffers 64 KiB and its docstring says the "
-        "worker's sweep flushes it, but nothing ever calls IAccessLog.flush(); "
-        "lines reach the file only at 64 KiB or at shutdown"
-    ),
-)
 def test_access_log_file_is_written_while_running(stack, proxy_factory, tmp_path) -> None:
     proxy, origin, path = _file_proxy(stack, proxy_factory, tmp_path)
     _request(proxy, 4)

@@ -15,6 +15,7 @@ from speedproxy.testing import (
     ProxyProcess,
     RawClient,
     fixed_body,
+    paced,
     pattern_chunks,
     pattern_sha256,
     streaming,
@@ -61,8 +62,24 @@ def test_first_chunk_arrives_while_backend_still_sends(proxy: ProxyProcess, orig
     assert rest == b"second piece\n"
 
 
-def _send_head(sock: socket.socket, head: bytes) -> None:
-    sock.sendall(head)
+def test_paced_pieces_each_arrive_before_the_next_is_sent(proxy: ProxyProcess, origin: HTTPBackend) -> None:
+    gates = [None, threading.Event(), threading.Event()]
+    origin.route("/stream/paced", paced([b"a" * 10, b"b" * 1000, b"c" * 100000], gates, timeout=10.0))
+    with RawClient(*proxy.address, timeout=5.0) as client:
+        client.request("GET", "/stream/paced")
+        assert client.read_head().status == 200
+        assert client.read_chunk() == b"a" * 10
+        gates[1].set()
+        assert client.read_chunk() == b"b" * 1000
+        gates[2].set()
+        rest = b""
+        while True:
+            chunk = client.read_chunk()
+            if not chunk:
+                break
+            rest += chunk
+    assert rest == b"c" * 100000
+    assert not [error for error in origin.errors if error.startswith("gate")]
 
 
 def test_large_content_length_upload_is_byte_exact(proxy: ProxyProcess, origin: HTTPBackend) -> None:

@@ -1,0 +1,257 @@
+"""``/api/v1/backends``: list, add, update, remove and disconnect backends.
+
+Add, update and remove are config changes (see
+:mod:`speedproxy.admin.changes`): validated like the file and applied to
+every worker before the answer, which names the config version now live.
+A removed backend gets no new request; requests already in flight to it
+finish.  ``disconnect`` is no config change: every worker closes the
+backend's pooled and in-flight connections at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+
+from speedproxy.admin.changes import (
+    UPDATABLE,
+    add_backend,
+    backend_summary,
+    find_backend,
+    remove_backend,
+    require_text,
+    update_backend,
+)
+from speedproxy.admin.context import AdminContext, as_bool, params
+from speedproxy.admin.json_resource import JSONResource, bad_request
+from speedproxy.config import Config, config_to_mapping
+
+
+def _runtime(reports: Iterable[Mapping[str, Any]], upstream: str, backend_id: str) -> Dict[str, Any]:
+    """A backend's state merged over the workers' reports."""
+    states = [
+        report["backends"][upstream][backend_id]
+        for report in reports
+        if not report.get("error") and backend_id in report.get("backends", {}).get(upstream, {})
+    ]
+    if not states:
+        return {"workers": 0}
+    ewmas = [state["ewma_response_ms"] for state in states if state["ewma_response_ms"]]
+    return {
+        "workers": len(states),
+        "healthy_in_workers": sum(1 for state in states if state["healthy"]),
+        "in_flight": sum(state["in_flight"] for state in states),
+        "ewma_response_ms": round(sum(ewmas) / len(ewmas), 3) if ewmas else 0.0,
+        "reported_load": max(state["reported_load"] for state in states),
+    }
+
+
+def backend_rows(
+    api: AdminContext,
+    config: Config,
+    reports: List[Mapping[str, Any]],
+    upstream: Optional[str] = None,
+    backend_id: Optional[str] = None,
+) -> Dict[str, List[Dict[str, Any]]]:
+    """``{upstream: [backend, ...]}``: config, health, counters and run-time state."""
+    state = api.control.state()
+    health: Mapping[Tuple[str, str], bool] = state.get("backend_up", {})
+    stats = {
+        (row["upstream"], row["id"]): row for row in api.control.stats_snapshot().get("backends", [])
+    }
+    mapping = config_to_mapping(config)["backends"]
+    result: Dict[str, List[Dict[str, Any]]] = {}
+    for name, members in mapping.items():
+        if upstream is not None and name != upstream:
+            continue
+        rows = []
+        for entry in members:
+            if backend_id is not None and entry["id"] != backend_id:
+                continue
+            row = dict(entry)
+            runtime = _runtime(reports, name, entry["id"])
+            checked = health.get((name, entry["id"]), True)
+            in_workers = runtime.get("healthy_in_workers", runtime["workers"])
+            row["healthy"] = bool(checked and (runtime["workers"] == 0 or in_workers > 0))
+            row["health_check_up"] = checked
+            row["runtime"] = runtime
+            counters = stats.get((name, entry["id"]))
+            if counters is not None:
+                row["stats"] = {
+                    key: counters[key]
+                    for key in ("active_requests", "requests", "failures", "avg_response_ms")
+                    if key in counters
+                }
+            report = api.reports.get((name, entry["id"]))
+            if report is not None:
+                row["last_report"] = report
+            rows.append(row)
+        result[name] = rows
+    return result
+
+
+class BackendsResource(JSONResource):
+    """``GET /api/v1/backends[?upstream=]``: the backends of one or every upstream."""
+
+    isLeaf = False
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_GET(self, request: Request) -> Deferred:
+        values = params(request, body_allowed=False)
+        upstream = values.get("upstream") or None
+        config = self.api.config
+        if upstream is not None:
+            find_backend(config, upstream, None)
+
+        def answer(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
+            rows = backend_rows(self.api, config, reports, upstream)
+            body: Dict[str, Any] = {"config_version": self.api.control.config_version}
+            if upstream is not None:
+                body["upstream"] = upstream
+                body["backends"] = rows.get(upstream, [])
+            else:
+                body["upstreams"] = rows
+            return body
+
+        return self.api.control.inspect_workers(0, 0).addCallback(answer)
+
+
+def _persist(values: Mapping[str, Any]) -> bool:
+    return as_bool(values.get("persist", False), "persist")
+
+
+class AddBackendResource(JSONResource):
+    """``POST``: ``{"upstream": "default", "backend": {"id": ..., "host": ..., "port": ...}}``.
+
+    The backend's keys may also sit next to ``upstream`` instead of inside
+    ``backend``.  404 for an unknown upstream, 409 for an id already used
+    there, 400 naming the wrong field.
+    """
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_POST(self, request: Request) -> Deferred:
+        values = params(request)
+        upstream = require_text(values, "upstream")
+        persist = _persist(values)
+        if "backend" in values:
+            entry = values["backend"]
+            if not isinstance(entry, dict):
+                raise bad_request("backend must be a JSON object", "backend")
+            extra = [key for key in values if key not in ("upstream", "backend", "persist")]
+            if extra:
+                raise bad_request(f"unknown key {extra[0]!r} next to 'backend'", extra[0])
+        else:
+            entry = {key: value for key, value in values.items() if key not in ("upstream", "persist")}
+        backend_id = entry.get("id")
+
+        def answer(body: Dict[str, Any]) -> Dict[str, Any]:
+            body["upstream"] = upstream
+            body["backend"] = backend_summary(self.api.config, upstream, backend_id)
+            return body
+
+        return self.api.run_change(lambda current: add_backend(current, upstream, entry), persist).addCallback(answer)
+
+
+class UpdateBackendResource(JSONResource):
+    """``PUT``: ``{"upstream", "backend_id", <weight|max_conn|active|health_check>...}``."""
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_PUT(self, request: Request) -> Deferred:
+        values = params(request)
+        upstream = require_text(values, "upstream")
+        if "backend_id" not in values and "id" in values:
+            values["backend_id"] = values.pop("id")
+        backend_id = require_text(values, "backend_id")
+        persist = _persist(values)
+        if isinstance(values.get("changes"), dict):
+            changes = dict(values["changes"])
+        else:
+            changes = {k: v for k, v in values.items() if k not in ("upstream", "backend_id", "persist")}
+        find_backend(self.api.config, upstream, backend_id)
+        if not changes:
+            raise bad_request(f"nothing to update: give one of {', '.join(UPDATABLE)}")
+
+        def answer(body: Dict[str, Any]) -> Dict[str, Any]:
+            body["upstream"] = upstream
+            body["backend"] = backend_summary(self.api.config, upstream, backend_id)
+            return body
+
+        return self.api.run_change(
+            lambda current: update_backend(current, upstream, backend_id, changes), persist
+        ).addCallback(answer)
+
+
+class RemoveBackendResource(JSONResource):
+    """``DELETE ?upstream=&backend_id=``: no new requests to it; in-flight ones finish."""
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_DELETE(self, request: Request) -> Deferred:
+        values = params(request)
+        upstream = require_text(values, "upstream")
+        backend_id = require_text(values, "backend_id")
+        persist = _persist(values)
+        removed: Dict[str, Any] = {}
+
+        def make(current: Config) -> Config:
+            removed.update(backend_summary(current, upstream, backend_id))
+            return remove_backend(current, upstream, backend_id)
+
+        def answer(body: Dict[str, Any]) -> Dict[str, Any]:
+            self.api.removed.append((upstream, backend_id))
+            self.api.reports.pop((upstream, backend_id), None)
+            forget = getattr(self.api.control, "forget_backend", None)
+            if forget is not None:
+                forget(upstream, backend_id)
+            body["upstream"] = upstream
+            body["removed"] = removed
+            return body
+
+        return self.api.run_change(make, persist).addCallback(answer)
+
+
+class DisconnectBackendResource(JSONResource):
+    """``POST ?upstream=&backend_id=``: close its pooled and in-flight connections now.
+
+    Requests cut this way fail as if the backend had dropped them (retried
+    on another backend when that is safe).  Works for a backend removed
+    earlier through the API too.
+    """
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_POST(self, request: Request) -> Deferred:
+        values = params(request)
+        upstream = require_text(values, "upstream")
+        backend_id = require_text(values, "backend_id")
+        if (upstream, backend_id) not in self.api.removed:
+            find_backend(self.api.config, upstream, backend_id)
+
+        def answer(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+            counts = [int(result.get("closed", 0)) for result in results]
+            return {
+                "config_version": self.api.control.config_version,
+                "upstream": upstream,
+                "backend_id": backend_id,
+                "closed": sum(counts),
+                "closed_per_worker": counts,
+                "workers": len(counts),
+            }
+
+        return self.api.control.disconnect_backend(upstream, backend_id).addCallback(answer)
+

@@ -1,0 +1,107 @@
+"""``/api/v1/config``, ``/api/v1/config/reload-ssl`` and the TMDB proxy's ``/config``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from twisted.web.server import Request
+
+from speedproxy.admin.changes import config_from_body, masked_mapping
+from speedproxy.admin.context import AdminContext, as_bool
+from speedproxy.admin.json_resource import APIError, JSONResource, bad_request, read_json_object
+from speedproxy.config import Config
+
+#: Keys of the ``{"config": {...}, ...}`` envelope a PUT may use.
+ENVELOPE_KEYS = ("config", "persist", "config_version", "source")
+
+
+def config_view(api: AdminContext) -> Dict[str, Any]:
+    control = api.control
+    return {
+        "config_version": control.config_version,
+        "source": api.config_file(),
+        "config": masked_mapping(control.config),
+    }
+
+
+class ConfigResource(JSONResource):
+    """``GET`` the live config (secrets masked) and its version; ``PUT`` a new one.
+
+    A PUT body is either the config itself, laid out like the YAML file
+    (optionally with a top-level ``"persist": true``), or the envelope
+    ``GET`` returns: ``{"config": {...}, "persist": true, "config_version": N}``.
+    With ``config_version`` the change is refused (409) unless that is still
+    the live version, so a read-modify-write cannot overwrite a concurrent
+    change.  The new config replaces the whole running one, exactly as
+    editing the file and sending SIGHUP would, except that an absent or
+    masked ``admin.api_key`` keeps the current key.
+    """
+
+    isLeaf = False
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_GET(self, request: Request) -> Any:
+        return config_view(self.api)
+
+    def json_PUT(self, request: Request) -> Any:
+        body = read_json_object(request)
+        if isinstance(body.get("config"), dict):
+            for key in body:
+                if key not in ENVELOPE_KEYS:
+                    raise bad_request(f"unknown key {key!r} next to 'config' (allowed: {', '.join(ENVELOPE_KEYS)})", key)
+            data = body["config"]
+            expected = body.get("config_version")
+        else:
+            data = {key: value for key, value in body.items() if key != "persist"}
+            expected = None
+        persist = as_bool(body.get("persist", False), "persist")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise bad_request("config_version must be an integer", "config_version")
+
+        def make(current: Config) -> Config:
+            live = self.api.control.config_version
+            if expected is not None and expected != live:
+                raise APIError(
+                    409,
+                    "conflict",
+                    f"config version {expected} is no longer live (now {live}); read it again",
+                    "config_version",
+                    {"config_version": live},
+                )
+            return config_from_body(data, current)
+
+        return self.api.run_change(make, persist=persist)
+
+
+class ReloadSSLResource(JSONResource):
+    """``POST``: re-read the TLS certificate and key without a restart.
+
+    Accepted (202) but not carried out yet: the TLS work makes the
+    control's ``reload_ssl`` do it.
+    """
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_POST(self, request: Request) -> Any:
+        def answer(result: Dict[str, Any]) -> Any:
+            body = {"config_version": self.api.control.config_version}
+            body.update(result)
+            return (200 if result.get("reloaded") else 202), body
+
+        return self.api.control.reload_ssl().addCallback(answer)
+
+
+class TMDBConfigResource(JSONResource):
+    """The TMDB proxy's ``GET /config``: the live config, secrets masked."""
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
+
+    def json_GET(self, request: Request) -> Any:
+        return config_view(self.api)

@@ -1,0 +1,81 @@
+"""The audit log of the admin API.
+
+One line per mutating call (any method but GET/HEAD/OPTIONS), allowed or
+refused, and per call refused for a missing or wrong API key, whatever its
+method.  Lines go to the twisted logger under the namespace
+``speedproxy.audit`` (so to twistd's log) and read::
+
+    audit time=2025-01-01T12:00:00.000Z peer=127.0.0.1 method=POST
+      path=/api/v1/backends/add outcome=allowed status=200
+
+(on one line).  ``outcome`` is ``allowed`` (2xx), ``failed`` (the call was
+authorised but answered 4xx/5xx), ``denied`` (401, with ``reason=missing_key``
+or ``reason=wrong_key``) or ``aborted`` (the client went away first).  The
+key itself is never logged, and query parameters that look like secrets are
+masked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+from urllib.parse import parse_qsl, urlencode
+
+from twisted.logger import Logger
+
+log = Logger(namespace="speedproxy.audit")
+
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+_SECRET_PARAMS = ("key", "token", "secret", "password")
+
+
+def _clean_path(uri: bytes) -> str:
+    text = uri.decode("latin-1")
+    path, sep, query = text.partition("?")
+    if not sep:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    masked = [(k, "***" if any(word in k.lower() for word in _SECRET_PARAMS) else v) for k, v in pairs]
+    return path + "?" + urlencode(masked)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % int((seconds % 1) * 1000)
+
+
+def peer_of(request: Any) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
+def should_audit(method: bytes, status: int) -> bool:
+    return method.upper() not in SAFE_METHODS or status == 401
+
+
+def audit_line(request: Any, status: int, reason: Optional[str] = None, aborted: bool = False) -> Optional[str]:
+    """Write the audit line for a finished ``request`` if it needs one; return it."""
+    method = (request.method or b"-").upper()
+    if not aborted and not should_audit(method, status):
+        return None
+    if aborted and method in SAFE_METHODS:
+        return None
+    if aborted:
+        outcome = "aborted"
+    elif status == 401:
+        outcome = "denied"
+    elif 200 <= status < 300:
+        outcome = "allowed"
+    else:
+        outcome = "failed"
+    text = "audit time={time} peer={peer} method={method} path={path} outcome={outcome} status={status}".format(
+        time=_utc(time.time()),
+        peer=peer_of(request),
+        method=method.decode("latin-1"),
+        path=_clean_path(request.uri or b"-"),
+        outcome=outcome,
+        status=status,
+    )
+    if reason:
+        text += f" reason={reason}"
+    log.info("{line}", line=text)
+    return text
