@@ -261,18 +261,10 @@ def disconnect_backend(
     backend = removed.backends.get((upstream, backend_id)) if removed is not None else None
     if backend is None:
         return 0
-    closed = 0
     config = backend.config
     in_use = any(
         (member.config.host, member.config.port) == (config.host, config.port)
         for members in core.groups.values()
         for member in members.backends
     )
-    if not in_use:
-        closed += core.pool.close_backend(config.host, config.port)
-    for client in list(core.clients):
-        exchange = client.exchange
-        if exchange is not None and exchange.backend is backend and exchange.upstream is not None:
-            exchange.upstream.transport.abortConnection()
-            closed += 1
-    return closed
+    return core.cut_backend(backend, close_idle=not in_use)

@@ -20,6 +20,7 @@ from speedproxy.stats.shared import SharedView
 from speedproxy.upstreams import RetryBudget, UpstreamGroup, build_groups
 
 if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.upstreams import Backend
     from speedproxy.proxy.client import ClientConnection
     from speedproxy.proxy.exchange import Exchange
 
@@ -162,12 +163,20 @@ class ProxyCore:
         backend = group.get(backend_id) if group is not None else None
         if backend is None:
             return 0
+        return self.cut_backend(backend)
+
+    def cut_backend(self, backend: "Backend", close_idle: bool = True) -> int:
+        """Abort a backend's in-flight connections (and its idle ones).
+
+        Requests cut this way fail without counting against the backend's
+        passive health: an operator did it, not the backend.
+        """
         config = backend.config
-        closed = self.pool.close_backend(config.host, config.port)
+        closed = self.pool.close_backend(config.host, config.port) if close_idle else 0
         for client in list(self.clients):
             exchange = client.exchange
             if exchange is not None and exchange.backend is backend and exchange.upstream is not None:
-                exchange.upstream.transport.abortConnection()
+                exchange.cut_by_operator()
                 closed += 1
         return closed
 

@@ -67,6 +67,7 @@ class Exchange:
         "_fresh_retry",
         "upgrade",
         "tunnel",
+        "operator_cut",
     )
 
     def __init__(
@@ -112,6 +113,8 @@ class Exchange:
         self.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" else None
         #: Bytes are spliced both ways (after a 101).
         self.tunnel = False
+        #: The backend connection was cut on purpose (admin ``disconnect``).
+        self.operator_cut = False
 
     # -- choosing a backend ----------------------------------------------
 
@@ -243,7 +246,7 @@ class Exchange:
             return
         backend = self.backend
         stale = reused and not got_response and not self.response_started
-        self._release_backend(not stale)
+        self._release_backend(not stale and not self.operator_cut)
         self._last_error = (502, "bad_gateway", "the backend closed the connection without answering")
         if stale and backend is not None and not self._fresh_retry and self._may_retry():
             # A pooled keep-alive connection the backend had already closed:
@@ -369,6 +372,13 @@ class Exchange:
             else:
                 connection.abort()
         self._finish()
+
+    def cut_by_operator(self) -> None:
+        """Drop the backend connection on an operator's order."""
+        self.operator_cut = True
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.transport.abortConnection()
 
     # -- WebSocket tunnel --------------------------------------------------------
 

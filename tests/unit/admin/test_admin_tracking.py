@@ -69,6 +69,12 @@ class FakeExchange:
         self.status = 0
         self.response_started = False
         self.upstream: Optional[FakeUpstream] = FakeUpstream()
+        self.operator_cut = False
+
+    def cut_by_operator(self) -> None:
+        self.operator_cut = True
+        if self.upstream is not None:
+            self.upstream.transport.abortConnection()
 
 
 class FakeClient:
@@ -158,6 +164,7 @@ def test_disconnect_reaches_a_removed_backend(core) -> None:
     assert core.groups["default"].get("b") is None
     assert disconnect_backend(core, removed, "default", "b") == 1
     assert in_flight.upstream.transport.aborted
+    assert in_flight.operator_cut
     assert not other.upstream.transport.aborted
     assert disconnect_backend(core, removed, "default", "zz") == 0
     # Re-adding it forgets the removal.

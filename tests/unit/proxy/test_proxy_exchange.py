@@ -424,3 +424,35 @@ def test_head_error_response_has_no_body(make_proxy) -> None:
     assert response.status == 404
     assert client.received().endswith(b"\r\n\r\n")
     assert int(response.header(b"content-length")) > 0
+
+
+PASSIVE_ONE = """\
+backends:
+  default:
+    - {id: b1, host: 10.1.0.1, port: 8081, health_check: {passive_failures: 1, interval: 300s}}
+routing:
+  default: {path: /, upstream: default, load_balancer: round_robin}
+"""
+POST = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def test_backend_dropping_a_request_counts_against_passive_health(make_proxy) -> None:
+    harness = make_proxy(PASSIVE_ONE)
+    client = harness.client()
+    client.send(POST)
+    harness.accept().close()
+    assert client.response().status == 502
+    assert harness.backend("b1").down_until > 0
+
+
+def test_operator_cut_does_not_count_against_passive_health(make_proxy) -> None:
+    harness = make_proxy(PASSIVE_ONE)
+    client = harness.client()
+    client.send(POST)
+    backend = harness.accept()
+    assert harness.core.disconnect_backend("default", "b1") == 1
+    assert backend.transport.disconnecting or getattr(backend.transport, "aborting", False)
+    backend.close()  # what the reactor reports after the abort
+    assert client.response().status == 502
+    assert harness.backend("b1").down_until == 0
+    assert harness.backend("b1").consecutive_failures == 0
