@@ -176,7 +176,6 @@ def test_killed_worker_is_replaced_and_only_its_connections_fail(stack) -> None:
         sampled_before = len(sampler.samples)
 
         os.kill(victim, signal.SIGKILL)
-        killed_at = time.monotonic()
 
         def replaced() -> Any:
             for row in stats(proxy)["workers"]:
@@ -184,14 +183,13 @@ def test_killed_worker_is_replaced_and_only_its_connections_fail(stack) -> None:
                     return row["pid"]
             return None
 
+        # Respawned at once (no backoff for a first death) and ready within 2 s.
         replacement = wait_until(replaced, 2.0, f"a new ready worker in slot {slot}")
-        replaced_after = time.monotonic() - killed_at
         assert alive(replacement) and proc_state(replacement)[1] == proxy.pid  # type: ignore[index]
         load.wait_count(len(load.snapshot()) + 300, 10.0)
     finally:
         outcomes = load.stop()
         sampler.stop()
-    assert replaced_after <= 2.0
     assert not alive(victim)
     assert len(outcomes) > before
 
@@ -258,6 +256,7 @@ def test_sighup_new_weights_apply_without_failures(stack) -> None:
     window = sorted((o for o in outcomes if o.started >= live_at), key=lambda o: o.started)[:400]
     share = sum(1 for o in window if o.backend == "a") / len(window)
     assert abs(share - 0.9) <= 0.04, Counter(o.backend for o in window)
+    assert window[-1].finished - live_at <= 2.0
     assert all(w["config_version"] == 2 for w in stats(proxy)["workers"])
 
 
@@ -272,7 +271,9 @@ def test_sighup_invalid_file_is_refused_and_old_config_serves(stack) -> None:
     try:
         load.wait_count(100, 10.0)
         mark = proxy.log_mark()
-        proxy.write_config_text(good.replace("weight: 1\n", "weight: heavy\n", 1))
+        bad = good.replace("weight: 1\n", "weight: heavy\n", 1)
+        assert bad != good
+        proxy.write_config_text(bad)
         line, refused_at = reload(proxy, timeout=5.0)
         assert "config reload refused" in line, line
         reason = proxy.wait_for_log("backends.default[0].weight", timeout=2.0, since=mark)
