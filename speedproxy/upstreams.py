@@ -87,12 +87,12 @@ class Backend:
 
     def request_finished(self, failed: bool) -> None:
         """A request to this backend ended (``failed``: no usable answer)."""
-        self._add_local(-1)
+        self.local_connections -= 1
         if failed:
             self.failures += 1
-            shared = self.shared
-            if shared is not None and self.stats_index >= 0:
-                shared.add_failure(self.stats_index)
+        shared = self.shared
+        if shared is not None and self.stats_index >= 0:
+            shared.finished(self.stats_index, failed)
 
     @property
     def weight(self) -> int:

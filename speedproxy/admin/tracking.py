@@ -55,12 +55,11 @@ def _backend_upstream(exchange: "Exchange") -> str:
 class RequestTracker:
     """Watches finished exchanges of one :class:`ProxyCore` for slow ones.
 
-    It replaces ``core.log_exchange`` on the instance with a wrapper that
-    calls the original first, so accounting and access logging are
-    unchanged.  The threshold is read from the core's *current* config on
-    every request, so a config change takes effect at once.  Upgraded
-    (WebSocket) and event-stream requests are long-lived by design and are
-    never counted as slow.
+    The core calls :meth:`observe_slow` for every exchange at or over its
+    ``slow_threshold`` (``server.slow_request_threshold`` of the current
+    config), so the fast path pays one comparison.  Upgraded (WebSocket)
+    and event-stream requests are long-lived by design and are never
+    counted as slow.
     """
 
     def __init__(self, core: "ProxyCore", keep: int = SLOW_KEEP, wall: Any = time.time) -> None:
@@ -68,13 +67,7 @@ class RequestTracker:
         self.slow: Deque[Dict[str, Any]] = deque(maxlen=keep)
         self.slow_total = 0
         self._wall = wall
-        original = core.log_exchange
-
-        def log_exchange(exchange: "Exchange", status: int) -> None:
-            original(exchange, status)
-            self.observe(exchange, status)
-
-        core.log_exchange = log_exchange  # type: ignore[method-assign]
+        core.on_slow_request = self.observe_slow
 
     @property
     def threshold(self) -> float:
@@ -83,9 +76,12 @@ class RequestTracker:
     def observe(self, exchange: "Exchange", status: int) -> None:
         """Record ``exchange`` if it took at least the slow-request threshold."""
         seconds = self.core.clock.seconds() - exchange.started
+        if seconds >= self.threshold:
+            self.observe_slow(exchange, status, seconds)
+
+    def observe_slow(self, exchange: "Exchange", status: int, seconds: float) -> None:
+        """Record an exchange that took ``seconds``, over the threshold."""
         threshold = self.threshold
-        if seconds < threshold:
-            return
         request = exchange.request
         if request.upgrade is not None or request.event_stream or status == 101:
             return

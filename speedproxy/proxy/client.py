@@ -155,7 +155,6 @@ class ClientConnection(Protocol):
     # -- reading -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.core.shared.bytes_in(len(data))
         if self._tunnel:
             self.exchange.tunnel_from_client(data)  # type: ignore[union-attr]
             return

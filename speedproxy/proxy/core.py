@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -66,6 +66,10 @@ class ProxyCore:
         self.requests_served = 0
         self._drained: List[Deferred] = []
         self.sweeper.also.append(self.housekeeping)
+        #: Called as ``(exchange, status, seconds)`` for requests at or over
+        #: ``server.slow_request_threshold`` (set by the request tracker).
+        self.on_slow_request: Optional[Callable[["Exchange", int, float], None]] = None
+        self.slow_threshold = float("inf")
         if shared is None:
             # Serving in one process: a private segment with one slot.
             segment = StatsSegment.anonymous(
@@ -103,6 +107,7 @@ class ProxyCore:
         self.routes = build_routes(config.routing, self.groups, self.routes)
         self.router = Router(self.routes)
         self.retries = server.retries
+        self.slow_threshold = server.slow_request_threshold
         for name, group in self.groups.items():
             if group.retry_budget.ratio != server.retry_budget:
                 group.retry_budget = RetryBudget(server.retry_budget)
@@ -237,7 +242,10 @@ class ProxyCore:
             status,
             seconds,
             exchange.bytes_sent + exchange.head_bytes,
+            exchange.bytes_received,
         )
+        if seconds >= self.slow_threshold and self.on_slow_request is not None:
+            self.on_slow_request(exchange, status, seconds)
         log = self.access_log
         if log is None:
             return

@@ -55,6 +55,7 @@ class Exchange:
         "response_started",
         "status",
         "bytes_sent",
+        "bytes_received",
         "head_bytes",
         "started",
         "upstream_started",
@@ -96,6 +97,8 @@ class Exchange:
         self.response_started = False
         self.status = 0
         self.bytes_sent = 0
+        #: Request head and body bytes read from the client.
+        self.bytes_received = request.raw_size + 4
         self.head_bytes = 0
         self.started = core.clock.seconds()
         self.upstream_started = 0.0
@@ -206,6 +209,7 @@ class Exchange:
             request_id=self.request_id,
             framing=framing,
             upgrade=self.upgrade,
+            lowered=request.lowered,
         )
         self.head_sent = True
         if self.pending:
@@ -291,11 +295,12 @@ class Exchange:
         self.status = response.status
         backend = self.backend
         if backend is not None:
-            backend.record_response_time(self.core.clock.seconds() - self.upstream_started)
+            now = self.core.clock.seconds()
+            backend.record_response_time(now - self.upstream_started)
             if response.status >= 500:
-                backend.record_5xx(self.core.clock.seconds())
-            else:
-                backend.record_success()
+                backend.record_5xx(now)
+            elif backend.consecutive_failures:
+                backend.consecutive_failures = 0  # passive health: it answers
         if response.streaming or self.request.event_stream:
             # Server-sent events: no read timeout while events keep coming,
             # only the stream's own idle timeout.
@@ -333,6 +338,7 @@ class Exchange:
                 server_tag=self.core.server_tag,
                 framing=framing,
                 keep_alive=keep_alive,
+                lowered=response.lowered,
             )
         self.head_bytes = len(self._head)
 
@@ -413,6 +419,7 @@ class Exchange:
         client.write(data)
 
     def tunnel_from_client(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         upstream = self.upstream
         if upstream is not None:
             self.client.deadline = self.core.clock.seconds() + self.core.server.websocket_idle_timeout
@@ -436,6 +443,7 @@ class Exchange:
 
     def request_body(self, data: bytes) -> None:
         """Relay one piece of request body (already de-framed)."""
+        self.bytes_received += len(data)
         if self.request.chunked:
             frame = b"%x\r\n%b\r\n" % (len(data), data)
         else:

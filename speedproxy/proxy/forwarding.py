@@ -114,6 +114,7 @@ def upstream_request_head(
     request_id: bytes,
     framing: bytes,
     upgrade: Optional[bytes] = None,
+    lowered: Optional[List[bytes]] = None,
 ) -> bytes:
     """Serialise the request head sent to a backend.
 
@@ -129,8 +130,9 @@ def upstream_request_head(
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     forwarded_for = None
     via = None
-    for name, value in headers:
-        lname = name.lower()
+    if lowered is None:
+        lowered = [name.lower() for name, _ in headers]
+    for (name, value), lname in zip(headers, lowered):
         if lname in drop:
             continue
         if lname == b"x-forwarded-for":
@@ -174,6 +176,7 @@ def client_response_head(
     server_tag: bytes,
     framing: bytes,
     keep_alive: bool,
+    lowered: Optional[List[bytes]] = None,
 ) -> bytes:
     """Serialise the response head sent to the client.
 
@@ -183,8 +186,10 @@ def client_response_head(
     if connection_tokens:
         drop = drop | frozenset(connection_tokens)
     out = [b"%s %d %s\r\n" % (version, status, reason)]
-    for name, value in headers:
-        if name.lower() in drop:
+    if lowered is None:
+        lowered = [name.lower() for name, _ in headers]
+    for (name, value), lname in zip(headers, lowered):
+        if lname in drop:
             continue
         out += (name, b": ", value, b"\r\n")
     out += (

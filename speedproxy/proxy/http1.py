@@ -9,7 +9,7 @@ obs-fold, no duplicate or malformed ``Content-Length``, strict chunk sizes.
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 Headers = List[Tuple[bytes, bytes]]
 
@@ -49,6 +49,7 @@ class RequestHead:
         "target",
         "version",
         "headers",
+        "lowered",
         "host",
         "content_length",
         "chunked",
@@ -65,6 +66,8 @@ class RequestHead:
     target: bytes
     version: bytes
     headers: Headers
+    #: Lower-cased field names, parallel to ``headers``.
+    lowered: List[bytes]
     host: bytes
     content_length: Optional[int]
     chunked: bool
@@ -104,17 +107,79 @@ class RequestHead:
         return None
 
 
-def _parse_fields(lines: List[bytes]) -> Headers:
-    """Parse header lines (after the start line) strictly."""
+_REQUEST_FIELDS = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+        b"upgrade",
+        b"x-request-id",
+        b"accept",
+    }
+)
+_RESPONSE_FIELDS = frozenset(
+    {
+        b"content-type",
+        b"x-accel-buffering",
+        b"upgrade",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+    }
+)
+
+
+# The fast path splits a whole field block with patterns that cannot
+# backtrack: a line is a token, a colon and anything without CR/LF; anything
+# unusual (control characters, bare CR or LF, a line that is not a field)
+# goes to the line-by-line parser, which says exactly what is wrong.
+_FIELD_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r\n", re.M)
+_UNUSUAL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
+def _split_fields(
+    head: bytes, interesting: "frozenset[bytes]"
+) -> Tuple[Headers, List[bytes], Headers]:
+    """Fast path of :func:`_parse_fields` on the raw head (start line included)."""
+    start = head.find(b"\r\n")
+    if start < 0:
+        return [], [], {}
+    block = head[start + 2 :] + b"\r\n"
+    pairs = _FIELD_LINE.findall(block)
+    if len(pairs) != block.count(b"\r\n") or _UNUSUAL.search(block) is not None:
+        return _parse_fields(head.split(b"\r\n"), interesting)
+    if len(pairs) > MAX_HEADER_COUNT:
+        raise ProtocolError(431, "request_header_fields_too_large", "too many header fields")
+    headers: Headers = [(name, value.strip(b" \t")) for name, value in pairs]
+    lowered = [name.lower() for name, _ in pairs]
+    special = [
+        (lname, headers[index][1]) for index, lname in enumerate(lowered) if lname in interesting
+    ]
+    return headers, lowered, special
+
+
+def _parse_fields(
+    lines: List[bytes], interesting: "frozenset[bytes]"
+) -> Tuple[Headers, List[bytes], Headers]:
+    """Parse header lines (after the start line) strictly, in one pass.
+
+    Returns the fields as sent, their lower-cased names (reused when the
+    head is forwarded) and the ``(lower-cased name, value)`` pairs of the
+    ``interesting`` fields, in order.
+    """
     if len(lines) > MAX_HEADER_COUNT + 1:
         raise ProtocolError(431, "request_header_fields_too_large", "too many header fields")
     headers: Headers = []
+    lowered: List[bytes] = []
+    special: Headers = []
     append = headers.append
+    append_lowered = lowered.append
     token = _TOKEN.match
     bad_value = _BAD_VALUE.search
     for index in range(1, len(lines)):
-        line = lines[index]
-        name, sep, value = line.partition(b":")
+        name, sep, value = lines[index].partition(b":")
         if not sep:
             raise _bad("header line without a colon")
         if token(name) is None:
@@ -125,7 +190,18 @@ def _parse_fields(lines: List[bytes]) -> Headers:
         if bad_value(value) is not None:
             raise _bad("control character in header %r" % name.decode("latin-1"))
         append((name, value))
-    return headers
+        lname = name.lower()
+        append_lowered(lname)
+        if lname in interesting:
+            special.append((lname, value))
+    return headers, lowered, special
+
+
+def _tokens(values: List[bytes]) -> Tuple[bytes, ...]:
+    """Comma-separated list values (``Connection``), lower-cased."""
+    return tuple(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -133,8 +209,8 @@ def parse_request_head(head: bytes) -> RequestHead:
 
     :raises ProtocolError: for anything malformed or ambiguous.
     """
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    end = head.find(b"\r\n")
+    parts = (head if end < 0 else head[:end]).split(b" ")
     if len(parts) != 3:
         raise _bad("malformed request line")
     method, target, version = parts
@@ -146,13 +222,14 @@ def parse_request_head(head: bytes) -> RequestHead:
         if version[:5] == b"HTTP/" and len(version) == 8:
             raise ProtocolError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1")
         raise _bad("malformed HTTP version")
-    headers = _parse_fields(lines)
+    headers, lowered, special = _split_fields(head, _REQUEST_FIELDS)
 
     request = RequestHead()
     request.method = method
     request.target = target
     request.version = version
     request.headers = headers
+    request.lowered = lowered
     request.raw_size = len(head)
     host: Optional[bytes] = None
     content_length: Optional[int] = None
@@ -162,10 +239,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     upgrade: Optional[bytes] = None
     request_id: Optional[bytes] = None
     event_stream = False
-    for name, value in headers:
-        if len(name) > 17:  # longest name of interest: transfer-encoding
-            continue
-        lname = name.lower()
+    for lname, value in special:
         if lname == b"host":
             if host is not None:
                 raise _bad("more than one Host header")
@@ -181,18 +255,16 @@ def parse_request_head(head: bytes) -> RequestHead:
                 raise _bad("more than one Transfer-Encoding header")
             transfer_encoding = value
         elif lname == b"connection":
-            connection = connection + tuple(
-                token.strip().lower() for token in value.split(b",") if token.strip()
-            )
+            connection = connection + _tokens([value])
         elif lname == b"expect":
             expect = value.lower()
         elif lname == b"upgrade":
             upgrade = value
         elif lname == b"x-request-id":
-            request_id = value
-        elif lname == b"accept":
-            if b"text/event-stream" in value.lower():
-                event_stream = True
+            if request_id is None:
+                request_id = value
+        elif b"text/event-stream" in value.lower():  # accept
+            event_stream = True
     if transfer_encoding is not None:
         if content_length is not None:
             raise _bad("both Content-Length and Transfer-Encoding")
@@ -233,6 +305,7 @@ class ResponseHead:
         "status",
         "reason",
         "headers",
+        "lowered",
         "content_length",
         "chunked",
         "keep_alive",
@@ -245,6 +318,8 @@ class ResponseHead:
     status: int
     reason: bytes
     headers: Headers
+    #: Lower-cased field names, parallel to ``headers``.
+    lowered: List[bytes]
     content_length: Optional[int]
     chunked: bool
     keep_alive: bool
@@ -261,14 +336,14 @@ def parse_response_head(head: bytes) -> ResponseHead:
     :raises ProtocolError: (502) for anything malformed or ambiguous.
     """
     try:
-        lines = head.split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
+        end = head.find(b"\r\n")
+        version, _, rest = (head if end < 0 else head[:end]).partition(b" ")
         status_text, _, reason = rest.partition(b" ")
         if version != b"HTTP/1.1" and version != b"HTTP/1.0":
             raise _bad("malformed status line")
         if len(status_text) != 3 or not status_text.isdigit():
             raise _bad("malformed status code")
-        headers = _parse_fields(lines)
+        headers, lowered, special = _split_fields(head, _RESPONSE_FIELDS)
     except ProtocolError as error:
         raise ProtocolError(502, "bad_gateway", "invalid response from backend: " + error.detail)
 
@@ -277,39 +352,32 @@ def parse_response_head(head: bytes) -> ResponseHead:
     response.status = int(status_text)
     response.reason = reason
     response.headers = headers
+    response.lowered = lowered
     content_length: Optional[int] = None
     chunked = False
     connection: Tuple[bytes, ...] = ()
     streaming = False
     upgrade: Optional[bytes] = None
-    for name, value in headers:
-        if len(name) > 17:
-            continue
-        lname = name.lower()
-        if lname == b"content-type":
-            if value[:17].lower() == b"text/event-stream":
-                streaming = True
-        elif lname == b"x-accel-buffering":
-            if value.lower() == b"no":
-                streaming = True
-        elif lname == b"upgrade":
-            upgrade = value
-        elif lname == b"content-length":
+    for lname, value in special:
+        if lname == b"content-length":
             if _DIGITS.match(value) is None or (
                 content_length is not None and int(value) != content_length
             ):
                 raise ProtocolError(502, "bad_gateway", "invalid Content-Length from backend")
             content_length = int(value)
+        elif lname == b"connection":
+            connection = connection + _tokens([value])
+        elif lname == b"content-type":
+            streaming = value[:17].lower() == b"text/event-stream" or streaming
         elif lname == b"transfer-encoding":
             if value.lower() != b"chunked" or chunked:
-                raise ProtocolError(
-                    502, "bad_gateway", "unsupported Transfer-Encoding from backend"
-                )
+                raise ProtocolError(502, "bad_gateway", "unsupported Transfer-Encoding from backend")
             chunked = True
-        elif lname == b"connection":
-            connection = connection + tuple(
-                token.strip().lower() for token in value.split(b",") if token.strip()
-            )
+        elif lname == b"x-accel-buffering":
+            if value.lower() == b"no":
+                streaming = True
+        else:  # upgrade
+            upgrade = value
     if chunked:
         if content_length is not None:
             # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -90,11 +91,8 @@ class Layout:
 
 
 def latency_bucket(seconds: float) -> int:
-    """Index of the histogram bucket for one observation."""
-    for index, bound in enumerate(LATENCY_BUCKETS):
-        if seconds <= bound:
-            return index
-    return len(LATENCY_BUCKETS)
+    """Index of the histogram bucket for one observation (upper bounds inclusive)."""
+    return bisect_left(LATENCY_BUCKETS, seconds)
 
 
 class StatsSegment:
@@ -204,13 +202,15 @@ class SlotWriter:
         self.words[self.base + word] += amount
 
     def request_done(
-        self, route: int, backend: int, status: int, seconds: float, bytes_out: int
+        self, route: int, backend: int, status: int, seconds: float, bytes_out: int, bytes_in: int = 0
     ) -> None:
         """Account for one finished request."""
         words = self.words
         base = self.base
         words[base + REQUESTS] += 1
         words[base + BYTES_OUT] += bytes_out
+        if bytes_in:
+            words[base + BYTES_IN] += bytes_in
         micros = int(seconds * 1e6)
         words[base + LATENCY_SUM_US] += micros
         cls = status // 100 - 1
@@ -218,7 +218,7 @@ class SlotWriter:
             words[self.status_base + cls] += 1
             if route >= 0:
                 words[self.route_base + route * ROUTE_WORDS + cls] += 1
-        words[self.hist_base + latency_bucket(seconds)] += 1
+        words[self.hist_base + bisect_left(LATENCY_BUCKETS, seconds)] += 1
         if backend >= 0:
             backend_word = self.backend_base + backend * BACKEND_WORDS
             words[backend_word + B_RESPONSES] += 1

@@ -72,6 +72,15 @@ class SharedView:
                 latest = value
         return latest / 1000.0
 
+    def finished(self, index: int, failed: bool) -> None:
+        """A request to backend ``index`` ended."""
+        word = self._own_backend_base + index * BACKEND_WORDS
+        words = self.words
+        words[word + B_ACTIVE] -= 1
+        words[self._base + ACTIVE_UPSTREAM] -= 1
+        if failed:
+            words[word + B_FAILURES] += 1
+
     def add_failure(self, index: int) -> None:
         self.words[self._own_backend_base + index * BACKEND_WORDS + B_FAILURES] += 1
 

@@ -66,6 +66,7 @@ class FakeExchange:
         self.client_ip = "192.0.2.1"
         self.bytes_sent = 10
         self.head_bytes = 5
+        self.bytes_received = 40
         self.status = 0
         self.response_started = False
         self.upstream: Optional[FakeUpstream] = FakeUpstream()

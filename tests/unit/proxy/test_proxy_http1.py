@@ -565,3 +565,27 @@ def test_truncated_or_corrupted_stream_never_yields_more_than_sent(data: bytes, 
 def test_encode_chunk_format() -> None:
     assert encode_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
     assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_pathological_whitespace_is_refused_in_linear_time() -> None:
+    """Long runs of OWS before a bad byte must not trigger regex backtracking."""
+    import time
+
+    heads = [
+        b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: a\r\n" * 100 + b"Y: " + b"\t " * 30000 + b"\x00",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a" + b" " * 60000 + b"\x01b",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX:" + b" " * 60000 + b"\r\n Y: z",
+    ]
+    for head in heads:
+        started = time.perf_counter()
+        with pytest.raises(ProtocolError):
+            parse_request_head(head)
+        # generous: linear parsing of 64 KiB takes well under a millisecond
+        assert time.perf_counter() - started < 0.5
+
+
+def test_fast_and_line_by_line_parsers_agree() -> None:
+    from speedproxy.proxy.http1 import _REQUEST_FIELDS, _parse_fields, _split_fields
+
+    head = b"GET / HTTP/1.1\r\nHost: h  \r\nX-E:\r\nX-S: a b\t \r\nX-O: \xff\xfe\r\nAccept: text/event-stream"
+    assert _split_fields(head, _REQUEST_FIELDS) == _parse_fields(head.split(b"\r\n"), _REQUEST_FIELDS)
