@@ -136,7 +136,7 @@ _RESPONSE_FIELDS = frozenset(
 # unusual (control characters, bare CR or LF, a line that is not a field)
 # goes to the line-by-line parser, which says exactly what is wrong.
 _FIELD_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r\n", re.M)
-_UNUSUAL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _split_fields(
@@ -148,9 +148,15 @@ def _split_fields(
         return [], [], {}
     block = head[start + 2 :] + b"\r\n"
     pairs = _FIELD_LINE.findall(block)
-    if len(pairs) != block.count(b"\r\n") or _UNUSUAL.search(block) is not None:
+    lines = len(pairs)
+    # Every CR and LF must belong to a field line's CRLF (no bare CR or LF).
+    if (
+        block.count(b"\n") != lines
+        or block.count(b"\r") != lines
+        or _CONTROL.search(block) is not None
+    ):
         return _parse_fields(head.split(b"\r\n"), interesting)
-    if len(pairs) > MAX_HEADER_COUNT:
+    if lines > MAX_HEADER_COUNT:
         raise ProtocolError(431, "request_header_fields_too_large", "too many header fields")
     headers: Headers = [(name, value.strip(b" \t")) for name, value in pairs]
     lowered = [name.lower() for name, _ in pairs]
