@@ -100,6 +100,9 @@ class ProxyCore:
             )
         self.stats_index = stats_index
         server = config.server
+        # Slots 0..N-1 belong to the N workers; the rest stay zero.
+        workers = server.workers if server.workers is not None else (os.cpu_count() or 1)
+        self.shared.use_slots(max(workers, self.shared.slot + 1))
         self.config = config
         self.server: ServerConfig = server
         self.resolver = ClientAddressResolver(server.trusted_proxies, server.real_ip_header)

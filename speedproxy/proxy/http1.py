@@ -136,7 +136,10 @@ _RESPONSE_FIELDS = frozenset(
 # unusual (control characters, bare CR or LF, a line that is not a field)
 # goes to the line-by-line parser, which says exactly what is wrong.
 _FIELD_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r\n", re.M)
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Every byte but the control characters (CR and LF are counted separately).
+_NOT_CONTROL = bytes(
+    byte for byte in range(256) if not (byte < 0x20 and byte not in (0x09, 0x0A, 0x0D)) and byte != 0x7F
+)
 
 
 def _split_fields(
@@ -153,7 +156,7 @@ def _split_fields(
     if (
         block.count(b"\n") != lines
         or block.count(b"\r") != lines
-        or _CONTROL.search(block) is not None
+        or block.translate(None, _NOT_CONTROL)  # what is left are control bytes
     ):
         return _parse_fields(head.split(b"\r\n"), interesting)
     if lines > MAX_HEADER_COUNT:
@@ -205,6 +208,9 @@ def _parse_fields(
 
 def _tokens(values: List[bytes]) -> Tuple[bytes, ...]:
     """Comma-separated list values (``Connection``), lower-cased."""
+    if len(values) == 1 and b"," not in values[0]:
+        token = values[0].strip().lower()
+        return (token,) if token else ()
     return tuple(
         token.strip().lower() for value in values for token in value.split(b",") if token.strip()
     )

@@ -31,8 +31,23 @@ class SharedView:
         self._backend_bases: List[int] = [
             layout.slot_offset(index) + layout.backend_base for index in range(layout.slots)
         ]
+        self._all_backend_bases = self._backend_bases
         self._own_backend_base = self.writer.backend_base
         self._base = self.writer.base
+
+    def use_slots(self, count: int) -> None:
+        """Read only the first ``count`` slots (the ones workers can own).
+
+        The master numbers worker slots from 0, so with ``server.workers: N``
+        no slot at or above N is written; skipping them keeps the per-pick
+        read of every worker's load short.  Our own slot is always read.
+        """
+        count = max(1, min(count, len(self._all_backend_bases)))
+        bases = self._all_backend_bases[:count]
+        own = self._all_backend_bases[self.slot]
+        if own not in bases:
+            bases.append(own)
+        self._backend_bases = bases
 
     # -- per backend ---------------------------------------------------------
 

@@ -1,0 +1,82 @@
+"""Python cost of one proxied request, without sockets or a reactor loop.
+
+Drives ClientConnection -> Exchange -> UpstreamConnection with in-memory
+transports (twisted.internet.testing), reusing one pooled upstream
+connection, and prints microseconds per request.  wrk on a shared VM is
+noisy; this is deterministic enough to compare two versions of the data
+path side by side (run it with PYTHONPATH pointing at each checkout).
+
+    python3 bench/inmemory.py [--requests 20000] [--size 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from speedproxy.config import parse_config
+    from speedproxy.proxy.core import ProxyCore
+    from speedproxy.proxy.server import ProxyServerFactory
+
+    config = parse_config(
+        "server: {access_log: 'off'}\n"
+        "backends: {default: [{id: b1, host: 127.0.0.1, port: 8081}]}\n"
+        "routing: {default: {path: /, upstream: default, load_balancer: round_robin}}\n"
+    )
+    reactor = MemoryReactorClock()
+    core = ProxyCore(reactor, config)
+    factory = ProxyServerFactory(core)
+    client = factory.buildProtocol(None)
+    client_transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    client.makeConnection(client_transport)
+
+    request = b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    body = b"x" * args.size
+    response = (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 12:00:00 GMT\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n"
+        b"Last-Modified: Mon, 23 Nov 2026 11:00:00 GMT\r\nConnection: keep-alive\r\n"
+        b'ETag: "abc-400"\r\nAccept-Ranges: bytes\r\n\r\n' % len(body)
+    ) + body
+
+    client.dataReceived(request)
+    host, port, connector = reactor.tcpClients[-1][:3]
+    upstream = connector.buildProtocol(None)
+    upstream_transport = StringTransport()
+    upstream.makeConnection(upstream_transport)
+    upstream.dataReceived(response)
+    assert client_transport.value().endswith(body), client_transport.value()[:200]
+
+    def cycle(count: int) -> float:
+        client_transport.clear()
+        upstream_transport.clear()
+        started = time.perf_counter()
+        for _ in range(count):
+            client.dataReceived(request)
+            upstream.dataReceived(response)
+            client_transport.clear()
+            upstream_transport.clear()
+        return (time.perf_counter() - started) / count * 1e6
+
+    cycle(2000)
+    gc.collect()
+    results = sorted(cycle(args.requests) for _ in range(args.repeat))
+    assert len(reactor.tcpClients) == 1, "the upstream connection was not reused"
+    print("%.2f us/request (median of %d x %d, %d-byte body)" % (
+        results[len(results) // 2], args.repeat, args.requests, args.size))
+
+
+if __name__ == "__main__":
+    main()
