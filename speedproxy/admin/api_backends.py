@@ -24,7 +24,7 @@ from speedproxy.admin.changes import (
     require_text,
     update_backend,
 )
-from speedproxy.admin.context import AdminContext, as_bool, params
+from speedproxy.admin.context import AdminContext, APIResource, as_bool, params
 from speedproxy.admin.json_resource import JSONResource, bad_request
 from speedproxy.config import Config, config_to_mapping
 
@@ -92,14 +92,10 @@ def backend_rows(
     return result
 
 
-class BackendsResource(JSONResource):
+class BackendsResource(APIResource):
     """``GET /api/v1/backends[?upstream=]``: the backends of one or every upstream."""
 
     isLeaf = False
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Deferred:
         values = params(request, body_allowed=False)
@@ -125,17 +121,13 @@ def _persist(values: Mapping[str, Any]) -> bool:
     return as_bool(values.get("persist", False), "persist")
 
 
-class AddBackendResource(JSONResource):
+class AddBackendResource(APIResource):
     """``POST``: ``{"upstream": "default", "backend": {"id": ..., "host": ..., "port": ...}}``.
 
     The backend's keys may also sit next to ``upstream`` instead of inside
     ``backend``.  404 for an unknown upstream, 409 for an id already used
     there, 400 naming the wrong field.
     """
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_POST(self, request: Request) -> Deferred:
         values = params(request)
@@ -160,12 +152,8 @@ class AddBackendResource(JSONResource):
         return self.api.run_change(lambda current: add_backend(current, upstream, entry), persist).addCallback(answer)
 
 
-class UpdateBackendResource(JSONResource):
+class UpdateBackendResource(APIResource):
     """``PUT``: ``{"upstream", "backend_id", <weight|max_conn|active|health_check>...}``."""
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_PUT(self, request: Request) -> Deferred:
         values = params(request)
@@ -192,12 +180,8 @@ class UpdateBackendResource(JSONResource):
         ).addCallback(answer)
 
 
-class RemoveBackendResource(JSONResource):
+class RemoveBackendResource(APIResource):
     """``DELETE ?upstream=&backend_id=``: no new requests to it; in-flight ones finish."""
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_DELETE(self, request: Request) -> Deferred:
         values = params(request)
@@ -223,17 +207,13 @@ class RemoveBackendResource(JSONResource):
         return self.api.run_change(make, persist).addCallback(answer)
 
 
-class DisconnectBackendResource(JSONResource):
+class DisconnectBackendResource(APIResource):
     """``POST ?upstream=&backend_id=``: close its pooled and in-flight connections now.
 
     Requests cut this way fail as if the backend had dropped them (retried
     on another backend when that is safe).  Works for a backend removed
     earlier through the API too.
     """
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_POST(self, request: Request) -> Deferred:
         values = params(request)

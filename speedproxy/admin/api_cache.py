@@ -13,16 +13,13 @@ from typing import Any, Dict
 
 from twisted.web.server import Request
 
-from speedproxy.admin.context import AdminContext, params
+from speedproxy.admin.context import APIResource, AdminContext, params
 from speedproxy.admin.json_resource import JSONResource, bad_request, query, query_int
 
 NO_CACHE = "speedproxy has no response cache yet; nothing is stored"
 
 
-class _CacheResource(JSONResource):
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
+_CacheResource = APIResource
 
 
 class CacheInfoResource(_CacheResource):

@@ -7,7 +7,7 @@ from typing import Any, Dict
 from twisted.web.server import Request
 
 from speedproxy.admin.changes import config_from_body, masked_mapping
-from speedproxy.admin.context import AdminContext, as_bool
+from speedproxy.admin.context import AdminContext, APIResource, as_bool
 from speedproxy.admin.json_resource import APIError, JSONResource, bad_request, read_json_object
 from speedproxy.config import Config
 
@@ -24,7 +24,7 @@ def config_view(api: AdminContext) -> Dict[str, Any]:
     }
 
 
-class ConfigResource(JSONResource):
+class ConfigResource(APIResource):
     """``GET`` the live config (secrets masked) and its version; ``PUT`` a new one.
 
     A PUT body is either the config itself, laid out like the YAML file
@@ -38,10 +38,6 @@ class ConfigResource(JSONResource):
     """
 
     isLeaf = False
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Any:
         return config_view(self.api)
@@ -76,16 +72,12 @@ class ConfigResource(JSONResource):
         return self.api.run_change(make, persist=persist)
 
 
-class ReloadSSLResource(JSONResource):
+class ReloadSSLResource(APIResource):
     """``POST``: re-read the TLS certificate and key without a restart.
 
     Accepted (202) but not carried out yet: the TLS work makes the
     control's ``reload_ssl`` do it.
     """
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_POST(self, request: Request) -> Any:
         def answer(result: Dict[str, Any]) -> Any:
@@ -96,12 +88,8 @@ class ReloadSSLResource(JSONResource):
         return self.api.control.reload_ssl().addCallback(answer)
 
 
-class TMDBConfigResource(JSONResource):
+class TMDBConfigResource(APIResource):
     """The TMDB proxy's ``GET /config``: the live config, secrets masked."""
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Any:
         return config_view(self.api)

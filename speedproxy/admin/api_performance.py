@@ -20,7 +20,7 @@ from twisted.web.server import Request
 
 from speedproxy.admin.api_backends import backend_rows
 from speedproxy.admin.api_stats import health_report
-from speedproxy.admin.context import DEFAULT_THRESHOLDS, AdminContext
+from speedproxy.admin.context import APIResource, AdminContext, DEFAULT_THRESHOLDS
 from speedproxy.admin.changes import validate
 from speedproxy.admin.json_resource import (
     JSONResource,
@@ -144,10 +144,7 @@ def _health(api: AdminContext, reports: List[Mapping[str, Any]], usage: Optional
     }
 
 
-class _PerformanceResource(JSONResource):
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
+_PerformanceResource = APIResource
 
 
 class PerformanceHealthResource(_PerformanceResource):

@@ -19,7 +19,7 @@ from twisted.web.server import Request
 from speedproxy import __version__
 from speedproxy.admin.api_backends import backend_rows
 from speedproxy.admin.changes import find_backend, require_text
-from speedproxy.admin.context import AdminContext, params
+from speedproxy.admin.context import APIResource, AdminContext, params
 from speedproxy.admin.json_resource import JSONResource, bad_request, not_found, read_json_object
 from speedproxy.config import Config
 
@@ -65,7 +65,7 @@ def _number(values: Mapping[str, Any], name: str, low: float, high: Optional[flo
     return float(value)
 
 
-class ReportResource(JSONResource):
+class ReportResource(APIResource):
     """``POST /api/v1/report``: a backend reports its load.
 
     Body: ``{"backend_id": "b1", "upstream": "default", "cpu_usage": 35.5,
@@ -76,10 +76,6 @@ class ReportResource(JSONResource):
     """
 
     FIELDS = ("backend_id", "upstream", "cpu_usage", "memory_usage", "load_avg_1", "cpu_count")
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_POST(self, request: Request) -> Deferred:
         values = read_json_object(request)
@@ -130,12 +126,8 @@ class ReportResource(JSONResource):
         return gatherResults(calls, consumeErrors=True).addCallback(answer)
 
 
-class ServerStatsResource(JSONResource):
+class ServerStatsResource(APIResource):
     """``GET /api/v1/stats/server``: totals, workers, routes and recent rates."""
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Any:
         control = self.api.control
@@ -155,12 +147,8 @@ class ServerStatsResource(JSONResource):
         }
 
 
-class BackendStatsResource(JSONResource):
+class BackendStatsResource(APIResource):
     """``GET /api/v1/stats/backend[?upstream=[&backend_id=]]``: per-backend counters and state."""
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Deferred:
         values = params(request, body_allowed=False)
@@ -222,14 +210,10 @@ def health_report(api: AdminContext, config: Config, reports: List[Mapping[str, 
     }
 
 
-class HealthResource(JSONResource):
+class HealthResource(APIResource):
     """``GET /health``: 200 when serving, else 503 with the reasons (open)."""
 
     open = True
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Deferred:
         config = self.api.config
@@ -241,14 +225,10 @@ class HealthResource(JSONResource):
         return self.api.control.inspect_workers(0, 0).addCallback(answer)
 
 
-class StatusResource(JSONResource):
+class StatusResource(APIResource):
     """``GET /status``: version, uptime, workers and listeners (open)."""
 
     open = True
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Any:
         control = self.api.control
@@ -276,14 +256,10 @@ class StatusResource(JSONResource):
         }
 
 
-class UpstreamResource(JSONResource):
+class UpstreamResource(APIResource):
     """``GET /upstream``: every upstream group, its routes and backends' state (open)."""
 
     open = True
-
-    def __init__(self, api: AdminContext) -> None:
-        super().__init__()
-        self.api = api
 
     def json_GET(self, request: Request) -> Deferred:
         config = self.api.config

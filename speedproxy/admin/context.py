@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 
 from speedproxy.admin.auth import KeyChecker
 from speedproxy.admin.changes import restart_required, write_config_file
-from speedproxy.admin.json_resource import APIError, bad_request, read_json
+from speedproxy.admin.json_resource import APIError, JSONResource, bad_request, read_json
 from speedproxy.admin.sampler import StatsSampler
 from speedproxy.config import Config
 
@@ -190,3 +190,11 @@ def as_bool(value: Any, name: str) -> bool:
     if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return value.lower() in ("1", "true", "yes", "on")
     raise bad_request(f"{name} must be true or false, got {value!r}", name)
+
+
+class APIResource(JSONResource):
+    """A JSON resource of the control API, holding the shared :class:`AdminContext`."""
+
+    def __init__(self, api: AdminContext) -> None:
+        super().__init__()
+        self.api = api
