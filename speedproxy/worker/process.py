@@ -217,6 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         epollreactor.install()
     except Exception:  # not Linux, or a reactor is already installed
         pass
+    from speedproxy.worker.reactor import install_lean_dispatch
+
+    install_lean_dispatch()
     from twisted.internet import reactor
     from twisted.logger import formatEvent, globalLogBeginner
 

@@ -59,6 +59,9 @@ class ProxyWorkerService(Service):
 
     def startService(self) -> None:
         super().startService()
+        from speedproxy.worker.reactor import install_lean_dispatch
+
+        install_lean_dispatch()
         from speedproxy.admin.tracking import RemovedBackends, RequestTracker
 
         config = self.config
