@@ -217,11 +217,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         epollreactor.install()
     except Exception:  # not Linux, or a reactor is already installed
         pass
-    from speedproxy.worker.reactor import install_lean_dispatch
+    from speedproxy.worker.reactor import install_lean_dispatch, install_lean_reactor
 
     install_lean_dispatch()
     from twisted.internet import reactor
     from twisted.logger import formatEvent, globalLogBeginner
+
+    install_lean_reactor(reactor)
 
     # The master timestamps the lines it relays; print just level, system and text.
     def observer(event: Any) -> None:

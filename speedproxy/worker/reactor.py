@@ -12,6 +12,9 @@ Everything else is looked up on :mod:`twisted.python.log` as before.
 
 from __future__ import annotations
 
+import errno
+import sys
+import types
 from typing import Any, Callable
 
 from twisted.python import log as _log
@@ -44,3 +47,54 @@ def install_lean_dispatch() -> bool:
         epollreactor.log = _LeanLog()  # type: ignore[assignment]
         return True
     return isinstance(getattr(epollreactor, "log", None), _LeanLog)
+
+
+def _lean_do_poll(self: Any, timeout: Any) -> None:
+    """``EPollReactor.doPoll`` with a direct path for plain read events.
+
+    A readable socket with nothing else to report (the overwhelming case
+    on the data path) goes straight to ``doRead``; any other event takes
+    Twisted's own ``_doReadOrWrite``.  Errors are handled as Twisted does:
+    logged, and the connection is closed with the exception as reason.
+    """
+    if timeout is None:
+        timeout = -1
+    try:
+        events = self._poller.poll(timeout, len(self._selectables))
+    except OSError as error:
+        if error.errno == errno.EINTR:
+            return
+        raise
+    selectables = self._selectables
+    read_only = self._POLL_IN
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is None:
+            continue
+        if event == read_only:
+            try:
+                why = selectable.doRead()
+            except BaseException:
+                why = sys.exc_info()[1]
+                _log.err()
+            if why:
+                self._disconnectSelectable(selectable, why, True)
+        else:
+            try:
+                self._doReadOrWrite(selectable, fd, event)
+            except BaseException:
+                _log.err()
+
+
+def install_lean_reactor(reactor: Any) -> bool:
+    """Give an epoll reactor instance the direct read path; False if not epoll."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:
+        return False
+    if not isinstance(reactor, EPollReactor) or not hasattr(reactor, "_doReadOrWrite"):
+        return False
+    lean = types.MethodType(_lean_do_poll, reactor)
+    reactor.doPoll = lean
+    reactor.doIteration = lean
+    return True

@@ -59,9 +59,10 @@ class ProxyWorkerService(Service):
 
     def startService(self) -> None:
         super().startService()
-        from speedproxy.worker.reactor import install_lean_dispatch
+        from speedproxy.worker.reactor import install_lean_dispatch, install_lean_reactor
 
         install_lean_dispatch()
+        install_lean_reactor(self.reactor)
         from speedproxy.admin.tracking import RemovedBackends, RequestTracker
 
         config = self.config

@@ -45,3 +45,56 @@ def test_install_is_idempotent() -> None:
         assert isinstance(epollreactor.log, _LeanLog)
     finally:
         epollreactor.log = original
+
+
+def test_lean_reactor_reads_echoes_and_sees_the_close() -> None:
+    """A real epoll reactor instance (not the global one) with the direct read path."""
+    import socket
+    import time
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from speedproxy.worker.reactor import install_lean_reactor
+
+    reactor = EPollReactor()
+    assert install_lean_reactor(reactor)
+    lost: List[Any] = []
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(data)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        client.setblocking(False)
+        client.sendall(b"ping")
+        received = b""
+        deadline = time.monotonic() + 5
+        while received != b"ping" and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+            try:
+                received += client.recv(100)
+            except BlockingIOError:
+                pass
+        assert received == b"ping"
+        client.close()
+        while not lost and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        assert lost, "the close was not noticed"
+    finally:
+        client.close()
+        port.stopListening()
+        reactor.iterate(0)
+
+
+def test_lean_reactor_refuses_other_reactors() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from speedproxy.worker.reactor import install_lean_reactor
+
+    assert not install_lean_reactor(MemoryReactorClock())
