@@ -102,13 +102,12 @@ class Backend:
     def available(self) -> bool:
         """Can this backend take one more request right now?"""
         config = self.config
-        return (
-            config.active
-            and self.healthy
-            and not self.down_until
-            and config.weight > 0
-            and self.active_connections < config.max_conn
-        )
+        if not (config.active and self.healthy and not self.down_until and config.weight > 0):
+            return False
+        shared = self.shared
+        if shared is None or self.stats_index < 0:
+            return self.local_connections < config.max_conn
+        return shared.backend_active(self.stats_index) < config.max_conn
 
     # -- passive health (circuit breaker) --------------------------------------
 

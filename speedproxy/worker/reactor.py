@@ -17,7 +17,11 @@ import sys
 import types
 from typing import Any, Callable
 
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log as _log
+from twisted.python.runtime import platformType
+
+EWOULDBLOCK = errno.WSAEWOULDBLOCK if platformType == "win32" else errno.EWOULDBLOCK  # type: ignore[attr-defined]
 
 
 class _LeanLog:
@@ -73,7 +77,21 @@ def _lean_do_poll(self: Any, timeout: Any) -> None:
             continue
         if event == read_only:
             try:
-                why = selectable.doRead()
+                if type(selectable) in _TCP_CONNECTIONS and "doRead" not in selectable.__dict__:
+                    # tcp.Connection.doRead and _dataReceived, inlined (not while
+                    # connecting or aborting: Twisted swaps doRead on the instance).
+                    try:
+                        data = selectable.socket.recv(selectable.bufferSize)
+                    except OSError as error:
+                        why = None if error.args[0] == EWOULDBLOCK else CONNECTION_LOST
+                    else:
+                        if data:
+                            selectable.protocol.dataReceived(data)
+                            why = None
+                        else:
+                            why = CONNECTION_DONE
+                else:
+                    why = selectable.doRead()
             except BaseException:
                 why = sys.exc_info()[1]
                 _log.err()
@@ -86,6 +104,16 @@ def _lean_do_poll(self: Any, timeout: Any) -> None:
                 _log.err()
 
 
+def _tcp_connection_types() -> Any:
+    from twisted.internet import tcp
+
+    # Exactly these classes: a subclass may override doRead.
+    return frozenset({tcp.Server, tcp.Client})
+
+
+_TCP_CONNECTIONS: Any = frozenset()
+
+
 def install_lean_reactor(reactor: Any) -> bool:
     """Give an epoll reactor instance the direct read path; False if not epoll."""
     try:
@@ -94,6 +122,8 @@ def install_lean_reactor(reactor: Any) -> bool:
         return False
     if not isinstance(reactor, EPollReactor) or not hasattr(reactor, "_doReadOrWrite"):
         return False
+    global _TCP_CONNECTIONS
+    _TCP_CONNECTIONS = _tcp_connection_types()
     lean = types.MethodType(_lean_do_poll, reactor)
     reactor.doPoll = lean
     reactor.doIteration = lean
