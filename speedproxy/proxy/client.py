@@ -136,7 +136,7 @@ class ClientConnection(Protocol):
         self.deadline = self.core.clock.seconds() + self.core.server.write_timeout
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
-            exchange.upstream.transport.pauseProducing()
+            exchange.upstream.pause_reading()
 
     def resumeProducing(self) -> None:
         self._write_paused = False
@@ -145,7 +145,7 @@ class ClientConnection(Protocol):
         )
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
-            exchange.upstream.transport.resumeProducing()
+            exchange.upstream.resume_reading()
         elif exchange is None and not self.closing:
             self.deadline = self.core.clock.seconds() + self.core.server.idle_timeout
 

@@ -190,6 +190,9 @@ class Exchange:
         self.upstream = connection
         request = self.request
         connection.attach(self, request.method == b"HEAD")
+        if self.client._write_paused:
+            # The client still has not drained an earlier response.
+            connection.pause_reading()
         if request.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif request.content_length is not None:

@@ -47,6 +47,8 @@ class UpstreamConnection(Protocol):
     """
 
     exchange: Optional["Exchange"] = None
+    #: Reading is paused because the client cannot take more (backpressure).
+    read_paused = False
 
     def __init__(self, pool: "ConnectionPool", backend: "Backend", key: PoolKey) -> None:
         self.pool = pool
@@ -115,6 +117,18 @@ class UpstreamConnection(Protocol):
         self._buffer = b""
         self.read_timeout = self.pool.read_timeout
         self.requests += 1
+
+    def pause_reading(self) -> None:
+        """Stop reading from the backend until :meth:`resume_reading`."""
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read from the backend again (a no-op unless paused)."""
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resumeProducing()
 
     def arm_read_timeout(self) -> None:
         """The request is sent: the backend now has ``read_timeout`` to answer."""
@@ -381,6 +395,9 @@ class ConnectionPool:
 
     def release(self, connection: UpstreamConnection) -> None:
         """Take back a connection whose exchange finished cleanly."""
+        # A slow client may have paused it; an idle connection must read, to
+        # notice the backend closing it.
+        connection.resume_reading()
         idle = self._idle.get(connection.key)
         if idle is None:
             idle = self._idle[connection.key] = []

@@ -35,6 +35,41 @@ def test_slow_client_pauses_the_backend_read(proxy) -> None:
     assert client.response().body == b"0123456789"
 
 
+def test_backend_paused_by_a_slow_client_is_pooled_reading_again(proxy) -> None:
+    """A response that ends while the client is slow must not leave a paused
+    connection in the pool: the next request on it would never be read."""
+    client = proxy.client()
+    client.send(GET)
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+    client.protocol.pauseProducing()  # the client's buffer is full (TLS, slow reader)
+    assert backend.transport.producerState == "paused"
+    backend.send(b"56789")  # the response completes into the client's buffer
+    assert proxy.core.pool.idle_count() == 1
+    assert backend.transport.producerState == "producing"
+    client.protocol.resumeProducing()
+    assert client.response().body == b"0123456789"
+    client.take()
+    backend.take()
+    other = proxy.client()
+    other.send(GET)
+    assert len(proxy.connects) == 1  # the pooled connection is reused ...
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert other.response().body == b"ok"  # ... and it is read
+
+
+def test_new_backend_connection_starts_paused_while_the_client_is_slow(proxy) -> None:
+    client = proxy.client()
+    client.send(GET)
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    client.protocol.pauseProducing()  # still draining the first answer
+    client.send(GET)  # the next request on the same connection
+    assert backend.transport.producerState == "paused"
+    client.protocol.resumeProducing()
+    assert backend.transport.producerState == "producing"
+
+
 def test_slow_backend_pauses_the_client_read(proxy) -> None:
     client = proxy.client()
     client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
