@@ -25,7 +25,7 @@ from speedproxy.admin.changes import (
     update_backend,
 )
 from speedproxy.admin.context import AdminContext, APIResource, as_bool, params
-from speedproxy.admin.json_resource import JSONResource, bad_request
+from speedproxy.admin.json_resource import bad_request
 from speedproxy.config import Config, config_to_mapping
 
 

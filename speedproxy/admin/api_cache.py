@@ -13,8 +13,8 @@ from typing import Any, Dict
 
 from twisted.web.server import Request
 
-from speedproxy.admin.context import APIResource, AdminContext, params
-from speedproxy.admin.json_resource import JSONResource, bad_request, query, query_int
+from speedproxy.admin.context import APIResource, params
+from speedproxy.admin.json_resource import bad_request, query, query_int
 
 NO_CACHE = "speedproxy has no response cache yet; nothing is stored"
 

@@ -8,7 +8,7 @@ from twisted.web.server import Request
 
 from speedproxy.admin.changes import config_from_body, masked_mapping
 from speedproxy.admin.context import AdminContext, APIResource, as_bool
-from speedproxy.admin.json_resource import APIError, JSONResource, bad_request, read_json_object
+from speedproxy.admin.json_resource import APIError, bad_request, read_json_object
 from speedproxy.config import Config
 
 #: Keys of the ``{"config": {...}, ...}`` envelope a PUT may use.

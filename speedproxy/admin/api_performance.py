@@ -23,7 +23,6 @@ from speedproxy.admin.api_stats import health_report
 from speedproxy.admin.context import APIResource, AdminContext, DEFAULT_THRESHOLDS
 from speedproxy.admin.changes import validate
 from speedproxy.admin.json_resource import (
-    JSONResource,
     bad_request,
     query,
     query_int,

@@ -20,7 +20,7 @@ from speedproxy import __version__
 from speedproxy.admin.api_backends import backend_rows
 from speedproxy.admin.changes import find_backend, require_text
 from speedproxy.admin.context import APIResource, AdminContext, params
-from speedproxy.admin.json_resource import JSONResource, bad_request, not_found, read_json_object
+from speedproxy.admin.json_resource import bad_request, not_found, read_json_object
 from speedproxy.config import Config
 
 #: Relative weights of the reported figures in ``reported_load``.

@@ -227,7 +227,6 @@ def write_config_file(config: Config, path: str) -> str:
     them).  Returns the backup's path (``""`` when there was no file).
     """
     path = os.path.abspath(path)
-    directory = os.path.dirname(path)
     text = (
         "# Written by the speedproxy admin API; the previous file is kept as "
         + os.path.basename(path)

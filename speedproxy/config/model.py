@@ -10,7 +10,7 @@ human forms (``30s``, ``64KiB``) found in YAML.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 #: Balancer names an operator may use in ``routing.*.load_balancer``.
 BALANCER_NAMES = (

@@ -9,7 +9,7 @@ obs-fold, no duplicate or malformed ``Content-Length``, strict chunk sizes.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 Headers = List[Tuple[bytes, bytes]]
 

@@ -22,7 +22,6 @@ from speedproxy.stats.segment import (
     B_LATENCY_SUM_US,
     B_REQUESTS,
     B_RESPONSES,
-    BACKEND_WORDS,
     BYTES_IN,
     BYTES_OUT,
     CLIENTS_TOTAL,
@@ -30,7 +29,6 @@ from speedproxy.stats.segment import (
     LATENCY_BUCKETS,
     LATENCY_SUM_US,
     REQUESTS,
-    ROUTE_WORDS,
     STATUS_BASE,
     STATUS_CLASSES,
     StatsIndex,
@@ -54,7 +52,6 @@ class SegmentCollector:
         config = state["config"]
         index: StatsIndex = state["index"]
         reader = self.reader
-        layout = reader.layout
         slots = reader.slots()
         total = reader.totals(slots)
 
@@ -63,19 +60,14 @@ class SegmentCollector:
             "Requests answered, by route, upstream and status class.",
             labels=["route", "upstream", "status_class"],
         )
-        for name, route in config.routing.items():
-            idx = index.routes.get(name)
-            if idx is None:
-                continue
-            word = layout.route_base + idx * ROUTE_WORDS
+        routed = [0] * len(STATUS_CLASSES)
+        for name, route, word in reader.route_words(config, index):
             for i, cls in enumerate(STATUS_CLASSES):
                 requests.add_metric([name, route.upstream, cls], total[word + i])
+                routed[i] += total[word + i]
         # Requests refused before routing (bad request line, no route...).
         for i, cls in enumerate(STATUS_CLASSES):
-            unrouted = total[STATUS_BASE + i] - sum(
-                total[layout.route_base + idx * ROUTE_WORDS + i] for idx in index.routes.values()
-            )
-            requests.add_metric(["", "", cls], max(unrouted, 0))
+            requests.add_metric(["", "", cls], max(total[STATUS_BASE + i] - routed[i], 0))
         yield requests
 
         buckets = []
@@ -137,21 +129,16 @@ class SegmentCollector:
         up = GaugeMetricFamily("speedproxy_backend_up", "1 when the backend takes traffic.", labels=labels)
         weight = GaugeMetricFamily("speedproxy_backend_weight", "Configured weight.", labels=labels)
         backend_up = state.get("backend_up", {})
-        for upstream, configs in config.backends.items():
-            for backend in configs:
-                idx = index.backends.get(StatsIndex.backend_key(upstream, backend.id))
-                if idx is None:
-                    continue
-                word = layout.backend_base + idx * BACKEND_WORDS
-                key = [upstream, backend.id]
-                active.add_metric(key, sum(values[word + B_ACTIVE] for values in slots))
-                b_requests.add_metric(key, total[word + B_REQUESTS])
-                b_failures.add_metric(key, total[word + B_FAILURES])
-                b_latency.add_metric(key, total[word + B_LATENCY_SUM_US] / 1e6)
-                b_responses.add_metric(key, total[word + B_RESPONSES])
-                healthy = backend_up.get((upstream, backend.id), True)
-                up.add_metric(key, 1.0 if (backend.active and healthy and backend.weight > 0) else 0.0)
-                weight.add_metric(key, backend.weight)
+        for upstream, backend, word in reader.backend_words(config, index):
+            key = [upstream, backend.id]
+            active.add_metric(key, sum(values[word + B_ACTIVE] for values in slots))
+            b_requests.add_metric(key, total[word + B_REQUESTS])
+            b_failures.add_metric(key, total[word + B_FAILURES])
+            b_latency.add_metric(key, total[word + B_LATENCY_SUM_US] / 1e6)
+            b_responses.add_metric(key, total[word + B_RESPONSES])
+            healthy = backend_up.get((upstream, backend.id), True)
+            up.add_metric(key, 1.0 if (backend.active and healthy and backend.weight > 0) else 0.0)
+            weight.add_metric(key, backend.weight)
         yield from (active, b_requests, b_failures, b_latency, b_responses, up, weight)
 
 

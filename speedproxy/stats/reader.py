@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from speedproxy.config.model import Config
+from speedproxy.config.model import BackendConfig, Config, RouteConfig
 from speedproxy.stats.segment import (
     ACTIVE_CLIENTS,
     ACTIVE_UPSTREAM,
@@ -44,6 +44,23 @@ class StatsReader:
         self.layout = segment.layout
         self.retired: List[int] = [0] * self.layout.slot_words
 
+    def backend_words(self, config: Config, index: StatsIndex) -> Iterator[Tuple[str, BackendConfig, int]]:
+        """``(upstream, backend, first word)`` of every configured backend with a slot."""
+        base = self.layout.backend_base
+        for upstream, configs in config.backends.items():
+            for backend in configs:
+                idx = index.backends.get(StatsIndex.backend_key(upstream, backend.id))
+                if idx is not None:
+                    yield upstream, backend, base + idx * BACKEND_WORDS
+
+    def route_words(self, config: Config, index: StatsIndex) -> Iterator[Tuple[str, RouteConfig, int]]:
+        """``(name, route, first word)`` of every configured route with a slot."""
+        base = self.layout.route_base
+        for name, route in config.routing.items():
+            idx = index.routes.get(name)
+            if idx is not None:
+                yield name, route, base + idx * ROUTE_WORDS
+
     def retire(self, slot: int) -> None:
         """Fold a finished worker's counters in and zero its slot."""
         values = self.segment.read_slot(slot)
@@ -76,7 +93,6 @@ class StatsReader:
         """Everything behind ``/stats`` as plain JSON-able data."""
         slots = self.slots()
         total = self.totals(slots)
-        layout = self.layout
 
         def summary(values: List[int]) -> Dict[str, Any]:
             requests = values[REQUESTS]
@@ -100,44 +116,31 @@ class StatsReader:
             row.update(summary(slots[slot]))
             worker_rows.append(row)
         backends = []
-        for upstream, configs in config.backends.items():
-            for backend in configs:
-                key = StatsIndex.backend_key(upstream, backend.id)
-                idx = index.backends.get(key)
-                if idx is None:
-                    continue
-                word = layout.backend_base + idx * BACKEND_WORDS
-                responses = total[word + B_RESPONSES]
-                backends.append(
-                    {
-                        "upstream": upstream,
-                        "id": backend.id,
-                        "address": backend.address,
-                        "weight": backend.weight,
-                        "active": backend.active,
-                        "active_requests": sum(values[word + B_ACTIVE] for values in slots),
-                        "requests": total[word + B_REQUESTS],
-                        "failures": total[word + B_FAILURES],
-                        "avg_response_ms": round(total[word + B_LATENCY_SUM_US] / responses / 1000.0, 3)
-                        if responses
-                        else 0.0,
-                    }
-                )
-        routes = []
-        for name, route in config.routing.items():
-            idx = index.routes.get(name)
-            if idx is None:
-                continue
-            word = layout.route_base + idx * ROUTE_WORDS
-            routes.append(
+        for upstream, backend, word in self.backend_words(config, index):
+            responses = total[word + B_RESPONSES]
+            backends.append(
                 {
-                    "route": name,
-                    "upstream": route.upstream,
-                    "status": {
-                        cls: total[word + i] for i, cls in enumerate(STATUS_CLASSES)
-                    },
+                    "upstream": upstream,
+                    "id": backend.id,
+                    "address": backend.address,
+                    "weight": backend.weight,
+                    "active": backend.active,
+                    "active_requests": sum(values[word + B_ACTIVE] for values in slots),
+                    "requests": total[word + B_REQUESTS],
+                    "failures": total[word + B_FAILURES],
+                    "avg_response_ms": round(total[word + B_LATENCY_SUM_US] / responses / 1000.0, 3)
+                    if responses
+                    else 0.0,
                 }
             )
+        routes = [
+            {
+                "route": name,
+                "upstream": route.upstream,
+                "status": {cls: total[word + i] for i, cls in enumerate(STATUS_CLASSES)},
+            }
+            for name, route, word in self.route_words(config, index)
+        ]
         result: Dict[str, Any] = {
             "totals": summary(total),
             "latency_histogram": self.histogram(total),
