@@ -806,7 +806,7 @@ def render_section(meta: dict, results: list[dict], failures: list[str]) -> str:
         "",
         f"- **Command**: `{meta['command']}`",
         f"- **Machine**: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}",
-        f"- **Versions**: " + "; ".join(ver),
+        "- **Versions**: " + "; ".join(ver),
         f"- **Method**: wrk `-t{meta['threads']} -c{meta['connections']} "
         f"-d{wrk_secs(meta['duration'])} --latency`, keep-alive, loopback; "
         f"warm-up {meta['warmup']:.0f}s (PyPy {meta['pypy_warmup']:.0f}s) per size before "

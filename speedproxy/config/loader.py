@@ -457,6 +457,7 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "retry_budget": _fraction,
     "websocket_idle_timeout": _POSITIVE_DURATION,
     "sse_idle_timeout": _POSITIVE_DURATION,
+    "zero_copy": _boolean,
 }
 _SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
 _ADMIN_FIELDS: Dict[str, Converter] = {

@@ -124,6 +124,10 @@ class ServerConfig:
     websocket_idle_timeout: float = 3600.0
     #: Time an event stream may go without an event before it is closed.
     sse_idle_timeout: float = 3600.0
+    #: Relay large response bodies (Content-Length, 16 KiB or more) between
+    #: plain TCP sockets with splice(2), without copying them through the
+    #: worker.  Linux with Python 3.10+ only; elsewhere bodies are copied.
+    zero_copy: bool = True
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from speedproxy.proxy.exchange import Exchange
 from speedproxy.proxy.forwarding import sane_request_id
 from speedproxy.proxy.http1 import ChunkedDecoder, ProtocolError, parse_request_head
 from speedproxy.proxy.sending import writers_for
+from speedproxy.proxy.splicing import plain_tcp
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.core import ProxyCore
@@ -54,6 +55,8 @@ class ClientConnection(Protocol):
         self.peer_ip = ""
         self.peer_trusted = False
         self.requests = 0
+        #: A plain TCP connection (response bodies may be spliced into it).
+        self.plain = False
         self._buffer = b""
         self._head_deadline = 0.0
         self._body = _BODY_NONE
@@ -72,6 +75,7 @@ class ClientConnection(Protocol):
         transport = self.transport
         self.peer_ip = transport.getPeer().host
         self.write, self.write_sequence = writers_for(transport)
+        self.plain = plain_tcp(transport)
         self.peer_trusted = core.resolver.is_trusted(self.peer_ip)
         transport.registerProducer(self, True)
         set_no_delay = getattr(transport, "setTcpNoDelay", None)

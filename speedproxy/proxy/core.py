@@ -12,6 +12,7 @@ from speedproxy import __version__
 from speedproxy.accesslog import AccessLogFormatter, IAccessLog
 from speedproxy.config.model import Config, ServerConfig
 from speedproxy.proxy.forwarding import ClientAddressResolver
+from speedproxy.proxy.splicing import PipePool, splice_supported
 from speedproxy.proxy.timeouts import TimeoutSweeper
 from speedproxy.proxy.upstream import ConnectionPool
 from speedproxy.routing import Route, Router, build_routes
@@ -55,6 +56,7 @@ class ProxyCore:
             max_idle=server.upstream_keepalive,
         )
         self.access_log = access_log
+        self._pipes: Optional[PipePool] = None
         self._formatter = AccessLogFormatter()
         self.server_tag = b"X-Speedproxy: %s\r\nVia: 1.1 speedproxy\r\n" % __version__.encode()
         self.retries = 2
@@ -121,6 +123,14 @@ class ProxyCore:
                 )
         for route in self.routes:
             route.stats_index = stats_index.routes.get(route.name, -1)
+        if server.zero_copy and splice_supported():
+            if self._pipes is None:
+                self._pipes = PipePool()
+            self.pool.pipes = self._pipes
+        else:
+            self.pool.pipes = None
+            if self._pipes is not None:
+                self._pipes.close()
         self.pool.configure(
             server.upstream_connect_timeout,
             server.upstream_read_timeout,

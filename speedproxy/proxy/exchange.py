@@ -8,6 +8,7 @@ from twisted.python.failure import Failure
 
 from speedproxy.proxy.forwarding import client_response_head, upstream_request_head
 from speedproxy.proxy.http1 import LAST_CHUNK, RequestHead, ResponseHead
+from speedproxy.proxy.splicing import nothing_queued
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.client import ClientConnection
@@ -363,6 +364,27 @@ class Exchange:
             self.client.write_sequence((head, data))
         else:
             self.client.write(data)
+
+    def splice_sink(self) -> Optional[object]:
+        """The client transport, if the rest of this body may be spliced into it.
+
+        Sends a held-back response head first; refuses (``None``) unless the
+        client is a plain TCP connection with nothing queued, so spliced
+        bytes can never overtake bytes written before them.
+        """
+        if self._to_client != _TO_CLIENT_RAW or self.finished:
+            return None
+        client = self.client
+        if not client.plain or client._write_paused:
+            return None
+        head = self._head
+        if head:
+            self._head = b""
+            client.write(head)
+        transport = client.transport
+        if not nothing_queued(transport):
+            return None
+        return transport
 
     def response_done(self, reusable: bool) -> None:
         """The whole response has been relayed."""

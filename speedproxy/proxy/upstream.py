@@ -11,6 +11,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedproxy.proxy.sending import writers_for
+from speedproxy.proxy.splicing import (
+    HEAD_READ_SIZE,
+    MIN_SPLICE_SIZE,
+    PipePool,
+    Splice,
+    plain_tcp,
+)
 from speedproxy.proxy.http1 import (
     BODYLESS_STATUS,
     ChunkedDecoder,
@@ -70,6 +77,10 @@ class UpstreamConnection(Protocol):
         self.read_timeout = pool.read_timeout
         #: After a 101 answer the connection is a byte tunnel.
         self.tunnel = False
+        #: A plain TCP connection (bodies from it may be spliced).
+        self.plain = False
+        #: The body being spliced to the client, if any.
+        self._splice: Optional[Splice] = None
 
     # -- connection life -------------------------------------------------
 
@@ -78,6 +89,7 @@ class UpstreamConnection(Protocol):
         self.write, self.write_sequence = writers_for(transport)
         # Read large responses in fewer, bigger recv() calls.
         transport.bufferSize = RECV_SIZE
+        self.plain = plain_tcp(transport)
         transport.registerProducer(self, True)
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -90,6 +102,9 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
         self.connected = False
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
         self.pool.forget(self)
         exchange = self.exchange
         self.exchange = None
@@ -117,6 +132,13 @@ class UpstreamConnection(Protocol):
         self._buffer = b""
         self.read_timeout = self.pool.read_timeout
         self.requests += 1
+        if self.plain:
+            # Read only the head and the start of the body if the rest may be
+            # spliced to the client (see speedproxy.proxy.splicing).
+            if not head_only and self.pool.pipes is not None and exchange.client.plain:
+                self.transport.bufferSize = HEAD_READ_SIZE
+            else:
+                self.transport.bufferSize = RECV_SIZE
 
     def pause_reading(self) -> None:
         """Stop reading from the backend until :meth:`resume_reading`."""
@@ -138,6 +160,9 @@ class UpstreamConnection(Protocol):
         """Drop the connection at once; it will never be reused."""
         self.exchange = None
         self._reusable = False
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
         self.transport.abortConnection()
 
     def on_timeout(self, now: float) -> None:
@@ -148,6 +173,9 @@ class UpstreamConnection(Protocol):
             return
         self.exchange = None
         self._reusable = False
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
         self.transport.abortConnection()
         exchange.upstream_timed_out(got_response=self._response is not None)
 
@@ -246,6 +274,16 @@ class UpstreamConnection(Protocol):
             # A view, not a copy: the body may be most of a 64 KiB read.
             rest = memoryview(buffer)[body_start:] if self._framing != _CHUNKED else buffer[body_start:]
             self._body(exchange, rest)
+        transport = self.transport
+        if transport.bufferSize != RECV_SIZE:
+            if (
+                self._framing == _LENGTH
+                and self._remaining >= MIN_SPLICE_SIZE
+                and self.exchange is exchange
+                and self._start_splice(exchange)
+            ):
+                return
+            transport.bufferSize = RECV_SIZE
 
     def _body(self, exchange: "Exchange", data: bytes) -> None:
         framing = self._framing
@@ -280,6 +318,53 @@ class UpstreamConnection(Protocol):
                 self._complete(exchange)
         else:
             exchange.response_body(data)
+
+    # -- zero-copy bodies (speedproxy.proxy.splicing) ----------------------
+
+    def _start_splice(self, exchange: "Exchange") -> bool:
+        """Relay the rest of a Content-Length body with splice(2) if possible."""
+        pipes = self.pool.pipes
+        if pipes is None:
+            return False
+        sink = exchange.splice_sink()
+        if sink is None:
+            return False
+        pipe = pipes.get()
+        if pipe is None:
+            return False
+        self._splice = Splice(self.transport, sink, self._remaining, self, pipes, pipe)
+        self._splice.start()
+        return True
+
+    def splice_received(self, size: int) -> None:
+        self._remaining -= size
+        if self.deadline:
+            self.deadline = self.pool.clock.seconds() + self.read_timeout
+
+    def splice_sent(self, size: int) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.bytes_sent += size
+
+    def splice_blocked(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.pauseProducing()
+
+    def splice_unblocked(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.resumeProducing()
+
+    def splice_overrun(self) -> None:
+        self._reusable = False
+
+    def splice_done(self) -> None:
+        self._splice = None
+        self.transport.bufferSize = RECV_SIZE
+        exchange = self.exchange
+        if exchange is not None:
+            self._complete(exchange)
 
     def _complete(self, exchange: "Exchange") -> None:
         self._in_body = False
@@ -350,6 +435,8 @@ class ConnectionPool:
         self._tls_options_for = tls_options_for
         self._idle: Dict[PoolKey, List[UpstreamConnection]] = {}
         self.opened = 0
+        #: Pipes for zero-copy bodies; ``None`` when splicing is off.
+        self.pipes: Optional[PipePool] = None
 
     def configure(
         self, connect_timeout: float, read_timeout: float, keepalive_timeout: float, max_idle: int

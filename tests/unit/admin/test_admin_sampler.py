@@ -10,7 +10,6 @@ from speedproxy.admin.sampler import StatsSampler, delta, percentile, sample_of
 
 
 def snapshot(requests: int, errors: int = 0, fast: int = 0) -> Dict[str, Any]:
-    slow = requests - fast
     return {
         "totals": {
             "requests": requests,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from twisted.internet.error import ConnectionLost, TimeoutError
 
 GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
