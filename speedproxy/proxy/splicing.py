@@ -14,8 +14,10 @@ reads past the body, so the backend connection stays reusable, and it
 leaves both transports exactly as it found them when it is done or
 cancelled.  :class:`PipePool` keeps each worker's pipes for reuse.
 
-Only Linux with Python 3.10+ has ``os.splice``; elsewhere
-:func:`splice_supported` is false and bodies are copied as before.
+``os.splice`` is Linux and Python 3.10+ only; on Linux with an older
+Python or PyPy 3.9 the C library's ``splice`` is called through cffi or
+ctypes.  Elsewhere :func:`splice_supported` is false and bodies are copied
+as before.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
@@ -44,14 +46,70 @@ MAX_IDLE_PIPES = 32
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
-_splice = getattr(os, "splice", None)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+
+def _libc_splice() -> Optional[Callable[..., int]]:
+    """``splice(2)`` from the C library, for interpreters without ``os.splice``.
+
+    Python 3.9 and PyPy 3.9 lack ``os.splice``; cffi (built into PyPy) or
+    ctypes call the same system call with the same result: bytes moved, or
+    :class:`OSError` with the errno (``BlockingIOError`` for ``EAGAIN``).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import cffi
+    except ImportError:
+        cffi = None
+    if cffi is not None:
+        ffi = cffi.FFI()
+        ffi.cdef("ssize_t splice(int, void *, int, void *, size_t, unsigned int);")
+        try:
+            libc = ffi.dlopen(None)
+            call = libc.splice
+        except (OSError, AttributeError):
+            return None
+        null = ffi.NULL
+
+        def cffi_splice(src: int, dst: int, count: int, flags: int = 0) -> int:
+            size = call(src, null, dst, null, count, flags)
+            if size < 0:
+                code = ffi.errno
+                raise OSError(code, os.strerror(code))
+            return size
+
+        return cffi_splice
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc_c = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call_c = libc_c.splice
+    except (OSError, AttributeError):
+        return None
+    call_c.restype = ctypes.c_ssize_t
+    call_c.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint,
+    ]
+
+    def ctypes_splice(src: int, dst: int, count: int, flags: int = 0) -> int:
+        size = call_c(src, None, dst, None, count, flags)
+        if size < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return size
+
+    return ctypes_splice
+
+
+_splice: Optional[Callable[..., int]] = getattr(os, "splice", None) or _libc_splice()
 
 Pipe = Tuple[int, int, int]  # read end, write end, capacity in bytes
 
 
 def splice_supported() -> bool:
-    """Can this interpreter splice sockets (Linux, ``os.splice``)?"""
+    """Can this interpreter splice sockets (Linux: ``os.splice``, or libc's)?"""
     return _splice is not None and sys.platform.startswith("linux")
 
 

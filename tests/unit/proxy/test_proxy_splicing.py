@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
+from speedproxy.proxy import splicing
 from speedproxy.proxy.splicing import PipePool, Splice, nothing_queued, plain_tcp, splice_supported
 
-pytestmark = pytest.mark.skipif(not splice_supported(), reason="needs os.splice (Linux, Python 3.10+)")
+pytestmark = pytest.mark.skipif(not splice_supported(), reason="needs splice(2) (Linux)")
 
 KiB = 1024
 
@@ -149,8 +151,28 @@ class Pair:
         self.pipes.close()
 
 
+def _implementations() -> List[str]:
+    return (["os.splice"] if hasattr(os, "splice") else []) + ["cffi", "ctypes"]
+
+
+@pytest.fixture(params=_implementations())
+def implementation(request, monkeypatch) -> str:
+    """Run each test with os.splice and with the libc fallbacks (PyPy, Python 3.9)."""
+    if request.param == "os.splice":
+        monkeypatch.setattr(splicing, "_splice", os.splice)
+        return request.param
+    if request.param == "ctypes":
+        monkeypatch.setitem(sys.modules, "cffi", None)  # import cffi -> ImportError
+    else:
+        pytest.importorskip("cffi")
+    fallback = splicing._libc_splice()
+    assert fallback is not None
+    monkeypatch.setattr(splicing, "_splice", fallback)
+    return request.param
+
+
 @pytest.fixture
-def pair():
+def pair(implementation: str):
     made = Pair()
     yield made
     made.close()
@@ -304,3 +326,21 @@ def test_pipe_pool_reuses_and_bounds_idle_pipes() -> None:
     for pipe in pipes[:2]:
         with pytest.raises(OSError):
             os.fstat(pipe[0])
+
+
+def test_libc_fallback_reports_errors_like_os_splice(implementation: str) -> None:
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    try:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        with a, b:
+            with pytest.raises(BlockingIOError):  # nothing to read yet
+                splicing._splice(a.fileno(), write_end, 100, flags=splicing._FLAGS)  # type: ignore[misc]
+            b.send(b"hello")
+            assert splicing._splice(a.fileno(), write_end, 100, flags=splicing._FLAGS) == 5  # type: ignore[misc]
+            assert os.read(read_end, 10) == b"hello"
+        with pytest.raises(OSError):
+            splicing._splice(read_end, read_end, 1, flags=splicing._FLAGS)  # type: ignore[misc]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
