@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import resource
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -409,6 +410,10 @@ def ensure_pypy_venv(pypy: str, tmp: Path) -> Path:
 # pinning
 
 
+#: Niceness of a proxy that shares the loader's core (see Pinning.wrap_proxy).
+PROXY_NICE = 10
+
+
 class Pinning:
     def __init__(self, enabled: bool, nproc: int):
         self.nproc = nproc
@@ -422,14 +427,51 @@ class Pinning:
     def wrap(self, cpus: str, cmd: list[str]) -> list[str]:
         return ["taskset", "-c", cpus, *cmd] if self.enabled else cmd
 
+    def shares_loader(self, workers: int) -> bool:
+        return self.enabled and self.loader in _expand(self.proxy_cpus(workers))
+
+    def wrap_proxy(self, workers: int, cmd: list[str]) -> list[str]:
+        """Pin a proxy; where it shares the loader's core, make it yield to it.
+
+        wrk is one thread driving every connection and the origin answers
+        every request: if a proxy worker on their core holds it for a
+        scheduler slice, all 50 connections stall, the other worker's
+        included.  Under ``SCHED_IDLE`` (``chrt -i 0``; ``nice -n 10`` where
+        chrt is missing) the proxy gets whatever the loader leaves, at once.
+        """
+        cmd = self.wrap(self.proxy_cpus(workers), cmd)
+        if self.shares_loader(workers):
+            if shutil.which("chrt"):
+                cmd = ["chrt", "-i", "0", *cmd]
+            elif shutil.which("nice"):
+                cmd = ["nice", "-n", str(PROXY_NICE), *cmd]
+        return cmd
+
+    def spread(self, root: int, workers: int) -> None:
+        """One core per worker process: the i-th child of ``root`` on CPU i.
+
+        Left to the scheduler, two workers at nice 10 next to a loader at
+        nice 0 are often packed onto the loader-free core together.
+        """
+        if not self.enabled or workers < 2:
+            return
+        tree = process_tree(root)
+        children = sorted(pid for pid in tree if pid != root and (read_stat(pid) or (0,))[0] == root)
+        for index, pid in enumerate(children[:workers]):
+            run_quiet(["taskset", "-pc", str(index % self.nproc), str(pid)])
+
     def describe(self, workers_list: list[int]) -> str:
         if not self.enabled:
             return "no CPU pinning (taskset missing, nproc < 2 or --no-pin)"
         parts = [f"wrk and the origin pinned to CPU {self.loader} (`taskset -c {self.loader}`)"]
         for w in workers_list:
             cpus = self.proxy_cpus(w)
-            shared = " (shares the loader's core)" if self.loader in _expand(cpus) else ""
-            parts.append(f"proxy with {w} worker(s) pinned to CPU {cpus}{shared}")
+            yields = "`chrt -i 0` (SCHED_IDLE)" if shutil.which("chrt") else f"nice {PROXY_NICE}"
+            shared = (f" (shares the loader's core, so it runs under {yields})"
+                      if self.shares_loader(w) else "")
+            each = " (one worker per CPU: `taskset -p` on each speedproxy worker, " \
+                   "`worker_cpu_affinity auto` for nginx)" if w > 1 else ""
+            parts.append(f"proxy with {w} worker(s) pinned to CPU {cpus}{each}{shared}")
         return "; ".join(parts)
 
 
@@ -486,6 +528,7 @@ def run_wrk(args, pin: Pinning, url: str, seconds: float) -> dict:
         args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{wrk_secs(seconds)}",
         "--timeout", "5s", "--latency", url,
     ])
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         r = subprocess.run(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -497,6 +540,8 @@ def run_wrk(args, pin: Pinning, url: str, seconds: float) -> dict:
     if r.returncode != 0 or "requests" not in res:
         raise BenchError(f"wrk failed (exit {r.returncode}): {' '.join(cmd)}\n{r.stdout[-1500:]}")
     res["cmd"] = " ".join(cmd)
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res["wrk_cpu_seconds"] = (done.ru_utime - children.ru_utime) + (done.ru_stime - children.ru_stime)
     return res
 
 
@@ -510,10 +555,18 @@ def measure(args, pin: Pinning, target: str, root: Proc | None, port: int, size:
     if root is not None and not root.alive():
         raise BenchError(f"{root.name} died during warm-up\n" + root.output_tail())
     before = cpu_seconds(root.pid) if root else None
+    origin_pid = getattr(args, "origin_pid", None)
+    origin_before = cpu_seconds(origin_pid)[0] if origin_pid else None
     log(f"{target} {human_size(size)}: measuring {args.duration:.0f}s")
     res = run_wrk(args, pin, url, args.duration)
     after = cpu_seconds(root.pid) if root else None
     row.update(res)
+    if origin_before is not None and res["requests"]:
+        # What the load generator and the origin spent per request: with
+        # every core busy, 2 workers can reach at most
+        # cores / (proxy + loader) requests per second.
+        origin_cpu = max(0.0, cpu_seconds(origin_pid)[0] - origin_before)
+        row["loader_us_per_req"] = (origin_cpu + res["wrk_cpu_seconds"]) * 1e6 / res["requests"]
     if root is not None:
         if not root.alive():
             raise BenchError(f"{root.name} died during the measured run\n" + root.output_tail())
@@ -645,10 +698,11 @@ def start_speedproxy(args, pin: Pinning, tmp: Path, python_bin: Path, label: str
     cmd = [str(twistd), "-n", "--pidfile=", "speedproxy", "--config", str(cfg)]
     if not twistd.exists():
         cmd = [str(python_bin), "-m", "twisted", *cmd[1:]]
-    proc = Proc(f"{label}-w{workers}", pin.wrap(pin.proxy_cpus(workers), cmd), tmp,
+    proc = Proc(f"{label}-w{workers}", pin.wrap_proxy(workers, cmd), tmp,
                 env=env, cwd=str(tmp))
     checks = [(f"/{size_name(s)}", s) for s in args.sizes]
     headers = wait_ready(proc, port, checks, args.ready_timeout)
+    pin.spread(proc.pid, workers)
     return proc, port, headers
 
 
@@ -658,7 +712,8 @@ def start_nginx_proxy(args, pin: Pinning, tmp: Path, nginx: str, origin_port: in
     name = f"nginx-proxy-w{workers}"
     conf = NGINX_COMMON.format(tmp=tmp, name=name) + (
         f"master_process on;\nworker_processes {workers};\n"
-        "http {\n" + NGINX_HTTP_COMMON.format(tmp=tmp, name=name) +
+        + ("worker_cpu_affinity auto;\n" if workers > 1 and pin.enabled else "")
+        + "http {\n" + NGINX_HTTP_COMMON.format(tmp=tmp, name=name) +
         f"    upstream origin {{\n        server 127.0.0.1:{origin_port};\n"
         "        keepalive 64;\n        keepalive_requests 1000000;\n    }\n"
         f"    server {{\n        listen 127.0.0.1:{port};\n"
@@ -668,7 +723,7 @@ def start_nginx_proxy(args, pin: Pinning, tmp: Path, nginx: str, origin_port: in
         "            proxy_max_temp_file_size 0;\n"
         "        }\n    }\n}\n"
     )
-    proc = start_nginx(nginx, tmp, name, conf, lambda c: pin.wrap(pin.proxy_cpus(workers), c))
+    proc = start_nginx(nginx, tmp, name, conf, lambda c: pin.wrap_proxy(workers, c))
     wait_ready(proc, port, [(f"/{size_name(s)}", s) for s in args.sizes], 10)
     return proc, port
 
@@ -755,6 +810,7 @@ def table_rows(results: list[dict]) -> list[list[str]]:
             human_size(r["size"]),
             fmt(r.get("rps"), ",.0f"),
             fmt(r.get("cpu_us_per_req"), ".1f"),
+            fmt(r.get("loader_us_per_req"), ".1f"),
             fmt(rss / 2**20 if rss else None, ".1f"),
             fmt(r.get("processes"), "d"),
             fmt(lat, ".2f"),
@@ -763,14 +819,14 @@ def table_rows(results: list[dict]) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["target", "size", "req/s", "proxy CPU µs/req", "RSS MiB", "procs", "p99 ms",
-           "status"]
+HEADERS = ["target", "size", "req/s", "proxy CPU µs/req", "wrk+origin CPU µs/req", "RSS MiB",
+           "procs", "p99 ms", "status"]
 
 
 def markdown_table(results: list[dict]) -> str:
     rows = table_rows(results)
     out = ["| " + " | ".join(HEADERS) + " |",
-           "|" + "|".join(["---"] * 2 + ["---:"] * 5 + ["---"]) + "|"]
+           "|" + "|".join(["---"] * 2 + ["---:"] * 6 + ["---"]) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(out)
 
@@ -781,7 +837,7 @@ def text_table(results: list[dict]) -> str:
     lines = []
     for n, row in enumerate(rows):
         lines.append("  ".join(
-            c.ljust(w) if i in (0, 1, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            c.ljust(w) if i in (0, 1, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
         ).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -814,6 +870,8 @@ def render_section(meta: dict, results: list[dict], failures: list[str]) -> str:
         f"- **Origin**: {meta['origin']}, serving /1k-style paths with Content-Length.",
         "- **proxy CPU µs/req** = (utime+stime of the proxy process and all descendants, "
         "from /proc/PID/stat, over the measured run) × 10⁶ / requests completed. "
+        "**wrk+origin CPU µs/req** = the same for wrk and the origin: with N workers "
+        "and every core busy, at most cores / (proxy + wrk+origin) requests per µs. "
         "**RSS** = sum over those processes after the run (**procs** of them). `direct` is "
         "wrk straight at the origin (no proxy).",
         "",
@@ -971,6 +1029,7 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
         log("WARNING: " + meta["busy_warning"])
     log(f"pinning: {meta['pinning']}")
     origin, origin_port, origin_desc = start_origin(args, pin, tmp, nginx)
+    args.origin_pid = origin.pid
     meta["origin"] = origin_desc
     log(f"origin: {origin_desc} on 127.0.0.1:{origin_port}")
 

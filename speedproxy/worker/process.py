@@ -43,6 +43,7 @@ from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
 from speedproxy.stats.segment import StatsIndex, StatsSegment
 from speedproxy.stats.shared import SharedView
+from speedproxy.worker.accepting import AcceptBalancer
 from speedproxy.worker.draining import drain
 from speedproxy.worker.service import _tls_server_options
 
@@ -109,6 +110,7 @@ class Worker:
         self.removed = RemovedBackends()
         self.version = 0
         self.stopping = False
+        self.accept_balancer: Optional[AcceptBalancer] = None
 
     def connect(self, control_fd: int) -> None:
         """Speak AMP on the inherited control socket."""
@@ -144,7 +146,17 @@ class Worker:
                 from twisted.protocols.tls import TLSMemoryBIOFactory
 
                 factory = TLSMemoryBIOFactory(_tls_server_options(config), False, factory)
-            self.ports.append(self.reactor.adoptStreamPort(self.listen_fd, self.family, factory))
+            port = self.reactor.adoptStreamPort(self.listen_fd, self.family, factory)
+            core = self.core
+            self.accept_balancer = AcceptBalancer(
+                port,
+                self.reactor,
+                mine=lambda: len(core.clients),
+                total=self.shared.active_clients,
+                workers=lambda: core.server.workers or os.cpu_count() or 1,
+            )
+            self.accept_balancer.install()
+            self.ports.append(port)
             os.close(self.listen_fd)
             self.version = version
             self.reactor.callLater(0, self._ready)
@@ -188,6 +200,8 @@ class Worker:
         if self.core is None:
             self.reactor.stop()
             return
+        if self.accept_balancer is not None:
+            self.accept_balancer.stop()
         ports, self.ports = self.ports, []
         done = drain(self.reactor, self.core, ports, grace)
         done.addBoth(lambda _: self.reactor.stop())

@@ -149,6 +149,29 @@ def test_concurrent_keepalive_clients_reach_both_workers(stack) -> None:
     assert all(count > 0 for count in per_worker.values()), per_worker
 
 
+def test_a_burst_of_connections_is_shared_evenly(stack) -> None:
+    """40 clients connecting at once end up 20/20 (+-2), not on whichever worker woke first."""
+    origin = stack.backend(name="origin")
+    proxy = stack.proxy(origin, **SERVER)
+    wait_workers(proxy, 2)
+    clients = [RawClient(*proxy.address, timeout=10.0) for _ in range(40)]
+    try:
+        for client in clients:
+            client.request("GET", "/burst")
+        for client in clients:
+            assert client.read_response().status == 200
+
+        def split() -> Any:
+            counts = sorted(w["active_connections"] for w in stats(proxy)["workers"])
+            return counts if sum(counts) == 40 else None
+
+        counts = wait_until(split, 5.0, "40 connections in /stats")
+        assert counts[0] >= 18, f"connections per worker: {counts}"
+    finally:
+        for client in clients:
+            client.close()
+
+
 # -- 3. kill -9 of one worker under load ------------------------------------------------------
 
 
