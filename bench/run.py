@@ -609,6 +609,62 @@ NGINX_HTTP_COMMON = """\
 """
 
 
+def _read_response(sock: socket.socket) -> None:
+    """Read one Content-Length response (head and body) from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise BenchError("connection closed before a response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    want = int(m.group(1)) if m else 0
+    while len(body) < want:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise BenchError("connection closed mid-body")
+        body += chunk
+
+
+def measure_idle(target: str, root: Proc, port: int, path: str, count: int) -> dict:
+    """RSS the proxy holds per idle keep-alive client connection.
+
+    Opens ``count`` connections, makes one request on each and leaves them
+    open; the RSS of the proxy's processes before and after, over ``count``.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    count = max(100, min(count, soft - 400))
+
+    def open_idle(n: int) -> list[socket.socket]:
+        socks = []
+        try:
+            for _ in range(n):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                socks.append(sock)
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % path.encode())
+            for sock in socks:
+                _read_response(sock)
+        except (OSError, BenchError):
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
+
+    log(f"{target}: RSS of {count} idle keep-alive connections")
+    warm = open_idle(200)  # first-use allocations are not per connection
+    time.sleep(0.5)
+    before = cpu_seconds(root.pid)[1]
+    socks = open_idle(count)
+    time.sleep(1.0)
+    after = cpu_seconds(root.pid)[1]
+    for sock in socks + warm:
+        sock.close()
+    each = (after - before) / count
+    log(f"{target}: {each:.0f} bytes RSS per idle keep-alive connection")
+    return {"target": target, "connections": count, "bytes_each": each}
+
+
 def start_nginx(nginx: str, tmp: Path, name: str, conf: str, cmd_wrap) -> Proc:
     path = tmp / f"{name}.conf"
     path.write_text(conf)
@@ -878,6 +934,15 @@ def render_section(meta: dict, results: list[dict], failures: list[str]) -> str:
         markdown_table(results),
         "",
     ]
+    if meta.get("idle"):
+        lines += ["Memory per idle keep-alive client connection (the brief: ≤ 5 KiB): RSS of the "
+                  "proxy's processes with N more connections open, each after one request, over N.",
+                  "",
+                  "| target | idle connections | RSS per connection |",
+                  "|---|---:|---:|"]
+        lines += [f"| {i['target']} | {i['connections']:,} | {i['bytes_each'] / 1024:.1f} KiB |"
+                  for i in meta["idle"]]
+        lines.append("")
     if meta.get("busy_warning"):
         lines += [f"**Warning:** {meta['busy_warning']}", ""]
     if failures:
@@ -948,6 +1013,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--python-origin", action="store_true",
                    help="use bench/origin.py as the origin even when nginx is installed")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
+    p.add_argument("--idle-connections", type=int, default=2000,
+                   help="idle keep-alive connections opened to measure RSS per connection "
+                        "(first worker count only; 0 skips)")
     p.add_argument("--install-missing", action="store_true",
                    help="apt-get install nginx-light and pypy3 when missing (wrk is always "
                         "installed when missing)")
@@ -1031,6 +1099,7 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
     origin, origin_port, origin_desc = start_origin(args, pin, tmp, nginx)
     args.origin_pid = origin.pid
     meta["origin"] = origin_desc
+    meta["idle"] = []
     log(f"origin: {origin_desc} on 127.0.0.1:{origin_port}")
 
     def note_failure(target: str, workers, err: Exception, sizes) -> None:
@@ -1072,6 +1141,13 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
                     f"(X-Speedproxy: {headers.get('x-speedproxy', 'absent')})")
                 for size in args.sizes:
                     results.append(measure(args, pin, label, proc, port, size, warmup, workers))
+                if workers == args.workers[0] and args.idle_connections:
+                    try:
+                        meta["idle"].append(measure_idle(
+                            f"{label} ×{workers}w", proc, port, f"/{size_name(min(args.sizes))}",
+                            args.idle_connections))
+                    except (OSError, BenchError) as e:
+                        log(f"{label}: idle-connection RSS not measured: {e}")
             except BenchError as e:
                 note_failure(label, workers, e, not_done(label, workers))
             finally:
@@ -1087,6 +1163,13 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
                 for size in args.sizes:
                     results.append(measure(args, pin, "nginx", proc, port, size,
                                            args.warmup, workers))
+                if workers == args.workers[0] and args.idle_connections:
+                    try:
+                        meta["idle"].append(measure_idle(
+                            f"nginx ×{workers}w", proc, port, f"/{size_name(min(args.sizes))}",
+                            args.idle_connections))
+                    except (OSError, BenchError) as e:
+                        log(f"nginx: idle-connection RSS not measured: {e}")
             except BenchError as e:
                 note_failure("nginx", workers, e, not_done("nginx", workers))
             finally:
