@@ -1116,6 +1116,16 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
             results.append({"target": target, "size": s, "workers": workers,
                             "status": "failed", "error": msg[-4000:]})
 
+    def idle_rss(target: str, workers: int, proc: Proc, port: int) -> None:
+        if not args.idle_connections:
+            return
+        try:
+            meta["idle"].append(measure_idle(f"{target} ×{workers}w", proc, port,
+                                             f"/{size_name(min(args.sizes))}",
+                                             args.idle_connections))
+        except (OSError, BenchError) as e:
+            log(f"{target}: idle-connection RSS not measured: {e}")
+
     def not_done(target: str, workers) -> list[int]:
         done = {r["size"] for r in results
                 if r["target"] == target and r.get("workers") == workers}
@@ -1141,13 +1151,8 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
                     f"(X-Speedproxy: {headers.get('x-speedproxy', 'absent')})")
                 for size in args.sizes:
                     results.append(measure(args, pin, label, proc, port, size, warmup, workers))
-                if workers == args.workers[0] and args.idle_connections:
-                    try:
-                        meta["idle"].append(measure_idle(
-                            f"{label} ×{workers}w", proc, port, f"/{size_name(min(args.sizes))}",
-                            args.idle_connections))
-                    except (OSError, BenchError) as e:
-                        log(f"{label}: idle-connection RSS not measured: {e}")
+                if workers == args.workers[0]:
+                    idle_rss(label, workers, proc, port)
             except BenchError as e:
                 note_failure(label, workers, e, not_done(label, workers))
             finally:
@@ -1163,13 +1168,8 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
                 for size in args.sizes:
                     results.append(measure(args, pin, "nginx", proc, port, size,
                                            args.warmup, workers))
-                if workers == args.workers[0] and args.idle_connections:
-                    try:
-                        meta["idle"].append(measure_idle(
-                            f"nginx ×{workers}w", proc, port, f"/{size_name(min(args.sizes))}",
-                            args.idle_connections))
-                    except (OSError, BenchError) as e:
-                        log(f"nginx: idle-connection RSS not measured: {e}")
+                if workers == args.workers[0]:
+                    idle_rss("nginx", workers, proc, port)
             except BenchError as e:
                 note_failure("nginx", workers, e, not_done("nginx", workers))
             finally:

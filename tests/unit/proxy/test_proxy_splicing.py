@@ -139,6 +139,22 @@ class Pair:
                 continue
             view = view[sent:]
 
+    def feed_until_blocked(self, body: bytes, timeout: float = 10.0) -> int:
+        """Small socket buffers, nobody reading the client: feed the backend
+        until the splice waits for the client; return the bytes sent."""
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        self.sink.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
+        sent = 0
+        deadline = time.monotonic() + timeout
+        while not self.owner.blocked:
+            assert time.monotonic() < deadline, "the splice never waited for the client"
+            try:
+                sent += self.backend.send(body[sent : sent + 64 * KiB])
+            except BlockingIOError:
+                pass
+            self.reactor.iterate(0.001)
+        return sent
+
     def close(self) -> None:
         for sock in (self.backend, self.client, self.backend_listener):
             sock.close()
@@ -219,22 +235,12 @@ def test_body_arriving_in_pieces(pair: Pair) -> None:
 
 
 def test_a_slow_client_blocks_then_gets_every_byte(pair: Pair) -> None:
-    pair.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
-    pair.sink.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
     body = _body(4 * 1024 * KiB)
     splice = pair.splice(len(body))
     splice.start()
     received = bytearray()
-    sent = 0
-    # Feed the backend side without reading the client until the splice waits.
+    sent = pair.feed_until_blocked(body)
     deadline = time.monotonic() + 10
-    while not pair.owner.blocked:
-        assert time.monotonic() < deadline
-        try:
-            sent += pair.backend.send(body[sent : sent + 64 * KiB])
-        except BlockingIOError:
-            pass
-        pair.reactor.iterate(0.001)
     assert "doWrite" in pair.sink.__dict__  # waiting for the client to drain
     while sent < len(body):
         try:
@@ -288,20 +294,10 @@ def test_client_gone_aborts_the_client_transport(pair: Pair) -> None:
 
 
 def test_cancel_restores_both_transports(pair: Pair) -> None:
-    pair.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
-    pair.sink.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
     body = _body(2 * 1024 * KiB)
     splice = pair.splice(len(body))
     splice.start()
-    sent = 0
-    deadline = time.monotonic() + 10
-    while not pair.owner.blocked:
-        assert time.monotonic() < deadline
-        try:
-            sent += pair.backend.send(body[sent : sent + 64 * KiB])
-        except BlockingIOError:
-            pass
-        pair.reactor.iterate(0.001)
+    pair.feed_until_blocked(body)
     splice.cancel()
     splice.cancel()  # idempotent
     assert not splice.active
