@@ -124,7 +124,7 @@ class ProxyCore:
         for route in self.routes:
             route.stats_index = stats_index.routes.get(route.name, -1)
         if server.zero_copy and splice_supported():
-            if self._pipes is None:
+            if self._pipes is None or self._pipes.closed:
                 self._pipes = PipePool()
             self.pool.pipes = self._pipes
         else:

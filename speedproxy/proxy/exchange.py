@@ -409,7 +409,7 @@ class Exchange:
         self.operator_cut = True
         upstream = self.upstream
         if upstream is not None:
-            upstream.transport.abortConnection()
+            upstream.cut()
 
     # -- WebSocket tunnel --------------------------------------------------------
 

@@ -38,10 +38,12 @@ MIN_SPLICE_SIZE = 16 * 1024
 HEAD_READ_SIZE = 16 * 1024
 
 #: Pipe capacity asked for (the kernel may grant less; 64 KiB is the floor).
-PIPE_SIZE = 512 * 1024
+#: Pipe buffers count against a per-user budget (``fs.pipe-user-pages-soft``,
+#: 64 MiB by default) shared by every worker, so they are kept modest.
+PIPE_SIZE = 256 * 1024
 
 #: Idle pipes kept per worker.
-MAX_IDLE_PIPES = 32
+MAX_IDLE_PIPES = 16
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -139,6 +141,8 @@ class PipePool:
         self._idle: List[Pipe] = []
         #: Pipes handed out and not yet given back (for tests and stats).
         self.in_use = 0
+        #: Closed: pipes given back are closed, not kept.
+        self.closed = False
 
     def get(self) -> Optional[Pipe]:
         """An empty pipe, or ``None`` if the system refuses another one."""
@@ -163,7 +167,7 @@ class PipePool:
     def put(self, pipe: Pipe) -> None:
         """Give back an empty pipe."""
         self.in_use -= 1
-        if len(self._idle) < self.keep:
+        if len(self._idle) < self.keep and not self.closed:
             self._idle.append(pipe)
         else:
             _close(pipe)
@@ -174,7 +178,8 @@ class PipePool:
         _close(pipe)
 
     def close(self) -> None:
-        """Close every idle pipe."""
+        """Close every idle pipe, and those in use as they come back."""
+        self.closed = True
         idle, self._idle = self._idle, []
         for pipe in idle:
             _close(pipe)
@@ -366,7 +371,10 @@ class Splice:
             return
         self.sink_blocked = False
         sink = self.sink
-        sink.__dict__.pop("doWrite", None)
+        if sink.__dict__.get("doWrite") == self._sink_writable:
+            del sink.__dict__["doWrite"]
+        if getattr(sink, "_aborting", False):
+            return  # Twisted's abort already stopped it and owns doWrite now
         if nothing_queued(sink) or not sink.connected:
             sink.stopWriting()
         # else: Twisted queued data meanwhile; its own doWrite sends it.
@@ -383,7 +391,10 @@ class Splice:
     def _release(self, clean: bool) -> None:
         """Hand both transports back to Twisted and return or close the pipe."""
         self.active = False
-        self.source.__dict__.pop("doRead", None)
+        source = self.source.__dict__
+        if source.get("doRead") == self._source_readable:
+            # Only ours: an aborting transport has Twisted's no-op there.
+            del source["doRead"]
         self._unblock_sink()
         pipe = self.pipe
         if clean and not self.in_pipe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from twisted.internet import error as net_error
@@ -38,6 +39,8 @@ _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
 #: Bytes asked of the kernel per read from a backend.
 RECV_SIZE = 256 * 1024
+
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 #: Largest response head accepted from a backend.
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -155,6 +158,14 @@ class UpstreamConnection(Protocol):
     def arm_read_timeout(self) -> None:
         """The request is sent: the backend now has ``read_timeout`` to answer."""
         self.deadline = self.pool.clock.seconds() + self.read_timeout
+
+    def cut(self) -> None:
+        """Abort the connection; the exchange hears of it as a lost backend."""
+        self._reusable = False
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
+        self.transport.abortConnection()
 
     def abort(self) -> None:
         """Drop the connection at once; it will never be reused."""
@@ -275,11 +286,12 @@ class UpstreamConnection(Protocol):
             rest = memoryview(buffer)[body_start:] if self._framing != _CHUNKED else buffer[body_start:]
             self._body(exchange, rest)
         transport = self.transport
-        if transport.bufferSize != RECV_SIZE:
+        # (If the body is already complete, the connection may be serving a
+        # pipelined next request by now: its read size is that request's.)
+        if self.exchange is exchange and transport.bufferSize != RECV_SIZE:
             if (
                 self._framing == _LENGTH
                 and self._remaining >= MIN_SPLICE_SIZE
-                and self.exchange is exchange
                 and self._start_splice(exchange)
             ):
                 return
@@ -361,7 +373,19 @@ class UpstreamConnection(Protocol):
 
     def splice_done(self) -> None:
         self._splice = None
-        self.transport.bufferSize = RECV_SIZE
+        transport = self.transport
+        transport.bufferSize = RECV_SIZE
+        # The splice stopped at the body's end; bytes after it (or a close)
+        # mean this connection must not carry another request.
+        if self._reusable:
+            try:
+                transport.socket.recv(1, _PEEK)  # data, or b"" for a close
+            except BlockingIOError:
+                pass  # nothing after the body: clean
+            except OSError:
+                self._reusable = False
+            else:
+                self._reusable = False
         exchange = self.exchange
         if exchange is not None:
             self._complete(exchange)

@@ -14,6 +14,7 @@ from speedproxy.stats.segment import (
     BACKEND_WORDS,
     BYTES_IN,
     CLIENTS_TOTAL,
+    PID,
     SlotWriter,
     StatsSegment,
 )
@@ -108,6 +109,12 @@ class SharedView:
 
     def client_closed(self) -> None:
         self.words[self._base + ACTIVE_CLIENTS] -= 1
+
+    def live_workers(self) -> int:
+        """Worker slots held by a running worker (its pid is set until retired)."""
+        words = self.words
+        layout = self.segment.layout
+        return sum(1 for slot in range(layout.slots) if words[layout.slot_offset(slot) + PID])
 
     def active_clients(self) -> int:
         """Open client connections across every worker."""

@@ -11,11 +11,13 @@ active-connection counts every worker publishes in the shared stats
 segment: a worker holding more than its share leaves the pending connection
 to the others for a moment, and no worker takes more than its share from one
 burst.  A connection is never left waiting for long: after ``max_defer``
-seconds the worker accepts anyway (another worker may be stuck or gone).
+seconds the worker accepts anyway, and stops deferring for ``bypass``
+seconds (another worker is stuck, starting or gone).
 """
 
 from __future__ import annotations
 
+import select
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -38,6 +40,7 @@ class AcceptBalancer:
         slack: int = 1,
         pause: float = 0.002,
         max_defer: float = 0.05,
+        bypass: float = 1.0,
     ) -> None:
         self.port = port
         self.clock = clock
@@ -50,10 +53,12 @@ class AcceptBalancer:
         self.pause = pause
         #: Longest a pending connection is left to the other workers.
         self.max_defer = max_defer
+        #: How long to accept everything after the others left one waiting.
+        self.bypass = bypass
         #: Wake-ups this worker left to the others (for tests and debugging).
         self.deferred = 0
-        self._deferred_since = 0.0
-        self._last_deferred = 0.0
+        self._deferred_since: Optional[float] = None
+        self._bypass_until = 0.0
         self._resume_call: Optional[IDelayedCall] = None
 
     def install(self) -> None:
@@ -63,24 +68,30 @@ class AcceptBalancer:
     def doRead(self) -> Any:
         port = self.port
         workers = self.workers()
-        if workers > 1:
+        if workers > 1 and not (self._bypass_until and self.clock.seconds() < self._bypass_until):
             mine = self.mine()
             allowed = self.total() / workers + self.slack
-            if mine >= allowed and self._defer():
+            if mine < allowed:
+                # Take at most our share of a burst; the others take the rest.
+                port.numberAccepts = max(1, int(allowed - mine))
+            elif self._defer():
                 return None
-            # Take at most our share of a burst; the others take the rest.
-            port.numberAccepts = max(1, int(allowed - mine))
-        self._deferred_since = 0.0
+            else:
+                port.numberAccepts = 100  # the others are not taking any
+        else:
+            port.numberAccepts = 100
+        self._deferred_since = None
         return type(port).doRead(port)
 
     def _defer(self) -> bool:
         """Leave the pending connections to the other workers for a moment."""
         now = self.clock.seconds()
-        if not self._deferred_since or now - self._last_deferred > self.pause * 5:
-            self._deferred_since = now  # a new burst, not the same one still waiting
+        if self._deferred_since is None:
+            self._deferred_since = now
         elif now - self._deferred_since >= self.max_defer:
-            return False  # nobody else took it: serve it ourselves
-        self._last_deferred = now
+            # Nobody else took it: serve it, and everything for a while.
+            self._bypass_until = now + self.bypass
+            return False
         self.deferred += 1
         self.port.stopReading()
         if self._resume_call is None:
@@ -91,6 +102,8 @@ class AcceptBalancer:
         self._resume_call = None
         port = self.port
         if port.connected and not port.disconnecting:
+            if not _readable(port.fileno()):
+                self._deferred_since = None  # another worker took it
             port.startReading()
 
     def stop(self) -> None:
@@ -98,3 +111,13 @@ class AcceptBalancer:
         if self._resume_call is not None and self._resume_call.active():
             self._resume_call.cancel()
         self._resume_call = None
+
+
+def _readable(fd: int) -> bool:
+    """Is a connection still waiting on the listening socket ``fd``?"""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False

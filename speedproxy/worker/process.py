@@ -153,7 +153,7 @@ class Worker:
                 self.reactor,
                 mine=lambda: len(core.clients),
                 total=self.shared.active_clients,
-                workers=lambda: core.server.workers or os.cpu_count() or 1,
+                workers=self.shared.live_workers,
             )
             self.accept_balancer.install()
             self.ports.append(port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 from typing import List
 
 import pytest
@@ -109,3 +110,51 @@ def test_slow_clients_get_every_byte_and_pipes_are_used_only_when_on(proxy: Prox
     finally:
         for client in clients:
             client.close()
+
+
+def _overrunning_backend(module_stack):
+    """The first answer on the first connection carries stray bytes after its body."""
+    body = 100_000
+    connections = {"count": 0}
+    lock = threading.Lock()
+
+    def handler(sock: socket.socket, stopping) -> None:
+        with lock:
+            connections["count"] += 1
+            number = connections["count"]
+        buffer = b""
+        served = 0
+        while not stopping.is_set():
+            while b"\r\n\r\n" not in buffer:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+            _, _, buffer = buffer.partition(b"\r\n\r\n")
+            served += 1
+            if number == 1 and served == 1:
+                sock.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body + b"x" * body
+                    + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"
+                )
+            else:
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nGOOD!")
+
+    return module_stack.raw_backend(handler, name="overrun"), connections
+
+
+@pytest.mark.parametrize("zero_copy", [True, False], ids=["zero_copy", "copy"])
+def test_a_backend_sending_past_the_body_is_not_reused(stack, zero_copy: bool) -> None:
+    backend, connections = _overrunning_backend(stack)
+    proxy = stack.proxy(backend, zero_copy=zero_copy)
+    with RawClient(*proxy.address, timeout=10.0) as client:
+        # Pipelined: the second request is sent on while the first is relayed.
+        client.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = client.read_response()
+        second = client.read_response()
+    assert first.status == 200 and first.body == b"x" * 100_000
+    assert second.status == 200 and second.body == b"GOOD!"
+    assert connections["count"] == 2  # the dirty connection was dropped

@@ -340,3 +340,29 @@ def test_libc_fallback_reports_errors_like_os_splice(implementation: str) -> Non
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_an_abort_during_the_splice_keeps_twisteds_no_op_handlers(pair: Pair) -> None:
+    body = _body(2 * 1024 * KiB)
+    splice = pair.splice(len(body))
+    splice.start()
+    pair.feed_until_blocked(body)
+    pair.source.abortConnection()
+    pair.sink.abortConnection()
+    splice.cancel()
+    # Twisted's abort replaced doRead/doWrite with no-ops until connectionLost;
+    # the splice must not take those away (a read would revive the socket).
+    assert pair.source.__dict__["doRead"]() is None
+    assert pair.sink.__dict__["doWrite"]() is None
+    pair.run_until(lambda: pair.source_protocol.lost and pair.sink_protocol.lost)
+
+
+def test_a_closed_pool_closes_pipes_given_back(implementation: str) -> None:
+    pool = PipePool()
+    pipe = pool.get()
+    assert pipe is not None
+    pool.close()  # zero_copy turned off while a body was being spliced
+    pool.put(pipe)
+    assert not pool._idle
+    with pytest.raises(OSError):
+        os.fstat(pipe[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 from twisted.internet.testing import MemoryReactorClock
@@ -10,14 +11,38 @@ from speedproxy.worker.accepting import AcceptBalancer
 
 
 class Port:
-    """Stands in for twisted.internet.tcp.Port: counts accepts and read state."""
+    """Stands in for twisted.internet.tcp.Port: counts accepts and read state.
+
+    Its file descriptor is a pipe: readable (a byte in it) while a
+    connection is pending.
+    """
 
     def __init__(self) -> None:
+        self._read_end, self._write_end = os.pipe()
+        self.pending(True)
         self.numberAccepts = 100
         self.reading = True
         self.connected = True
         self.disconnecting = False
         self.accept_limits: List[int] = []
+
+    def fileno(self) -> int:
+        return self._read_end
+
+    def pending(self, waiting: bool) -> None:
+        """Make a connection wait (readable), or let another worker take it."""
+        os.set_blocking(self._read_end, False)
+        try:
+            while os.read(self._read_end, 100):
+                pass
+        except BlockingIOError:
+            pass
+        if waiting:
+            os.write(self._write_end, b"x")
+
+    def close(self) -> None:
+        os.close(self._read_end)
+        os.close(self._write_end)
 
     def doRead(self) -> None:
         self.accept_limits.append(self.numberAccepts)
@@ -75,15 +100,32 @@ def test_a_connection_nobody_else_takes_is_accepted_after_max_defer() -> None:
     waited = 0.0
     while not port.accept_limits:
         balancer.doRead()
-        clock.advance(balancer.pause)
-        waited += balancer.pause
-        assert waited <= balancer.max_defer + 3 * balancer.pause
+        clock.advance(balancer.pause * 7)  # late resumes still count as one wait
+        waited += balancer.pause * 7
+        assert waited <= balancer.max_defer + 14 * balancer.pause
     assert waited >= balancer.max_defer - balancer.pause
-    # A later burst starts a new wait rather than inheriting the old one.
-    clock.advance(1.0)
+    # The others are not taking connections: accept everything for a while.
+    assert port.accept_limits == [100]
+    balancer.doRead()
+    assert port.accept_limits == [100, 100]
+    clock.advance(balancer.bypass)
     port.accept_limits.clear()
     balancer.doRead()
+    assert port.accept_limits == []  # balancing again
+
+
+def test_a_connection_another_worker_took_ends_the_wait() -> None:
+    balancer, port, clock, _ = make(mine=30, total=40)
+    balancer.doRead()
+    port.pending(False)  # taken by the other worker
+    clock.advance(balancer.pause)
+    assert port.reading
+    # Much later, a new connection: a new wait, not the old one's leftover.
+    clock.advance(10.0)
+    port.pending(True)
+    balancer.doRead()
     assert port.accept_limits == []
+    assert balancer.deferred == 2
 
 
 def test_the_balance_follows_the_counts() -> None:
