@@ -23,6 +23,10 @@ from typing import Any, Callable, Optional
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
+#: Connections a worker under its share may accept per wake-up, at least.
+MIN_ACCEPTS = 4
+
+
 class AcceptBalancer:
     """Decides, per wake-up of a listening port, whether this worker accepts.
 
@@ -72,8 +76,9 @@ class AcceptBalancer:
             mine = self.mine()
             allowed = self.total() / workers + self.slack
             if mine < allowed:
-                # Take at most our share of a burst; the others take the rest.
-                port.numberAccepts = max(1, int(allowed - mine))
+                # Take about our share of a burst (a few at least, so a large
+                # burst does not overflow the backlog); the others take the rest.
+                port.numberAccepts = max(MIN_ACCEPTS, int(allowed - mine))
             elif self._defer():
                 return None
             else:

@@ -69,7 +69,7 @@ def test_install_routes_read_events_through_the_balancer() -> None:
     balancer, port, _, _ = make(0, 0)
     assert port.doRead == balancer.doRead
     port.doRead()
-    assert port.accept_limits == [1]  # an empty proxy: take one at a time, share the burst
+    assert port.accept_limits == [4]  # an empty proxy: take a few at a time, share the burst
 
 
 def test_a_single_worker_accepts_as_twisted_would() -> None:
@@ -133,9 +133,9 @@ def test_the_balance_follows_the_counts() -> None:
     balancer.doRead()
     assert port.accept_limits == []
     clock.advance(balancer.pause)
-    counts.update(mine=18, total=40)  # connections closed meanwhile
+    counts.update(mine=12, total=40)  # connections closed meanwhile
     balancer.doRead()
-    assert port.accept_limits == [3]
+    assert port.accept_limits == [9]
 
 
 def test_a_closed_port_is_not_watched_again() -> None:
