@@ -3,9 +3,11 @@
 A response body framed by ``Content-Length`` between two plain TCP sockets
 does not need to pass through the worker: the kernel can move it from the
 backend socket into a pipe and from the pipe into the client socket, page
-references rather than copies (HAProxy's ``option splice-response``).  On
-this project's benchmark machine relaying a 100 KiB body that way costs the
-worker about a quarter of the CPU of ``recv`` plus ``send``.
+references rather than copies (HAProxy's ``option splice-response``).
+Moving a 100 KiB body this way instead of ``recv`` plus ``send`` costs
+about a quarter of the CPU in isolation. In the whole proxy it saves ~45
+µs per request on PyPy, whose socket reads copy twice, and only 2-4 µs on
+CPython, where the Python per-request work dominates (bench/RESULTS.md).
 
 :class:`Splice` drives one body: it takes over the backend transport's read
 events and, while the client cannot take more, the client transport's
@@ -28,6 +30,7 @@ import sys
 from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from zope.interface import Interface
 
 #: Response bodies at least this long (after the first read) are spliced.
 MIN_SPLICE_SIZE = 16 * 1024
@@ -193,29 +196,29 @@ def _close(pipe: Pipe) -> None:
             pass
 
 
-class SpliceOwner:
+class ISpliceOwner(Interface):
     """What a :class:`Splice` tells the connection it works for.
 
-    Documentation of the callbacks; :class:`UpstreamConnection
-    <speedproxy.proxy.upstream.UpstreamConnection>` implements them.
+    :class:`UpstreamConnection <speedproxy.proxy.upstream.UpstreamConnection>`
+    provides it.
     """
 
-    def splice_received(self, size: int) -> None:
+    def splice_received(size: int) -> None:
         """``size`` body bytes came from the backend."""
 
-    def splice_sent(self, size: int) -> None:
+    def splice_sent(size: int) -> None:
         """``size`` body bytes went to the client."""
 
-    def splice_blocked(self) -> None:
+    def splice_blocked() -> None:
         """The client cannot take more for now; stop reading the backend."""
 
-    def splice_unblocked(self) -> None:
+    def splice_unblocked() -> None:
         """The client can take more again."""
 
-    def splice_overrun(self) -> None:
+    def splice_overrun() -> None:
         """The backend sent more than the body, or closed: do not reuse it."""
 
-    def splice_done(self) -> None:
+    def splice_done() -> None:
         """The whole body reached the client."""
 
 
@@ -244,7 +247,9 @@ class Splice:
         "active",
     )
 
-    def __init__(self, source: Any, sink: Any, length: int, owner: Any, pipes: PipePool, pipe: Pipe) -> None:
+    def __init__(
+        self, source: Any, sink: Any, length: int, owner: ISpliceOwner, pipes: PipePool, pipe: Pipe
+    ) -> None:
         self.source = source
         self.sink = sink
         self.owner = owner

@@ -14,6 +14,7 @@ from zope.interface import implementer
 from speedproxy.proxy.sending import writers_for
 from speedproxy.proxy.splicing import (
     HEAD_READ_SIZE,
+    ISpliceOwner,
     MIN_SPLICE_SIZE,
     PipePool,
     Splice,
@@ -46,7 +47,7 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, ISpliceOwner)
 class UpstreamConnection(Protocol):
     """One HTTP/1.1 connection to a backend, reused across requests.
 

@@ -15,9 +15,17 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from zope.interface import implementer
 
 from speedproxy.proxy import splicing
-from speedproxy.proxy.splicing import PipePool, Splice, nothing_queued, plain_tcp, splice_supported
+from speedproxy.proxy.splicing import (
+    ISpliceOwner,
+    PipePool,
+    Splice,
+    nothing_queued,
+    plain_tcp,
+    splice_supported,
+)
 
 pytestmark = pytest.mark.skipif(not splice_supported(), reason="needs splice(2) (Linux)")
 
@@ -36,8 +44,9 @@ class Recorder(Protocol):
         self.lost.append(reason)
 
 
+@implementer(ISpliceOwner)
 class Owner:
-    """Records the callbacks; resumes like the real upstream connection does."""
+    """Records the callbacks (the real owner is the upstream connection)."""
 
     def __init__(self) -> None:
         self.received = 0
@@ -366,3 +375,12 @@ def test_a_closed_pool_closes_pipes_given_back(implementation: str) -> None:
     assert not pool._idle
     with pytest.raises(OSError):
         os.fstat(pipe[0])
+
+
+def test_the_upstream_connection_provides_the_owner_interface() -> None:
+    from zope.interface.verify import verifyClass
+
+    from speedproxy.proxy.splicing import ISpliceOwner
+    from speedproxy.proxy.upstream import UpstreamConnection
+
+    assert verifyClass(ISpliceOwner, UpstreamConnection)
