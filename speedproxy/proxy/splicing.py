@@ -48,6 +48,10 @@ PIPE_SIZE = 256 * 1024
 #: Idle pipes kept per worker.
 MAX_IDLE_PIPES = 16
 
+#: Pipes in use at once per worker (two file descriptors each); bodies
+#: beyond that are copied, so stalled clients cannot exhaust descriptors.
+MAX_PIPES_IN_USE = 1024
+
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -138,9 +142,12 @@ def nothing_queued(transport: Any) -> bool:
 class PipePool:
     """Non-blocking pipes of one worker, reused from one body to the next."""
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = MAX_IDLE_PIPES) -> None:
+    def __init__(
+        self, size: int = PIPE_SIZE, keep: int = MAX_IDLE_PIPES, limit: int = MAX_PIPES_IN_USE
+    ) -> None:
         self.size = size
         self.keep = keep
+        self.limit = limit
         self._idle: List[Pipe] = []
         #: Pipes handed out and not yet given back (for tests and stats).
         self.in_use = 0
@@ -148,7 +155,9 @@ class PipePool:
         self.closed = False
 
     def get(self) -> Optional[Pipe]:
-        """An empty pipe, or ``None`` if the system refuses another one."""
+        """An empty pipe, or ``None`` at the limit or if the system refuses one."""
+        if self.in_use >= self.limit:
+            return None
         if self._idle:
             self.in_use += 1
             return self._idle.pop()

@@ -384,3 +384,16 @@ def test_the_upstream_connection_provides_the_owner_interface() -> None:
     from speedproxy.proxy.upstream import UpstreamConnection
 
     assert verifyClass(ISpliceOwner, UpstreamConnection)
+
+
+def test_pipe_pool_hands_out_at_most_its_limit(implementation: str) -> None:
+    pool = PipePool(limit=2)
+    first, second = pool.get(), pool.get()
+    assert first is not None and second is not None
+    assert pool.get() is None  # the body is copied instead
+    pool.put(first)
+    again = pool.get()
+    assert again == first
+    for pipe in (again, second):
+        pool.put(pipe)  # type: ignore[arg-type]
+    pool.close()
