@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence
 from zope.interface import implementer
 
 from speedproxy.balancers.interface import IBalancer
+from speedproxy.balancers.weight import smooth_pick
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.upstreams import Backend
@@ -58,20 +59,9 @@ class LeastConnectionsWeightBalancer:
         if not tied:
             return candidates[best_index]
 
-        current = self._current
-        total = 0
-        chosen = candidates[best_index]
-        chosen_value = None
-        for index in range(best_index, count):
-            backend = candidates[index]
-            weight = backend.config.weight
-            if backend.active_connections * best_weight != best_load * weight:
-                continue
-            value = current.get(backend, 0) + weight
-            current[backend] = value
-            total += weight
-            if chosen_value is None or value > chosen_value:
-                chosen = backend
-                chosen_value = value
-        current[chosen] = chosen_value - total  # type: ignore[operator]
-        return chosen
+        tied_backends = [
+            backend
+            for backend in candidates[best_index:]
+            if backend.active_connections * best_weight == best_load * backend.config.weight
+        ]
+        return smooth_pick(self._current, tied_backends)

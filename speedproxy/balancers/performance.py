@@ -43,6 +43,7 @@ from twisted.python.runtime import seconds as _runtime_seconds
 from zope.interface import implementer
 
 from speedproxy.balancers.interface import IBalancer
+from speedproxy.balancers.weight import smooth_pick
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.upstreams import Backend
@@ -148,19 +149,7 @@ class PerformanceBalancer:
         if len(candidates) == 1:
             return candidates[0]
         fallback, reference = self._latency_stats(candidates)
-        current = self._current
-        total = 0.0
-        best = candidates[0]
-        best_value = 0.0
-        first = True
-        for backend in candidates:
-            weight = self._dynamic_weight(backend, fallback, reference)
-            value = current.get(backend, 0.0) + weight
-            current[backend] = value
-            total += weight
-            if first or value > best_value:
-                best = backend
-                best_value = value
-                first = False
-        current[best] = best_value - total
-        return best
+        dynamic_weight = self._dynamic_weight
+        return smooth_pick(
+            self._current, candidates, lambda backend: dynamic_weight(backend, fallback, reference)
+        )

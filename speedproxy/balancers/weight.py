@@ -14,7 +14,7 @@ nginx.  :meth:`WeightBalancer.update` resets all current weights to zero.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional, Sequence, Union
 
 from zope.interface import implementer
 
@@ -22,6 +22,32 @@ from speedproxy.balancers.interface import IBalancer
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.upstreams import Backend
+
+
+def smooth_pick(
+    current: Dict["Backend", Union[int, float]],
+    candidates: Iterable["Backend"],
+    weight_of: Optional[Callable[["Backend"], float]] = None,
+) -> "Backend":
+    """One step of smooth weighted round robin over ``candidates`` (non-empty).
+
+    ``current`` holds the smooth weights and is updated in place; a
+    backend's weight is its configured one unless ``weight_of`` says
+    otherwise.  Shared by every balancer that spreads by weight.
+    """
+    total: Union[int, float] = 0
+    best: Optional["Backend"] = None
+    best_value: Union[int, float] = 0
+    for backend in candidates:
+        weight = backend.config.weight if weight_of is None else weight_of(backend)
+        value = current.get(backend, 0) + weight
+        current[backend] = value
+        total += weight
+        if best is None or value > best_value:
+            best = backend
+            best_value = value
+    current[best] = best_value - total  # type: ignore[index]
+    return best  # type: ignore[return-value]
 
 
 @implementer(IBalancer)
@@ -41,17 +67,4 @@ class WeightBalancer:
         if len(candidates) == 1:
             # Adding and then subtracting the only weight leaves state as is.
             return candidates[0]
-        current = self._current
-        total = 0
-        best = candidates[0]
-        best_weight = None
-        for backend in candidates:
-            weight = backend.config.weight
-            value = current.get(backend, 0) + weight
-            current[backend] = value
-            total += weight
-            if best_weight is None or value > best_weight:
-                best = backend
-                best_weight = value
-        current[best] = best_weight - total  # type: ignore[operator]
-        return best
+        return smooth_pick(self._current, candidates)
