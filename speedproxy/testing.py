@@ -1280,6 +1280,18 @@ class RawClient:
             headers.append((name, value.strip()))
         return RawResponse(version, int(status), reason, headers)
 
+    def _read_exactly_into(self, size: int, sink: Callable[[bytes], None]) -> bool:
+        """Pass the next ``size`` bytes to ``sink``; False if the peer closed first."""
+        remaining = size
+        while remaining:
+            if not self._buffer and not self._fill():
+                return False
+            take = self._buffer[:remaining]
+            self._buffer = self._buffer[len(take) :]
+            remaining -= len(take)
+            sink(take)
+        return True
+
     def read_response(self, head_only: bool = False, body_sink: Optional[Callable[[bytes], None]] = None) -> RawResponse:
         """Read one whole final response, skipping (and noting) interim ones.
 
@@ -1308,29 +1320,14 @@ class RawClient:
                     while self._read_line():
                         pass
                     break
-                remaining = size
-                while remaining:
-                    if not self._buffer and not self._fill():
-                        response.truncated = True
-                        break
-                    take = self._buffer[:remaining]
-                    self._buffer = self._buffer[len(take) :]
-                    remaining -= len(take)
-                    sink(take)
-                if response.truncated:
+                if not self._read_exactly_into(size, sink):
+                    response.truncated = True
                     break
                 if self._read_line() != b"":
                     raise ValueError("chunk data longer than its size")
         elif length is not None:
-            remaining = int(length)
-            while remaining:
-                if not self._buffer and not self._fill():
-                    response.truncated = True
-                    break
-                take = self._buffer[:remaining]
-                self._buffer = self._buffer[len(take) :]
-                remaining -= len(take)
-                sink(take)
+            if not self._read_exactly_into(int(length), sink):
+                response.truncated = True
         else:
             while True:
                 if self._buffer:

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
@@ -200,21 +200,6 @@ def backend_summary(config: Config, upstream: str, backend_id: str) -> Dict[str,
     """One backend of ``config`` laid out like the file."""
     _, position = find_backend(config, upstream, backend_id)
     return config_to_mapping(config)["backends"][upstream][position]
-
-
-# -- restart-only keys -------------------------------------------------------------------
-
-
-def restart_required(old: Config, new: Config) -> List[str]:
-    """Keys whose change only takes effect after a restart."""
-    keys = []
-    if (old.server.host, old.server.port) != (new.server.host, new.server.port):
-        keys.append("server.host/server.port")
-    if old.admin.listen != new.admin.listen:
-        keys.append("admin.listen")
-    if old.ssl.enabled != new.ssl.enabled:
-        keys.append("ssl.enabled")
-    return keys
 
 
 # -- writing the file back ----------------------------------------------------------------

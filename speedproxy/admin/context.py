@@ -15,7 +15,8 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 from twisted.internet.defer import Deferred
 
 from speedproxy.admin.auth import KeyChecker
-from speedproxy.admin.changes import restart_required, write_config_file
+from speedproxy.admin.changes import write_config_file
+from speedproxy.config.model import restart_required
 from speedproxy.admin.json_resource import APIError, JSONResource, bad_request, read_json
 from speedproxy.admin.sampler import StatsSampler
 from speedproxy.config import Config

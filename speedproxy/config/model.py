@@ -10,7 +10,7 @@ human forms (``30s``, ``64KiB``) found in YAML.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 #: Balancer names an operator may use in ``routing.*.load_balancer``.
 BALANCER_NAMES = (
@@ -169,3 +169,15 @@ class Config:
     routing: Mapping[str, RouteConfig] = field(default_factory=_default_routing)
     #: The file this config was read from, if any.
     source: Optional[str] = None
+
+
+def restart_required(old: Config, new: Config) -> List[str]:
+    """Keys whose change only takes effect after a restart (listeners, TLS)."""
+    keys = []
+    if (old.server.host, old.server.port) != (new.server.host, new.server.port):
+        keys.append("server.host/server.port")
+    if old.admin.listen != new.admin.listen:
+        keys.append("admin.listen")
+    if old.ssl.enabled != new.ssl.enabled:
+        keys.append("ssl.enabled")
+    return keys

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from speedproxy import __version__
 from speedproxy.config import Config, ConfigError, config_to_mapping, load_config
+from speedproxy.config.model import restart_required
 from speedproxy.master.control import (
     ApplyConfig,
     DisconnectBackend,
@@ -377,13 +378,7 @@ class MasterService(Service):
         Deferred fails.
         """
         old = self.config
-        fixed = []
-        if (config.server.host, config.server.port) != (old.server.host, old.server.port):
-            fixed.append("server.host/server.port")
-        if config.admin.listen != old.admin.listen:
-            fixed.append("admin.listen")
-        if config.ssl.enabled != old.ssl.enabled:
-            fixed.append("ssl.enabled")
+        fixed = restart_required(old, config)
         if fixed:
             log.warn("{keys} changed: takes effect only after a restart", keys=", ".join(fixed))
         index = StatsIndex.from_mapping(self.index.to_mapping())

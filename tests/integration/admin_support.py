@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from speedproxy.testing import ProxyProcess
+from speedproxy.testing import ProxyProcess, wait_until
 
 TIMEOUT = 10.0
 
@@ -150,13 +150,9 @@ class Load:
             return [hit for hit in self.hits if hit.time >= moment]
 
     def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                with self._lock:
-                    tail = self.hits[-10:]
-                raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last hits {tail}")
-            time.sleep(0.02)
+        try:
+            return wait_until(predicate, timeout, what)
+        except TimeoutError as error:
+            with self._lock:
+                tail = self.hits[-10:]
+            raise TimeoutError(f"{error}; last hits {tail}") from None

@@ -14,12 +14,12 @@ from speedproxy.admin.changes import (
     masked_mapping,
     problem_path,
     remove_backend,
-    restart_required,
     update_backend,
     write_config_file,
 )
 from speedproxy.admin.json_resource import APIError
 from speedproxy.config import config_to_mapping, load_config, parse_config
+from speedproxy.config.model import restart_required
 
 BASE = """\
 admin: {api_key: topsecret}
