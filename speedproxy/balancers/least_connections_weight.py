@@ -41,7 +41,7 @@ class LeastConnectionsWeightBalancer:
         best_index = 0
         best_load = first.active_connections
         best_weight = first.config.weight
-        tied = False
+        tied = 0  # candidates after best_index with the same ratio as it
         for index in range(1, count):
             backend = candidates[index]
             load = backend.active_connections
@@ -53,12 +53,13 @@ class LeastConnectionsWeightBalancer:
                 best_index = index
                 best_load = load
                 best_weight = weight
-                tied = False
+                tied = 0
             elif lhs == rhs:
-                tied = True
+                tied += 1
         if not tied:
             return candidates[best_index]
-
+        if tied == count - 1:
+            return smooth_pick(self._current, candidates)  # all equal (idle): no list
         tied_backends = [
             backend
             for backend in candidates[best_index:]
