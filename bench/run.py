@@ -410,15 +410,12 @@ def ensure_pypy_venv(pypy: str, tmp: Path) -> Path:
 # pinning
 
 
-#: Niceness of a proxy that shares the loader's core (see Pinning.wrap_proxy).
-PROXY_NICE = 10
-
-
 class Pinning:
     def __init__(self, enabled: bool, nproc: int):
         self.nproc = nproc
         self.enabled = enabled and nproc >= 2 and shutil.which("taskset") is not None
         self.loader = str(nproc - 1)  # wrk and the origin share the last core
+        self.batch = self.enabled and shutil.which("chrt") is not None
 
     def proxy_cpus(self, workers: int) -> str:
         n = min(workers, self.nproc)
@@ -427,31 +424,34 @@ class Pinning:
     def wrap(self, cpus: str, cmd: list[str]) -> list[str]:
         return ["taskset", "-c", cpus, *cmd] if self.enabled else cmd
 
+    def wrap_loader(self, cmd: list[str]) -> list[str]:
+        """Pin wrk or the origin to the loader's core, under ``SCHED_BATCH``.
+
+        wrk is one thread driving every connection and the origin answers
+        every request.  Woken for each event, they would preempt a proxy
+        worker on their core thousands of times a second and handle one or
+        two events per wake-up (20+ CPU µs per request between them).
+        ``SCHED_BATCH`` (``chrt -b 0``) tells the scheduler they are
+        throughput tasks: a wake-up does not preempt the running task, so
+        they run when the worker next blocks or its slice ends and then
+        handle many events at once (about 11 µs per request).  Their share
+        of the core is unchanged (nice 0).
+        """
+        cmd = self.wrap(self.loader, cmd)
+        return ["chrt", "-b", "0", *cmd] if self.batch else cmd
+
     def shares_loader(self, workers: int) -> bool:
         return self.enabled and self.loader in _expand(self.proxy_cpus(workers))
 
     def wrap_proxy(self, workers: int, cmd: list[str]) -> list[str]:
-        """Pin a proxy; where it shares the loader's core, make it yield to it.
-
-        wrk is one thread driving every connection and the origin answers
-        every request: if a proxy worker on their core holds it for a
-        scheduler slice, all 50 connections stall, the other worker's
-        included.  Under ``SCHED_IDLE`` (``chrt -i 0``; ``nice -n 10`` where
-        chrt is missing) the proxy gets whatever the loader leaves, at once.
-        """
-        cmd = self.wrap(self.proxy_cpus(workers), cmd)
-        if self.shares_loader(workers):
-            if shutil.which("chrt"):
-                cmd = ["chrt", "-i", "0", *cmd]
-            elif shutil.which("nice"):
-                cmd = ["nice", "-n", str(PROXY_NICE), *cmd]
-        return cmd
+        """Pin a proxy to CPU 0, or with N workers to CPUs 0..N-1 (see spread)."""
+        return self.wrap(self.proxy_cpus(workers), cmd)
 
     def spread(self, root: int, workers: int) -> None:
         """One core per worker process: the i-th child of ``root`` on CPU i.
 
-        Left to the scheduler, two workers at nice 10 next to a loader at
-        nice 0 are often packed onto the loader-free core together.
+        Left to the scheduler, two workers next to a busy loader are often
+        packed onto the loader-free core together.
         """
         if not self.enabled or workers < 2:
             return
@@ -463,12 +463,13 @@ class Pinning:
     def describe(self, workers_list: list[int]) -> str:
         if not self.enabled:
             return "no CPU pinning (taskset missing, nproc < 2 or --no-pin)"
-        parts = [f"wrk and the origin pinned to CPU {self.loader} (`taskset -c {self.loader}`)"]
+        batch = " under `SCHED_BATCH` (`chrt -b 0`: their wake-ups do not preempt a " \
+                "proxy worker on that core)" if self.batch else ""
+        parts = [f"wrk and the origin pinned to CPU {self.loader} "
+                 f"(`taskset -c {self.loader}`){batch}"]
         for w in workers_list:
             cpus = self.proxy_cpus(w)
-            yields = "`chrt -i 0` (SCHED_IDLE)" if shutil.which("chrt") else f"nice {PROXY_NICE}"
-            shared = (f" (shares the loader's core, so it runs under {yields})"
-                      if self.shares_loader(w) else "")
+            shared = " (the last one shares the loader's core)" if self.shares_loader(w) else ""
             each = " (one worker per CPU: `taskset -p` on each speedproxy worker, " \
                    "`worker_cpu_affinity auto` for nginx)" if w > 1 else ""
             parts.append(f"proxy with {w} worker(s) pinned to CPU {cpus}{each}{shared}")
@@ -524,7 +525,7 @@ def parse_wrk(out: str) -> dict:
 
 
 def run_wrk(args, pin: Pinning, url: str, seconds: float) -> dict:
-    cmd = pin.wrap(pin.loader, [
+    cmd = pin.wrap_loader([
         args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{wrk_secs(seconds)}",
         "--timeout", "5s", "--latency", url,
     ])
@@ -689,12 +690,12 @@ def start_origin(args, pin: Pinning, tmp: Path, nginx: str | None) -> tuple[Proc
             conf = NGINX_COMMON.format(tmp=tmp, name="origin") + (
                 "master_process off;\nworker_processes 1;\n"
                 "http {\n" + NGINX_HTTP_COMMON.format(tmp=tmp, name="origin") +
-                "    sendfile on;\n    tcp_nopush on;\n    etag off;\n"
+                "    sendfile on;\n    tcp_nopush on;\n    etag off;\n    open_file_cache max=64 inactive=1h;\n    open_file_cache_valid 1h;\n"
                 "    default_type application/octet-stream;\n"
                 f"    server {{\n        listen 127.0.0.1:{port};\n"
                 f"        root {www};\n        location / {{ }}\n    }}\n}}\n"
             )
-            proc = start_nginx(nginx, tmp, "origin", conf, lambda c: pin.wrap(pin.loader, c))
+            proc = start_nginx(nginx, tmp, "origin", conf, pin.wrap_loader)
             try:
                 wait_ready(proc, port, checks, 10)
                 return proc, port, f"nginx {nginx_version(nginx)} (static files, 1 process)"
@@ -702,8 +703,8 @@ def start_origin(args, pin: Pinning, tmp: Path, nginx: str | None) -> tuple[Proc
                 last = e
                 proc.stop()
         raise BenchError(f"could not start the nginx origin: {last}")
-    cmd = pin.wrap(pin.loader, [sys.executable, str(BENCH_DIR / "origin.py"),
-                                "--port", "0", "--sizes", ",".join(map(str, args.sizes))])
+    cmd = pin.wrap_loader([sys.executable, str(BENCH_DIR / "origin.py"),
+                           "--port", "0", "--sizes", ",".join(map(str, args.sizes))])
     proc = Proc("origin", cmd, tmp)
     deadline = time.monotonic() + 10
     port = None
