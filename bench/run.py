@@ -1052,6 +1052,10 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
         if missing:
             apt_install(missing)
     nginx = find_nginx()
+    if not nginx:
+        log("WARNING: nginx is not installed: the origin is bench/origin.py (Python), which "
+            "costs the loader's core more per request than the nginx origin of "
+            "bench/RESULTS.md, and there is no nginx reference. --install-missing installs it.")
     pypy = shutil.which("pypy3")
     nproc = os.cpu_count() or 1
     pin = Pinning(not args.no_pin, nproc)
