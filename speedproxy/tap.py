@@ -52,14 +52,14 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         from speedproxy.config import ConfigError, load_config
 
-        from speedproxy.tls import TLSConfigError, server_tls_options
+        from speedproxy.tls import TLSConfigError, load_certificate
 
         try:
             self["loaded"] = load_config(self["config"])
             ssl = self["loaded"].ssl
             if ssl.enabled:
                 try:
-                    server_tls_options(ssl.cert_file, ssl.key_file)
+                    load_certificate(ssl.cert_file, ssl.key_file)
                 except TLSConfigError as problem:
                     raise ConfigError([f"{self['config']}: {problem}"])
         except ConfigError as error:
@@ -111,16 +111,21 @@ class ReloadOnHangup(Service):
             signal.signal(signal.SIGHUP, self._previous)
 
     def reload(self) -> None:
-        """Validate and apply the config file now."""
+        """Validate and apply the config file now; read the certificate files again."""
         from speedproxy.config import ConfigError, load_config
+        from speedproxy.tls import TLSConfigError, log_certificate
 
         try:
             config = load_config(self.path)
-        except ConfigError as error:
+            self.worker.apply_config(config)
+        except (ConfigError, TLSConfigError) as error:
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
             return
-        self.worker.apply_config(config)
         log.info("config reloaded from {path}", path=self.path)
+        if config.ssl.enabled:
+            self.worker.reload_ssl().addCallback(log_certificate).addErrback(
+                lambda failure: log.error("TLS certificate reload failed: {error}", error=failure.getErrorMessage())
+            )
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> IService:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from speedproxy.admin.changes import config_from_body, masked_mapping
 from speedproxy.admin.context import AdminContext, APIResource, as_bool
 from speedproxy.admin.json_resource import APIError, bad_request, read_json_object
 from speedproxy.config import Config
+from speedproxy.tls import TLSConfigError, TLSNotEnabled, TLSReloadIncomplete
 
 #: Keys of the ``{"config": {...}, ...}`` envelope a PUT may use.
 ENVELOPE_KEYS = ("config", "persist", "config_version", "source")
@@ -73,19 +75,31 @@ class ConfigResource(APIResource):
 
 
 class ReloadSSLResource(APIResource):
-    """``POST``: re-read the TLS certificate and key without a restart.
+    """``POST``: read the TLS certificate and key files again, without a restart.
 
-    Accepted (202) but not carried out yet: the TLS work makes the
-    control's ``reload_ssl`` do it.
+    200 once every worker gives new handshakes the files' certificate (open
+    connections keep theirs), with the certificate's subject, expiry and
+    fingerprint; 409 when ``ssl.enabled`` is false; 400 naming the file when
+    the files cannot be used (nothing changed); 500 naming the workers that
+    did not take it.
     """
 
     def json_POST(self, request: Request) -> Any:
         def answer(result: Dict[str, Any]) -> Any:
             body = {"config_version": self.api.control.config_version}
             body.update(result)
-            return (200 if result.get("reloaded") else 202), body
+            return 200, body
 
-        return self.api.control.reload_ssl().addCallback(answer)
+        def failed(failure: Failure) -> Any:
+            if failure.check(TLSNotEnabled):
+                raise APIError(409, "ssl_disabled", failure.getErrorMessage(), "ssl.enabled")
+            if failure.check(TLSConfigError):
+                raise APIError(400, "invalid_certificate", failure.getErrorMessage(), failure.value.field)
+            if failure.check(TLSReloadIncomplete):
+                raise APIError(500, "reload_incomplete", failure.getErrorMessage())
+            return failure
+
+        return self.api.control.reload_ssl().addCallbacks(answer, failed)
 
 
 class TMDBConfigResource(APIResource):

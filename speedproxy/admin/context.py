@@ -20,6 +20,7 @@ from speedproxy.config.model import restart_required
 from speedproxy.admin.json_resource import APIError, JSONResource, bad_request, read_json
 from speedproxy.admin.sampler import StatsSampler
 from speedproxy.config import Config
+from speedproxy.tls import TLSConfigError
 
 try:  # typing.Protocol is 3.8+
     from typing import Protocol
@@ -62,7 +63,12 @@ class AdminControl(Protocol):
         """``role``, ``slot`` and ``pid`` of every process."""
 
     def reload_ssl(self) -> Deferred:
-        """Re-read the TLS certificate; fires with a JSON-able result."""
+        """Read the TLS certificate files again everywhere.
+
+        Fires with ``{"reloaded": True, "workers": n, "certificate": {...}}``;
+        fails with ``TLSNotEnabled``, ``TLSConfigError`` or
+        ``TLSReloadIncomplete`` (:mod:`speedproxy.tls`).
+        """
 
 
 #: Defaults of ``/api/v1/performance/alerts/thresholds``.
@@ -157,6 +163,9 @@ class AdminContext:
             if failure.check(APIError):
                 return failure
             current = self.control.config_version
+            if failure.check(TLSConfigError):
+                raise APIError(400, "invalid_certificate", failure.getErrorMessage(), failure.value.field,
+                               {"config_version": current})
             if failure.check(ValueError):
                 raise APIError(409, "no_room", failure.getErrorMessage(), extra={"config_version": current})
             raise APIError(

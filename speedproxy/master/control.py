@@ -112,3 +112,20 @@ class Inspect(amp.Command):
 
     arguments = [(b"active_limit", amp.Integer()), (b"slow_limit", amp.Integer())]
     response = [(b"report", JSONValue())]
+
+
+class TLSRefused(Exception):
+    """A worker could not use the certificate files; it kept the one it had."""
+
+
+class ReloadTLS(amp.Command):
+    """Master → worker: read the certificate and key files again.
+
+    New handshakes use what the files hold now; open connections keep
+    theirs.  The answer describes the certificate now served (see
+    :meth:`speedproxy.tls.LoadedCertificate.summary`).
+    """
+
+    arguments: List[Any] = []
+    response = [(b"certificate", JSONValue())]
+    errors = {TLSRefused: b"TLS_REFUSED"}

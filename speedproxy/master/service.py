@@ -33,6 +33,7 @@ from speedproxy.master.control import (
     DisconnectBackend,
     Inspect,
     Ready,
+    ReloadTLS,
     SetBackendState,
     SetReportedLoad,
     Shutdown,
@@ -41,6 +42,13 @@ from speedproxy.master.listeners import bind_listener, parse_listen
 from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
 from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
+from speedproxy.tls import (
+    TLSConfigError,
+    TLSNotEnabled,
+    TLSReloadIncomplete,
+    load_certificate,
+    log_certificate,
+)
 
 log = Logger(namespace="speedproxy.master")
 #: Lines the workers print, relayed into the master's log.
@@ -347,16 +355,28 @@ class MasterService(Service):
         return pushed
 
     def reload(self) -> Deferred:
-        """SIGHUP: re-read the file; apply it if valid, else keep running as is."""
+        """SIGHUP: re-read the file; apply it if valid, else keep running as is.
+
+        As with nginx, the TLS certificate files are read again too (a
+        renewed certificate at the same path is picked up).
+        """
         if self.config_path is None:
             return succeed(None)
         try:
             config = load_config(self.config_path)
-        except ConfigError as error:
+            if config.ssl.enabled:
+                load_certificate(config.ssl.cert_file, config.ssl.key_file)
+        except (ConfigError, TLSConfigError) as error:
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
             return succeed(None)
-        return self.update_config(lambda current: config).addCallbacks(
-            lambda version: log.info("config version {version} from {path} is live", version=version, path=self.config_path),
+
+        def applied(version: int) -> Any:
+            log.info("config version {version} from {path} is live", version=version, path=self.config_path)
+            if self.config.ssl.enabled:
+                return self.reload_ssl().addCallback(log_certificate)
+            return None
+
+        return self.update_config(lambda current: config).addCallback(applied).addErrback(
             lambda failure: log.error("config reload failed: {error}", error=failure.getErrorMessage()),
         )
 
@@ -368,7 +388,14 @@ class MasterService(Service):
         never overwrite each other; it may raise to refuse the change.
         Fires with the new config version (see :meth:`apply_config`).
         """
-        return self._config_lock.run(lambda: self.apply_config(make(self.config)))
+        def change() -> Deferred:
+            config = make(self.config)
+            ssl = config.ssl
+            if ssl.enabled and (ssl.cert_file, ssl.key_file) != (self.config.ssl.cert_file, self.config.ssl.key_file):
+                load_certificate(ssl.cert_file, ssl.key_file)  # other files: refused here if unusable
+            return self.apply_config(config)
+
+        return self._config_lock.run(change)
 
     def apply_config(self, config: Config) -> Deferred:
         """Validate-free apply of an already validated config to every worker.
@@ -552,18 +579,48 @@ class MasterService(Service):
         return rows
 
     def reload_ssl(self) -> Deferred:
-        """Re-read the TLS certificate and key (``/api/v1/config/reload-ssl``).
+        """Read the TLS certificate and key files again, on every worker.
 
-        Accepted but not carried out yet: certificate rotation arrives with
-        the TLS work, which replaces this method.
+        The files are checked here first, so files that cannot be used
+        change nothing.  Fires with ``{"reloaded": True, "workers": n,
+        "certificate": {...}}`` once every live worker gives new handshakes
+        the files' certificate (open connections keep theirs); fails with
+        :class:`TLSNotEnabled`, :class:`TLSConfigError` (names the file) or
+        :class:`TLSReloadIncomplete` (names the workers that did not take it).
         """
-        return succeed(
-            {
-                "reloaded": False,
-                "ssl_enabled": self.config.ssl.enabled,
-                "detail": "accepted; certificate reload is not implemented yet, nothing was reloaded",
-            }
-        )
+        return self._config_lock.run(self._reload_ssl)
+
+    def _reload_ssl(self) -> Deferred:
+        ssl = self.config.ssl
+        if not ssl.enabled:
+            return fail(TLSNotEnabled("ssl.enabled is false: there is no certificate to reload"))
+        try:
+            loaded = load_certificate(ssl.cert_file, ssl.key_file)
+        except TLSConfigError:
+            return fail()
+        live = [handle for handle in self.workers.values() if handle.control is not None and not handle.retiring]
+        calls = []
+        for handle in live:
+            call = handle.control.callRemote(ReloadTLS)  # type: ignore[union-attr]
+            if self.push_timeout:
+                call.addTimeout(self.push_timeout, self.reactor)
+            calls.append(call)
+
+        def collect(results: List[Tuple[bool, Any]]) -> Dict[str, Any]:
+            # A worker that died meanwhile reads the files when it is respawned.
+            failures = [
+                "worker %d: %s" % (handle.slot, value.getErrorMessage())
+                for handle, (ok, value) in zip(live, results)
+                if not ok and not value.check(net_error.ConnectionDone, net_error.ConnectionLost)
+            ]
+            if failures:
+                raise TLSReloadIncomplete(
+                    "certificate reloaded on %d of %d workers; %s"
+                    % (len(live) - len(failures), len(live), "; ".join(failures))
+                )
+            return {"reloaded": True, "workers": len(live), "certificate": loaded.summary()}
+
+        return DeferredList(calls, consumeErrors=True).addCallback(collect)
 
     # -- stop ----------------------------------------------------------------------
 

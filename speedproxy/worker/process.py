@@ -35,17 +35,19 @@ from speedproxy.master.control import (
     DisconnectBackend,
     Inspect,
     Ready,
+    ReloadTLS,
     SetBackendState,
     SetReportedLoad,
     Shutdown,
+    TLSRefused,
 )
 from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
 from speedproxy.stats.segment import StatsIndex, StatsSegment
 from speedproxy.stats.shared import SharedView
+from speedproxy.tls import ServerTLS, TLSConfigError, load_certificate, wrap_listener
 from speedproxy.worker.accepting import AcceptBalancer
 from speedproxy.worker.draining import drain
-from speedproxy.worker.service import _tls_server_options
 
 log = Logger(namespace="speedproxy.worker")
 
@@ -87,6 +89,13 @@ class WorkerControl(amp.AMP):
     def inspect(self, active_limit: int, slow_limit: int) -> dict:
         return {"report": self.worker.inspect(active_limit, slow_limit)}
 
+    @ReloadTLS.responder
+    def reload_tls(self) -> dict:
+        try:
+            return {"certificate": self.worker.reload_tls()}
+        except TLSConfigError as error:
+            raise TLSRefused(str(error))
+
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self.worker.master_lost()
@@ -111,6 +120,8 @@ class Worker:
         self.version = 0
         self.stopping = False
         self.accept_balancer: Optional[AcceptBalancer] = None
+        #: The listener's certificate when ``ssl.enabled``.
+        self.tls: Optional[ServerTLS] = None
 
     def connect(self, control_fd: int) -> None:
         """Speak AMP on the inherited control socket."""
@@ -130,6 +141,11 @@ class Worker:
         """Apply a config pushed by the master (first one: start serving)."""
         config = config_from_mapping(mapping, filename="<master>")
         index = StatsIndex.from_mapping(stats_index)
+        ssl = config.ssl
+        new_certificate = None
+        if self.tls is not None and ssl.enabled and not self.tls.serves(ssl.cert_file, ssl.key_file):
+            # Other files: a config whose files cannot be used is refused whole.
+            new_certificate = load_certificate(ssl.cert_file, ssl.key_file)
         if self.core is None:
             self.core = ProxyCore(
                 self.reactor,
@@ -142,10 +158,9 @@ class Worker:
             self.tracker = RequestTracker(self.core)
             scheme = b"https" if config.ssl.enabled else b"http"
             factory: Any = ProxyServerFactory(self.core, scheme)
-            if config.ssl.enabled:
-                from twisted.protocols.tls import TLSMemoryBIOFactory
-
-                factory = TLSMemoryBIOFactory(_tls_server_options(config), False, factory)
+            if ssl.enabled:
+                self.tls = ServerTLS.from_files(ssl.cert_file, ssl.key_file)
+                factory = wrap_listener(self.tls, factory)
             port = self.reactor.adoptStreamPort(self.listen_fd, self.family, factory)
             core = self.core
             self.accept_balancer = AcceptBalancer(
@@ -163,6 +178,8 @@ class Worker:
         else:
             self.removed.before_apply(self.core, config)
             self.core.apply_config(config, index)
+            if new_certificate is not None and self.tls is not None:
+                self.tls.current = new_certificate
             self.version = version
 
     def _ready(self) -> None:
@@ -191,6 +208,15 @@ class Worker:
             active_limit=active_limit,
             slow_limit=slow_limit,
         )
+
+    def reload_tls(self) -> dict:
+        """Read the certificate files again; new handshakes get what they hold now."""
+        if self.core is None:
+            return {"pending": "not serving yet: reads the files when its config arrives"}
+        if self.tls is None:
+            raise TLSConfigError("this worker serves without TLS (ssl.enabled was false when it started)")
+        ssl = self.core.config.ssl
+        return self.tls.reload(ssl.cert_file, ssl.key_file).summary()
 
     def shutdown(self, grace: float) -> None:
         """Drain, then exit 0."""

@@ -19,16 +19,10 @@ from speedproxy.accesslog import open_access_log
 from speedproxy.config.model import Config
 from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
+from speedproxy.tls import ServerTLS, TLSConfigError, TLSNotEnabled, load_certificate, wrap_listener
 from speedproxy.worker.draining import drain
 
 log = Logger(namespace="speedproxy.worker")
-
-
-def _tls_server_options(config: Config) -> Any:
-    """Certificate options for the client-facing listener."""
-    from speedproxy.tls import server_tls_options
-
-    return server_tls_options(config.ssl.cert_file, config.ssl.key_file)
 
 
 class ProxyWorkerService(Service):
@@ -50,6 +44,8 @@ class ProxyWorkerService(Service):
         self.admin_site: Any = None
         self.tracker: Any = None
         self.removed: Any = None
+        #: The listener's certificate when ``ssl.enabled``.
+        self.tls: Optional[ServerTLS] = None
 
     def privilegedStartService(self) -> None:
         from speedproxy.admin.auth import refuse_insecure_admin
@@ -79,14 +75,11 @@ class ProxyWorkerService(Service):
         self.tracker = RequestTracker(self.core)
         self.removed = RemovedBackends()
         server = config.server
+        factory: Any = ProxyServerFactory(self.core, b"https" if config.ssl.enabled else b"http")
         if config.ssl.enabled:
-            factory = ProxyServerFactory(self.core, b"https")
-            port = self.reactor.listenSSL(
-                server.port, factory, _tls_server_options(config), backlog=1024, interface=server.host
-            )
-        else:
-            factory = ProxyServerFactory(self.core, b"http")
-            port = self.reactor.listenTCP(server.port, factory, backlog=1024, interface=server.host)
+            self.tls = ServerTLS.from_files(config.ssl.cert_file, config.ssl.key_file)
+            factory = wrap_listener(self.tls, factory)
+        port = self.reactor.listenTCP(server.port, factory, backlog=1024, interface=server.host)
         self.ports.append(port)
         from speedproxy.admin.site import admin_site
         from speedproxy.master.listeners import parse_listen
@@ -142,13 +135,23 @@ class ProxyWorkerService(Service):
         return render_metrics(SegmentCollector(StatsReader(self.core.shared.segment), self.state))
 
     def apply_config(self, config: Config) -> None:
-        """Apply a new config to the running data path (listener unchanged)."""
+        """Apply a new config to the running data path (listener unchanged).
+
+        :raises TLSConfigError: the config names other certificate files and
+            they cannot be used; nothing was applied.
+        """
+        ssl = config.ssl
+        new_certificate = None
+        if self.tls is not None and ssl.enabled and not self.tls.serves(ssl.cert_file, ssl.key_file):
+            new_certificate = load_certificate(ssl.cert_file, ssl.key_file)
         if self.core is not None:
             if self.removed is not None:
                 self.removed.before_apply(self.core, config)
             self.core.apply_config(config)
         if getattr(self, "health", None) is not None:
             self.health.update(config.backends)
+        if new_certificate is not None and self.tls is not None:
+            self.tls.current = new_certificate
         self.config = config
         self.config_version += 1
 
@@ -190,14 +193,15 @@ class ProxyWorkerService(Service):
         return [{"role": "single-process", "slot": 0, "pid": os.getpid()}]
 
     def reload_ssl(self) -> Deferred:
-        """Accepted, not carried out yet (certificate rotation comes with the TLS work)."""
-        return succeed(
-            {
-                "reloaded": False,
-                "ssl_enabled": self.config.ssl.enabled,
-                "detail": "accepted; certificate reload is not implemented yet, nothing was reloaded",
-            }
-        )
+        """Read the certificate and key files again (see the master's ``reload_ssl``)."""
+        ssl = self.config.ssl
+        if not ssl.enabled or self.tls is None:
+            return fail(TLSNotEnabled("ssl.enabled is false: there is no certificate to reload"))
+        try:
+            loaded = self.tls.reload(ssl.cert_file, ssl.key_file)
+        except TLSConfigError:
+            return fail()
+        return succeed({"reloaded": True, "workers": 1, "certificate": loaded.summary()})
 
     def stopService(self) -> Deferred:
         """Stop accepting, let in-flight requests finish within the grace period."""

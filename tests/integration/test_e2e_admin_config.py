@@ -185,10 +185,10 @@ def test_body_over_the_limit_gets_413(stack) -> None:
     assert small.status == 200, small
 
 
-def test_reload_ssl_is_accepted(shared) -> None:
+def test_reload_ssl_without_tls_is_a_conflict(shared) -> None:
     proxy, admin, _, _ = shared
     answer = admin.post("/api/v1/config/reload-ssl")
-    assert answer.status == 202, answer
-    assert answer.json["reloaded"] is False
-    assert answer.json["config_version"] == 1
+    assert answer.status == 409, answer
+    assert (answer.json["error"], answer.json["field"]) == ("ssl_disabled", "ssl.enabled")
+    assert admin.get("/api/v1/config").json["config_version"] == 1
     assert admin.get("/api/v1/config/reload-ssl").status == 405

@@ -20,6 +20,7 @@ from twisted.logger import globalLogPublisher
 
 from speedproxy.admin.site import admin_site
 from speedproxy.config import Config, parse_config
+from speedproxy.tls import TLSNotEnabled
 
 CONFIG = """\
 backends:
@@ -98,7 +99,7 @@ class FakeControl:
         return [{"role": "master", "slot": None, "pid": os.getpid()}]
 
     def reload_ssl(self) -> Deferred:
-        return succeed({"reloaded": False})
+        return fail(TLSNotEnabled("ssl.enabled is false: there is no certificate to reload"))
 
 
 class Response:
