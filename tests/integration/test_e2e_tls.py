@@ -102,6 +102,13 @@ class Certificates:
         return http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
 
 
+def tls_proxy(stack, certificates: Certificates, workers: int):
+    """A proxy serving ``certificates``' files over TLS, in front of one origin."""
+    origin = stack.backend(name="origin")
+    files = {"cert_file": str(certificates.cert), "key_file": str(certificates.key)}
+    return stack.proxy(origin, config={"ssl": {"enabled": True, **files}}, workers=workers)
+
+
 def served_fingerprint(connection: http.client.HTTPSConnection) -> str:
     """A request on ``connection`` (must answer 200); the SHA-256 of the certificate it saw."""
     connection.request("GET", "/")
@@ -131,12 +138,7 @@ def colon_hex(fingerprint: str) -> str:
 def test_reload_ssl_rotates_the_certificate_without_dropping_connections(stack, tmp_path, workers: int) -> None:
     certificates = Certificates(tmp_path)
     first = certificates.issue()
-    origin = stack.backend(name="origin")
-    proxy = stack.proxy(
-        origin,
-        config={"ssl": {"enabled": True, "cert_file": str(certificates.cert), "key_file": str(certificates.key)}},
-        workers=workers,
-    )
+    proxy = tls_proxy(stack, certificates, workers=workers)
     admin = AdminClient.of(proxy)
     kept = certificates.connect(proxy.port)
     try:
@@ -172,12 +174,7 @@ def test_reload_ssl_rotates_the_certificate_without_dropping_connections(stack, 
 def test_sighup_picks_up_a_renewed_certificate(stack, tmp_path) -> None:
     certificates = Certificates(tmp_path)
     first = certificates.issue()
-    origin = stack.backend(name="origin")
-    proxy = stack.proxy(
-        origin,
-        config={"ssl": {"enabled": True, "cert_file": str(certificates.cert), "key_file": str(certificates.key)}},
-        workers=2,
-    )
+    proxy = tls_proxy(stack, certificates, workers=2)
     assert fresh_fingerprints(certificates, proxy.port, 2) == {first}
     renewed = certificates.issue()
     mark = proxy.log_mark()
@@ -189,12 +186,7 @@ def test_sighup_picks_up_a_renewed_certificate(stack, tmp_path) -> None:
 def test_a_config_naming_unusable_certificate_files_is_refused(stack, tmp_path) -> None:
     certificates = Certificates(tmp_path)
     first = certificates.issue()
-    origin = stack.backend(name="origin")
-    proxy = stack.proxy(
-        origin,
-        config={"ssl": {"enabled": True, "cert_file": str(certificates.cert), "key_file": str(certificates.key)}},
-        workers=2,
-    )
+    proxy = tls_proxy(stack, certificates, workers=2)
     admin = AdminClient.of(proxy)
     missing = str(tmp_path / "missing.crt")
     config = admin.get("/api/v1/config").json["config"]
@@ -216,12 +208,7 @@ def test_a_config_naming_other_certificate_files_serves_them(stack, tmp_path) ->
     new_files.mkdir()
     certificates = Certificates(old_files)
     first = certificates.issue()
-    origin = stack.backend(name="origin")
-    proxy = stack.proxy(
-        origin,
-        config={"ssl": {"enabled": True, "cert_file": str(certificates.cert), "key_file": str(certificates.key)}},
-        workers=2,
-    )
+    proxy = tls_proxy(stack, certificates, workers=2)
     admin = AdminClient.of(proxy)
     assert fresh_fingerprints(certificates, proxy.port, 2) == {first}
     # Same CA, other files: the config change alone switches the certificate.
