@@ -113,16 +113,20 @@ class ReloadOnHangup(Service):
     def reload(self) -> None:
         """Validate and apply the config file now; read the certificate files again."""
         from speedproxy.config import ConfigError, load_config
-        from speedproxy.tls import TLSConfigError, log_certificate
+        from speedproxy.tls import load_certificate, log_certificate, reload_refusal
 
+        serves_tls = self.worker.tls is not None
         try:
             config = load_config(self.path)
+            if config.ssl.enabled and serves_tls:
+                # As with workers: unusable certificate files refuse the whole reload.
+                load_certificate(config.ssl.cert_file, config.ssl.key_file)
             self.worker.apply_config(config)
-        except (ConfigError, TLSConfigError) as error:
+        except (ConfigError, ValueError) as error:  # TLSConfigError is a ValueError
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
             return
         log.info("config reloaded from {path}", path=self.path)
-        if config.ssl.enabled:
+        if reload_refusal(serves_tls, config.ssl.enabled) is None:
             self.worker.reload_ssl().addCallback(log_certificate).addErrback(
                 lambda failure: log.error("TLS certificate reload failed: {error}", error=failure.getErrorMessage())
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -30,7 +30,24 @@ class TLSConfigError(ValueError):
 
 
 class TLSNotEnabled(Exception):
-    """There is no certificate to reload: ``ssl.enabled`` is false."""
+    """There is no certificate to reload (see :func:`reload_refusal`)."""
+
+
+def reload_refusal(listener_tls: bool, config_enabled: bool) -> Optional[str]:
+    """Why a certificate reload cannot be done, or ``None`` when it can.
+
+    ``ssl.enabled`` takes effect only at start: the listener keeps the TLS
+    mode it was started with (``listener_tls``) whatever the running config
+    says (``config_enabled``).
+    """
+    if listener_tls and config_enabled:
+        return None
+    if config_enabled:
+        return "ssl.enabled is true, but the listener was started without TLS: restart speedproxy to serve TLS"
+    if listener_tls:
+        return ("ssl.enabled is false in the running config (the listener serves TLS "
+                "until a restart): there is no certificate to reload")
+    return "ssl.enabled is false: there is no certificate to reload"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
@@ -48,6 +48,7 @@ from speedproxy.tls import (
     TLSReloadIncomplete,
     load_certificate,
     log_certificate,
+    reload_refusal,
 )
 
 log = Logger(namespace="speedproxy.master")
@@ -158,6 +159,9 @@ class MasterService(Service):
         self.reported_loads: Dict[Tuple[str, str], float] = {}
         self.admin_site: Any = None
         self.push_timeout = PUSH_TIMEOUT
+        #: Whether the listener serves TLS: ``ssl.enabled`` at start (a
+        #: change needs a restart, so workers are always told this one).
+        self.tls_listener = config.ssl.enabled
 
     # -- start ---------------------------------------------------------------
 
@@ -281,11 +285,15 @@ class MasterService(Service):
 
     def worker_connected(self, handle: WorkerHandle, control: MasterControl) -> None:
         handle.control = control
-        self._push_config(handle, self.config, self.config_version).addErrback(
-            lambda failure: log.error(
-                "worker {slot} refused the config: {error}", slot=handle.slot, error=failure.getErrorMessage()
-            )
-        )
+
+        def refused(failure: Failure) -> None:
+            log.error("worker {slot} refused the config: {error}", slot=handle.slot, error=failure.getErrorMessage())
+            if not handle.ready and handle.control is control:
+                # It cannot start (certificate files being replaced, say): stop
+                # it, so it is respawned with backoff and reads everything again.
+                control.callRemote(Shutdown, grace=0.0)
+
+        self._push_config(handle, self.config, self.config_version).addErrback(refused)
 
     def worker_ready(self, handle: WorkerHandle, pid: int, version: int) -> None:
         handle.ready = True
@@ -344,6 +352,10 @@ class MasterService(Service):
     def _push_config(self, handle: WorkerHandle, config: Config, version: int) -> Deferred:
         if handle.control is None:
             return succeed(None)
+        if config.ssl.enabled != self.tls_listener:
+            # Not before a restart: a respawned worker must not change the
+            # listener's TLS mode under the others.
+            config = replace(config, ssl=replace(config.ssl, enabled=self.tls_listener))
         pushed = handle.control.callRemote(
             ApplyConfig,
             config=config_to_mapping(config),
@@ -364,7 +376,7 @@ class MasterService(Service):
             return succeed(None)
         try:
             config = load_config(self.config_path)
-            if config.ssl.enabled:
+            if config.ssl.enabled and self.tls_listener:
                 load_certificate(config.ssl.cert_file, config.ssl.key_file)
         except (ConfigError, TLSConfigError) as error:
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
@@ -372,7 +384,7 @@ class MasterService(Service):
 
         def applied(version: int) -> Any:
             log.info("config version {version} from {path} is live", version=version, path=self.config_path)
-            if self.config.ssl.enabled:
+            if reload_refusal(self.tls_listener, self.config.ssl.enabled) is None:
                 return self.reload_ssl().addCallback(log_certificate)
             return None
 
@@ -592,8 +604,9 @@ class MasterService(Service):
 
     def _reload_ssl(self) -> Deferred:
         ssl = self.config.ssl
-        if not ssl.enabled:
-            return fail(TLSNotEnabled("ssl.enabled is false: there is no certificate to reload"))
+        refusal = reload_refusal(self.tls_listener, ssl.enabled)
+        if refusal is not None:
+            return fail(TLSNotEnabled(refusal))
         try:
             loaded = load_certificate(ssl.cert_file, ssl.key_file)
         except TLSConfigError:
@@ -607,18 +620,35 @@ class MasterService(Service):
             calls.append(call)
 
         def collect(results: List[Tuple[bool, Any]]) -> Dict[str, Any]:
-            # A worker that died meanwhile reads the files when it is respawned.
-            failures = [
-                "worker %d: %s" % (handle.slot, value.getErrorMessage())
-                for handle, (ok, value) in zip(live, results)
-                if not ok and not value.check(net_error.ConnectionDone, net_error.ConnectionLost)
-            ]
-            if failures:
+            reloaded: List[int] = []
+            # Starting (or restarting) workers read the files when they start.
+            starting: List[int] = []
+            problems: List[str] = []
+            for handle, (ok, value) in zip(live, results):
+                if not ok:
+                    if value.check(net_error.ConnectionDone, net_error.ConnectionLost):
+                        starting.append(handle.slot)
+                    else:
+                        problems.append("worker %d: %s" % (handle.slot, value.getErrorMessage()))
+                    continue
+                certificate = value["certificate"]
+                if "pending" in certificate:
+                    starting.append(handle.slot)
+                elif certificate.get("sha256") != loaded.sha256:
+                    problems.append(
+                        "worker %d loaded %s, not %s (were the files replaced during the reload?)"
+                        % (handle.slot, certificate.get("sha256"), loaded.sha256)
+                    )
+                else:
+                    reloaded.append(handle.slot)
+            if problems:
                 raise TLSReloadIncomplete(
-                    "certificate reloaded on %d of %d workers; %s"
-                    % (len(live) - len(failures), len(live), "; ".join(failures))
+                    "certificate reloaded on %d of %d workers; %s" % (len(reloaded), len(live), "; ".join(problems))
                 )
-            return {"reloaded": True, "workers": len(live), "certificate": loaded.summary()}
+            result: Dict[str, Any] = {"reloaded": True, "workers": len(reloaded), "certificate": loaded.summary()}
+            if starting:
+                result["starting"] = sorted(starting)
+            return result
 
         return DeferredList(calls, consumeErrors=True).addCallback(collect)
 

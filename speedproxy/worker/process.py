@@ -147,6 +147,9 @@ class Worker:
             # Other files: a config whose files cannot be used is refused whole.
             new_certificate = load_certificate(ssl.cert_file, ssl.key_file)
         if self.core is None:
+            # The certificate first: a first config whose files cannot be used
+            # is refused before anything starts (the master then restarts us).
+            tls = ServerTLS.from_files(ssl.cert_file, ssl.key_file) if ssl.enabled else None
             self.core = ProxyCore(
                 self.reactor,
                 config,
@@ -158,9 +161,9 @@ class Worker:
             self.tracker = RequestTracker(self.core)
             scheme = b"https" if config.ssl.enabled else b"http"
             factory: Any = ProxyServerFactory(self.core, scheme)
-            if ssl.enabled:
-                self.tls = ServerTLS.from_files(ssl.cert_file, ssl.key_file)
-                factory = wrap_listener(self.tls, factory)
+            if tls is not None:
+                self.tls = tls
+                factory = wrap_listener(tls, factory)
             port = self.reactor.adoptStreamPort(self.listen_fd, self.family, factory)
             core = self.core
             self.accept_balancer = AcceptBalancer(

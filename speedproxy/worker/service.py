@@ -19,7 +19,14 @@ from speedproxy.accesslog import open_access_log
 from speedproxy.config.model import Config
 from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
-from speedproxy.tls import ServerTLS, TLSConfigError, TLSNotEnabled, load_certificate, wrap_listener
+from speedproxy.tls import (
+    ServerTLS,
+    TLSConfigError,
+    TLSNotEnabled,
+    load_certificate,
+    reload_refusal,
+    wrap_listener,
+)
 from speedproxy.worker.draining import drain
 
 log = Logger(namespace="speedproxy.worker")
@@ -195,8 +202,9 @@ class ProxyWorkerService(Service):
     def reload_ssl(self) -> Deferred:
         """Read the certificate and key files again (see the master's ``reload_ssl``)."""
         ssl = self.config.ssl
-        if not ssl.enabled or self.tls is None:
-            return fail(TLSNotEnabled("ssl.enabled is false: there is no certificate to reload"))
+        refusal = reload_refusal(self.tls is not None, ssl.enabled)
+        if refusal is not None or self.tls is None:
+            return fail(TLSNotEnabled(refusal))
         try:
             loaded = self.tls.reload(ssl.cert_file, ssl.key_file)
         except TLSConfigError:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
+import signal
 import ssl
 from pathlib import Path
 
 import pytest
 import trustme
 
-from admin_support import AdminClient
+from admin_support import AdminClient, proxy_get
 
-from speedproxy.testing import ProxyReloadError, fixed_body, pattern_sha256
+from speedproxy.testing import ProxyReloadError, fixed_body, pattern_sha256, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -220,3 +222,62 @@ def test_a_config_naming_other_certificate_files_serves_them(stack, tmp_path) ->
     assert answer.status == 200, answer
     assert "restart_required" not in answer.json
     assert fresh_fingerprints(certificates, proxy.port, 8) == {second}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sighup_with_an_unusable_certificate_at_the_same_path_is_refused_whole(stack, tmp_path, workers: int) -> None:
+    certificates = Certificates(tmp_path)
+    first = certificates.issue()
+    proxy = tls_proxy(stack, certificates, workers=workers)
+    admin = AdminClient.of(proxy)
+    certificates.key.write_text("half-written\n")
+    with pytest.raises(ProxyReloadError, match="ssl.key_file"):
+        proxy.reload({"server": {"upstream_read_timeout": "7s"}})
+    assert admin.get("/api/v1/config").json["config_version"] == 1  # same outcome in both modes
+    assert fresh_fingerprints(certificates, proxy.port, 4) == {first}
+
+
+def test_a_worker_restarted_while_the_files_are_unusable_recovers_once_they_are_fixed(stack, tmp_path) -> None:
+    certificates = Certificates(tmp_path)
+    first = certificates.issue()
+    proxy = tls_proxy(stack, certificates, workers=2)
+    admin = AdminClient.of(proxy)
+    good_key = certificates.key.read_bytes()
+    certificates.key.write_text("half-written\n")
+    victim = proxy.worker_pids()[0]
+    mark = proxy.log_mark()
+    os.kill(victim, signal.SIGKILL)
+    proxy.wait_for_log("refused the config", since=mark)
+    certificates.key.write_bytes(good_key)
+
+    wait_until(lambda: admin.get("/status").json["workers_ready"] == 2, timeout=30,
+               what="the restarted worker to serve again")
+    answer = admin.post("/api/v1/config/reload-ssl")
+    assert answer.status == 200, answer
+    assert answer.json["workers"] == 2
+    assert fresh_fingerprints(certificates, proxy.port, 8) == {first}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_turning_tls_on_needs_a_restart_and_says_so(stack, tmp_path, workers: int) -> None:
+    certificates = Certificates(tmp_path)
+    certificates.issue()
+    origin = stack.backend(name="origin")
+    proxy = stack.proxy(origin, workers=workers)
+    admin = AdminClient.of(proxy)
+    config = admin.get("/api/v1/config").json["config"]
+    config["ssl"] = {"enabled": True, "cert_file": str(certificates.cert), "key_file": str(certificates.key)}
+    answer = admin.put("/api/v1/config", {"config": config})
+    assert answer.status == 200, answer
+    assert answer.json["restart_required"] == ["ssl.enabled"]
+    answer = admin.post("/api/v1/config/reload-ssl")
+    assert answer.status == 409, answer
+    assert "restart" in answer.json["detail"]
+    if workers:
+        # A worker started after the change keeps the listener plain, like the others.
+        mark = proxy.log_mark()
+        os.kill(proxy.worker_pids()[0], signal.SIGKILL)
+        proxy.wait_for_log("ready", since=mark)
+    for _ in range(6):
+        status, _, _ = proxy_get(proxy, "/")
+        assert status == 200
