@@ -8,6 +8,7 @@ it talks to each worker over AMP (:mod:`speedproxy.master.control`).
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import sys
@@ -38,6 +39,7 @@ from speedproxy.master.control import (
     SetReportedLoad,
     Shutdown,
 )
+from speedproxy.master.environment import last_level_cache, worker_environment
 from speedproxy.master.listeners import bind_listener, parse_listen
 from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
@@ -162,6 +164,8 @@ class MasterService(Service):
         #: Whether the listener serves TLS: ``ssl.enabled`` at start (a
         #: change needs a restart, so workers are always told this one).
         self.tls_listener = config.ssl.enabled
+        self._pypy = platform.python_implementation() == "PyPy"
+        self._cache_bytes = last_level_cache() if self._pypy else None
 
     # -- start ---------------------------------------------------------------
 
@@ -198,6 +202,13 @@ class MasterService(Service):
         # Active checks run here, once per backend, never in the workers.
         self.health = HealthMonitor(self.reactor, HTTPHealthChecker(self.reactor), self._health_changed)
         self.health.update(config.backends)
+        nursery = worker_environment(os.environ, self._pypy, self._cache_bytes).get("PYPY_GC_NURSERY")
+        if nursery and nursery != os.environ.get("PYPY_GC_NURSERY"):
+            log.info(
+                "PyPy workers get PYPY_GC_NURSERY={nursery}: the CPU reports {cache} MiB of last-level "
+                "cache, and half of it per worker would be mostly idle nursery (set PYPY_GC_NURSERY to choose)",
+                nursery=nursery, cache=(self._cache_bytes or 0) // 2**20,
+            )
         for slot in range(count):
             self._spawn(WorkerHandle(slot))
         address = self.listener.getsockname()  # type: ignore[union-attr]
@@ -262,7 +273,7 @@ class MasterService(Service):
                 WorkerProcess(self, handle),
                 sys.executable,
                 argv,
-                env=dict(os.environ),
+                env=worker_environment(os.environ, self._pypy, self._cache_bytes),
                 childFDs={0: "w", 1: "r", 2: "r", 3: self.listener.fileno(), 4: child.fileno()},
             )
         finally:
