@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from twisted.internet.error import ConnectionLost, TimeoutError
 
+from speedproxy.proxy.upstream import SURPLUS_KEEPALIVE
+
 GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
@@ -493,5 +495,34 @@ def test_connection_pool_max_idle(make_proxy) -> None:
     backends = [harness.accept() for _ in range(2)]
     for backend in backends:
         backend.send(OK)
-    assert harness.core.pool.idle_count() == 1
-    assert sum(bool(b.transport.disconnecting) for b in backends) == 1
+    # Over the cap, the second is kept briefly: a request now reuses it ...
+    assert harness.core.pool.idle_count() == 2
+    assert not any(b.transport.disconnecting for b in backends)
+    backends[1].take()
+    clients[0].send(GET)
+    assert harness.pending_connects() == 0
+    assert backends[1].take().startswith(b"GET / HTTP/1.1")  # the most recent first
+    backends[1].send(OK)
+    # ... and once the burst is over it is closed within SURPLUS_KEEPALIVE.
+    harness.reactor.advance(SURPLUS_KEEPALIVE + 0.1)
+    harness.core.sweeper.sweep()
+    # The one within the cap keeps its 60 s.
+    assert [bool(b.transport.disconnecting) for b in backends] == [False, True]
+
+
+def test_connection_pool_without_keepalive_closes_at_once(make_proxy) -> None:
+    harness = make_proxy(
+        """\
+        server:
+          upstream_keepalive: 0
+        backends:
+          default: [{id: b1, host: 10.1.0.1, port: 8081}]
+        routing:
+          default: {path: /, upstream: default}
+        """
+    )
+    harness.client().send(GET)
+    backend = harness.accept()
+    backend.send(OK)
+    assert harness.core.pool.idle_count() == 0
+    assert backend.transport.disconnecting
