@@ -245,7 +245,8 @@ class StatusResource(APIResource):
             "config_version": control.config_version,
             "listen": f"{config.server.host}:{config.server.port}",
             "admin_listen": config.admin.listen,
-            "ssl": config.ssl.enabled,
+            # What the listener serves (ssl.enabled changes need a restart).
+            "ssl": getattr(control, "tls_listener", config.ssl.enabled),
             "workers": workers,
             "workers_ready": ready,
             "worker_restarts": state.get("restarts", 0),

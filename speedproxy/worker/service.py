@@ -54,6 +54,11 @@ class ProxyWorkerService(Service):
         #: The listener's certificate when ``ssl.enabled``.
         self.tls: Optional[ServerTLS] = None
 
+    @property
+    def tls_listener(self) -> bool:
+        """Whether the listener serves TLS (``ssl.enabled`` when it started)."""
+        return self.tls is not None
+
     def privilegedStartService(self) -> None:
         from speedproxy.admin.auth import refuse_insecure_admin
 

@@ -273,6 +273,7 @@ def test_turning_tls_on_needs_a_restart_and_says_so(stack, tmp_path, workers: in
     answer = admin.post("/api/v1/config/reload-ssl")
     assert answer.status == 409, answer
     assert "restart" in answer.json["detail"]
+    assert admin.get("/status").json["ssl"] is False  # what the listener serves
     if workers:
         # A worker started after the change keeps the listener plain, like the others.
         mark = proxy.log_mark()
