@@ -28,6 +28,7 @@ from speedproxy.stats.segment import (
     HIST_BASE,
     LATENCY_BUCKETS,
     LATENCY_SUM_US,
+    ROUTE_WORDS,
     REQUESTS,
     STATUS_BASE,
     STATUS_CLASSES,
@@ -60,12 +61,19 @@ class SegmentCollector:
             "Requests answered, by route, upstream and status class.",
             labels=["route", "upstream", "status_class"],
         )
-        routed = [0] * len(STATUS_CLASSES)
         for name, route, word in reader.route_words(config, index):
             for i, cls in enumerate(STATUS_CLASSES):
                 requests.add_metric([name, route.upstream, cls], total[word + i])
+        # Requests refused before routing (bad request line, no route...): the
+        # rest once every route that ever had an index is taken off, removed
+        # ones too, so a route leaving and coming back moves nothing here and
+        # this counter never goes backwards.
+        routed = [0] * len(STATUS_CLASSES)
+        route_base = reader.layout.route_base
+        for idx in index.routes.values():
+            word = route_base + idx * ROUTE_WORDS
+            for i in range(len(STATUS_CLASSES)):
                 routed[i] += total[word + i]
-        # Requests refused before routing (bad request line, no route...).
         for i, cls in enumerate(STATUS_CLASSES):
             requests.add_metric(["", "", cls], max(total[STATUS_BASE + i] - routed[i], 0))
         yield requests

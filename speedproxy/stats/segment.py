@@ -247,20 +247,25 @@ class StatsIndex:
     def assign(self, route_names: Sequence[str], backend_keys: Sequence[str], layout: Optional[Layout]) -> None:
         """Give every new name the next free index.
 
-        :raises ValueError: when the segment has no room left.
+        :raises ValueError: when the segment has no room left; the index is
+            then left as it was.
         """
+        routes = dict(self.routes)
+        backends = dict(self.backends)
         for name in route_names:
-            if name not in self.routes:
-                self.routes[name] = len(self.routes)
+            if name not in routes:
+                routes[name] = len(routes)
         for key in backend_keys:
-            if key not in self.backends:
-                self.backends[key] = len(self.backends)
+            if key not in backends:
+                backends[key] = len(backends)
         if layout is not None:
-            if len(self.routes) > layout.routes or len(self.backends) > layout.backends:
+            if len(routes) > layout.routes or len(backends) > layout.backends:
                 raise ValueError(
                     "the stats segment has room for %d routes and %d backends; "
                     "restart speedproxy to grow it" % (layout.routes, layout.backends)
                 )
+        self.routes = routes
+        self.backends = backends
 
     def to_mapping(self) -> Dict[str, Dict[str, int]]:
         return {"routes": dict(self.routes), "backends": dict(self.backends)}
