@@ -1504,14 +1504,15 @@ def parse_responses(data: bytes, head_request: bool = False, until_close: bool =
     return responses
 
 
-class InMemoryBackend:
-    """One accepted upstream connection as seen by the test."""
+class _InMemoryPeer:
+    """One end the tests drive: bytes in with :meth:`send`, out in the transport."""
 
-    def __init__(self, protocol: UpstreamConnection, transport: StringTransport, host: str, port: int) -> None:
+    def __init__(self, protocol: Any, transport: StringTransport) -> None:
         self.protocol = protocol
         self.transport = transport
-        self.host = host
-        self.port = port
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
 
     def received(self) -> bytes:
         return self.transport.value()
@@ -1521,8 +1522,14 @@ class InMemoryBackend:
         self.transport.clear()
         return data
 
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
+
+class InMemoryBackend(_InMemoryPeer):
+    """One accepted upstream connection as seen by the test."""
+
+    def __init__(self, protocol: UpstreamConnection, transport: StringTransport, host: str, port: int) -> None:
+        super().__init__(protocol, transport)
+        self.host = host
+        self.port = port
 
     def close(self) -> None:
         self.protocol.connectionLost(Failure(ConnectionDone()))
@@ -1533,23 +1540,10 @@ class InMemoryBackend:
         return lines[0], [tuple(line.split(b": ", 1)) for line in lines[1:]]  # type: ignore[misc]
 
 
-class InMemoryClient:
+class InMemoryClient(_InMemoryPeer):
     """One client connection to the proxy."""
 
-    def __init__(self, protocol: ClientConnection, transport: StringTransport) -> None:
-        self.protocol = protocol
-        self.transport = transport
-
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def received(self) -> bytes:
-        return self.transport.value()
-
-    def take(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
+    protocol: ClientConnection
 
     def responses(self, **kwargs: bool) -> List[ParsedResponse]:
         return parse_responses(self.transport.value(), **kwargs)

@@ -43,7 +43,7 @@ from speedproxy.master.environment import last_level_cache, worker_environment
 from speedproxy.master.listeners import bind_listener, parse_listen
 from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
-from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
+from speedproxy.stats.segment import StatsIndex, StatsSegment, backend_keys, layout_for
 from speedproxy.tls import (
     TLSConfigError,
     TLSNotEnabled,
@@ -187,14 +187,13 @@ class MasterService(Service):
             self.privilegedStartService()
         config = self.config
         count = worker_count(config)
-        backend_keys = self._backend_keys(config)
-        layout = layout_for(max(16, 2 * count), len(config.routing), len(backend_keys))
+        layout = layout_for(max(16, 2 * count), len(config.routing), len(backend_keys(config)))
         directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         fd, self._stats_path = tempfile.mkstemp(prefix="speedproxy-stats-", dir=directory)
         os.close(fd)
         self.segment = StatsSegment.create(self._stats_path, layout)
         self.reader = StatsReader(self.segment)
-        self.index.assign(list(config.routing), backend_keys, layout)
+        self.index.assign_config(config, layout)
         self._start_admin()
         from speedproxy.health.http import HTTPHealthChecker
         from speedproxy.health.monitor import HealthMonitor
@@ -245,14 +244,6 @@ class MasterService(Service):
                         pass
             os._exit(1)
         self.reactor.callFromThread(self.reactor.stop)
-
-    @staticmethod
-    def _backend_keys(config: Config) -> List[str]:
-        return [
-            StatsIndex.backend_key(upstream, backend.id)
-            for upstream, backends in config.backends.items()
-            for backend in backends
-        ]
 
     # -- workers ---------------------------------------------------------------
 
@@ -433,7 +424,7 @@ class MasterService(Service):
             log.warn("{keys} changed: takes effect only after a restart", keys=", ".join(fixed))
         index = StatsIndex.from_mapping(self.index.to_mapping())
         try:
-            index.assign(list(config.routing), self._backend_keys(config), self.segment.layout if self.segment else None)
+            index.assign_config(config, self.segment.layout if self.segment else None)
         except ValueError as error:
             return fail(error)
         previous_index = self.index

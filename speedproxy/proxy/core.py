@@ -91,15 +91,7 @@ class ProxyCore:
         """
         if stats_index is None:
             stats_index = self.stats_index or StatsIndex()
-            stats_index.assign(
-                list(config.routing),
-                [
-                    StatsIndex.backend_key(upstream, backend.id)
-                    for upstream, backends in config.backends.items()
-                    for backend in backends
-                ],
-                self.shared.segment.layout,
-            )
+            stats_index.assign_config(config, self.shared.segment.layout)
         self.stats_index = stats_index
         server = config.server
         # Slots 0..N-1 belong to the N workers; the rest stay zero.

@@ -19,7 +19,10 @@ import mmap
 import os
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from speedproxy.config.model import Config
 
 MAGIC = 0x5350_5354_4154_5331  # "SPSTATS1"
 LAYOUT_VERSION = 1
@@ -267,12 +270,25 @@ class StatsIndex:
         self.routes = routes
         self.backends = backends
 
+    def assign_config(self, config: "Config", layout: Optional[Layout]) -> None:
+        """:meth:`assign` every route and backend of ``config``."""
+        self.assign(list(config.routing), backend_keys(config), layout)
+
     def to_mapping(self) -> Dict[str, Dict[str, int]]:
         return {"routes": dict(self.routes), "backends": dict(self.backends)}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Mapping[str, int]]) -> "StatsIndex":
         return cls(routes=dict(data.get("routes", {})), backends=dict(data.get("backends", {})))
+
+
+def backend_keys(config: "Config") -> List[str]:
+    """The :meth:`StatsIndex.backend_key` of every backend of ``config``."""
+    return [
+        StatsIndex.backend_key(upstream, backend.id)
+        for upstream, backends in config.backends.items()
+        for backend in backends
+    ]
 
 
 def layout_for(slots: int, routes: int, backends: int) -> Layout:

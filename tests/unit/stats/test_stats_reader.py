@@ -56,11 +56,7 @@ routing:
 
 def _index(config: Config = CONFIG) -> StatsIndex:
     index = StatsIndex()
-    index.assign(
-        list(config.routing),
-        [StatsIndex.backend_key(name, b.id) for name, members in config.backends.items() for b in members],
-        LAYOUT,
-    )
+    index.assign_config(config, LAYOUT)
     return index
 
 
