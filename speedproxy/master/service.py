@@ -427,7 +427,8 @@ class MasterService(Service):
             index.assign_config(config, self.segment.layout if self.segment else None)
         except ValueError as error:
             return fail(error)
-        previous_index = self.index
+        # Kept even if the change is refused: workers that took it may have
+        # counted requests under the new names, and an index is never reused.
         self.index = index
         version = self.config_version + 1
         live = [handle for handle in self.workers.values() if handle.control is not None and not handle.retiring]
@@ -442,7 +443,6 @@ class MasterService(Service):
                 if not ok and not value.check(net_error.ConnectionDone, net_error.ConnectionLost)
             ]
             if failures:
-                self.index = previous_index
                 for handle, (ok, value) in zip(live, results):
                     # Put back every worker that took the change or may still
                     # take it late (no answer in time).

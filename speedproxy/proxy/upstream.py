@@ -181,7 +181,7 @@ class UpstreamConnection(Protocol):
         self.deadline = 0.0
         exchange = self.exchange
         if exchange is None:  # idle in the pool too long
-            self.transport.loseConnection()
+            self.retire()
             return
         self.exchange = None
         self._reusable = False
@@ -404,6 +404,17 @@ class UpstreamConnection(Protocol):
         self.transport.abortConnection()
         exchange.upstream_bad_response(detail, got_response=self._response is not None)
 
+    def retire(self) -> None:
+        """Close an idle connection, out of the pool at once.
+
+        ``loseConnection`` only closes it at the reactor's next write pass;
+        meanwhile it must not be handed out, or a request would be written
+        to a connection that is closing.
+        """
+        self._reusable = False
+        self.pool.forget(self)
+        self.transport.loseConnection()
+
     @property
     def reusable(self) -> bool:
         """May this connection carry another request?"""
@@ -554,7 +565,7 @@ class ConnectionPool:
         for key, idle in list(self._idle.items()):
             if key[1] == host and key[2] == port:
                 for connection in list(idle):
-                    connection.transport.loseConnection()
+                    connection.retire()
                     closed += 1
         return closed
 
@@ -562,4 +573,4 @@ class ConnectionPool:
         """Close every idle connection (shutdown)."""
         for idle in list(self._idle.values()):
             for connection in list(idle):
-                connection.transport.loseConnection()
+                connection.retire()

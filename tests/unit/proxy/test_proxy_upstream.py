@@ -526,3 +526,43 @@ def test_connection_pool_without_keepalive_closes_at_once(make_proxy) -> None:
     backend.send(OK)
     assert harness.core.pool.idle_count() == 0
     assert backend.transport.disconnecting
+
+
+def test_an_expired_idle_connection_is_never_handed_out_while_it_closes(make_proxy) -> None:
+    # loseConnection closes at the reactor's next write pass; a request in
+    # between must get a fresh connection, not be written to the closing one.
+    harness = make_proxy(
+        """\
+        server:
+          upstream_keepalive: 1
+        backends:
+          default: [{id: b1, host: 10.1.0.1, port: 8081}]
+        routing:
+          default: {path: /, upstream: default}
+        """
+    )
+    clients = [harness.client() for _ in range(2)]
+    for client in clients:
+        client.send(GET)
+    backends = [harness.accept() for _ in range(2)]
+    for backend in backends:
+        backend.take()
+        backend.send(OK)
+    harness.reactor.advance(SURPLUS_KEEPALIVE + 0.1)
+    harness.core.sweeper.sweep()
+    assert backends[1].transport.disconnecting
+    harness.client().send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+    assert backends[1].take() == b""
+    assert backends[0].take().startswith(b"POST / ")  # the healthy idle one
+
+
+def test_closing_a_backends_idle_connections_takes_them_out_of_the_pool(make_proxy) -> None:
+    harness = make_proxy()
+    harness.client().send(GET)
+    backend = harness.accept()
+    backend.take()
+    backend.send(OK)
+    assert harness.core.pool.close_backend("10.1.0.1", 8081) == 1
+    assert harness.core.pool.idle_count() == 0
+    harness.client().send(GET)
+    assert backend.take() == b"" and harness.pending_connects() == 1
