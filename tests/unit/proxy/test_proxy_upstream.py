@@ -478,7 +478,9 @@ def test_client_lost_while_waiting_for_the_response(proxy) -> None:
     assert proxy.core.pool.idle_count() == 0
 
 
-def test_connection_pool_max_idle(make_proxy) -> None:
+def two_released_over_a_cap_of_one(make_proxy) -> tuple:
+    """Two requests at once with ``upstream_keepalive: 1``: both backend
+    connections answered, so the second one is released over the cap."""
     harness = make_proxy(
         """\
         server:
@@ -494,11 +496,16 @@ def test_connection_pool_max_idle(make_proxy) -> None:
         client.send(GET)
     backends = [harness.accept() for _ in range(2)]
     for backend in backends:
+        backend.take()
         backend.send(OK)
+    return harness, clients, backends
+
+
+def test_connection_pool_max_idle(make_proxy) -> None:
+    harness, clients, backends = two_released_over_a_cap_of_one(make_proxy)
     # Over the cap, the second is kept briefly: a request now reuses it ...
     assert harness.core.pool.idle_count() == 2
     assert not any(b.transport.disconnecting for b in backends)
-    backends[1].take()
     clients[0].send(GET)
     assert harness.pending_connects() == 0
     assert backends[1].take().startswith(b"GET / HTTP/1.1")  # the most recent first
@@ -531,23 +538,7 @@ def test_connection_pool_without_keepalive_closes_at_once(make_proxy) -> None:
 def test_an_expired_idle_connection_is_never_handed_out_while_it_closes(make_proxy) -> None:
     # loseConnection closes at the reactor's next write pass; a request in
     # between must get a fresh connection, not be written to the closing one.
-    harness = make_proxy(
-        """\
-        server:
-          upstream_keepalive: 1
-        backends:
-          default: [{id: b1, host: 10.1.0.1, port: 8081}]
-        routing:
-          default: {path: /, upstream: default}
-        """
-    )
-    clients = [harness.client() for _ in range(2)]
-    for client in clients:
-        client.send(GET)
-    backends = [harness.accept() for _ in range(2)]
-    for backend in backends:
-        backend.take()
-        backend.send(OK)
+    harness, _, backends = two_released_over_a_cap_of_one(make_proxy)
     harness.reactor.advance(SURPLUS_KEEPALIVE + 0.1)
     harness.core.sweeper.sweep()
     assert backends[1].transport.disconnecting
