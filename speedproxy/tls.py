@@ -3,6 +3,7 @@ replaceable while serving (``POST /api/v1/config/reload-ssl``, SIGHUP)."""
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import re
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ class LoadedCertificate:
     sha256: str
     #: Certificates in ``cert_file`` (leaf plus intermediates).
     chain_length: int
+    #: The leaf's expiry as a Unix time (0 if it could not be read).
+    not_after_epoch: float = 0.0
 
     def summary(self) -> Dict[str, Any]:
         """What an operator checks after a rotation (JSON-able)."""
@@ -132,11 +135,12 @@ def load_certificate(cert_file: str, key_file: str) -> LoadedCertificate:
     )
     not_after = leaf.get_notAfter() or b""
     try:
-        expires = datetime.datetime.strptime(not_after.decode("ascii"), "%Y%m%d%H%M%SZ").strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
+        when = datetime.datetime.strptime(not_after.decode("ascii"), "%Y%m%d%H%M%SZ")
     except ValueError:
-        expires = not_after.decode("ascii", "replace")
+        expires, expires_epoch = not_after.decode("ascii", "replace"), 0.0
+    else:
+        expires = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires_epoch = float(calendar.timegm(when.utctimetuple()))
     return LoadedCertificate(
         options=options,
         cert_file=cert_file,
@@ -145,6 +149,7 @@ def load_certificate(cert_file: str, key_file: str) -> LoadedCertificate:
         not_after=expires,
         sha256=leaf.digest("sha256").decode("ascii"),
         chain_length=len(certificates),
+        not_after_epoch=expires_epoch,
     )
 
 

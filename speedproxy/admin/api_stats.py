@@ -247,6 +247,7 @@ class StatusResource(APIResource):
             "admin_listen": config.admin.listen,
             # What the listener serves (ssl.enabled changes need a restart).
             "ssl": getattr(control, "tls_listener", config.ssl.enabled),
+            "tls_certificate": state["certificate"].summary() if state.get("certificate") else None,
             "workers": workers,
             "workers_ready": ready,
             "worker_restarts": state.get("restarts", 0),

@@ -45,6 +45,7 @@ from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
 from speedproxy.stats.segment import StatsIndex, StatsSegment, backend_keys, layout_for
 from speedproxy.tls import (
+    LoadedCertificate,
     TLSConfigError,
     TLSNotEnabled,
     TLSReloadIncomplete,
@@ -164,6 +165,8 @@ class MasterService(Service):
         #: Whether the listener serves TLS: ``ssl.enabled`` at start (a
         #: change needs a restart, so workers are always told this one).
         self.tls_listener = config.ssl.enabled
+        #: The certificate new TLS handshakes get (``None`` without TLS).
+        self.certificate: Optional[LoadedCertificate] = None
         self._pypy = platform.python_implementation() == "PyPy"
         self._cache_bytes = last_level_cache() if self._pypy else None
 
@@ -186,6 +189,8 @@ class MasterService(Service):
         if self.listener is None:
             self.privilegedStartService()
         config = self.config
+        if self.tls_listener:
+            self.certificate = load_certificate(config.ssl.cert_file, config.ssl.key_file)
         count = worker_count(config)
         layout = layout_for(max(16, 2 * count), len(config.routing), len(backend_keys(config)))
         directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -405,11 +410,20 @@ class MasterService(Service):
         def change() -> Deferred:
             config = make(self.config)
             ssl = config.ssl
+            loaded = None
             if ssl.enabled and (ssl.cert_file, ssl.key_file) != (self.config.ssl.cert_file, self.config.ssl.key_file):
-                load_certificate(ssl.cert_file, ssl.key_file)  # other files: refused here if unusable
-            return self.apply_config(config)
+                loaded = load_certificate(ssl.cert_file, ssl.key_file)  # other files: refused here if unusable
+            applied = self.apply_config(config)
+            if loaded is not None and self.tls_listener:
+                applied.addCallback(self._serving, loaded)
+            return applied
 
         return self._config_lock.run(change)
+
+    def _serving(self, result: Any, certificate: LoadedCertificate) -> Any:
+        """Every worker now gives new handshakes ``certificate``."""
+        self.certificate = certificate
+        return result
 
     def apply_config(self, config: Config) -> Deferred:
         """Validate-free apply of an already validated config to every worker.
@@ -507,6 +521,7 @@ class MasterService(Service):
             "restarts": self.restarts,
             "config_version": self.config_version,
             "backend_up": dict(self.backend_health),
+            "certificate": self.certificate,
         }
 
     def stats_snapshot(self) -> Dict[str, Any]:
@@ -647,6 +662,7 @@ class MasterService(Service):
                 raise TLSReloadIncomplete(
                     "certificate reloaded on %d of %d workers; %s" % (len(reloaded), len(live), "; ".join(problems))
                 )
+            self.certificate = loaded
             result: Dict[str, Any] = {"reloaded": True, "workers": len(reloaded), "certificate": loaded.summary()}
             if starting:
                 result["starting"] = sorted(starting)

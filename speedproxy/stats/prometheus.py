@@ -117,6 +117,15 @@ class SegmentCollector:
             per_worker.add_metric([str(info["slot"])], slots[info["slot"]][REQUESTS])
         yield per_worker
         yield GaugeMetricFamily("speedproxy_workers", "Workers serving.", value=len(state["workers"]))
+        certificate = state.get("certificate")
+        if certificate is not None:
+            expiry = GaugeMetricFamily(
+                "speedproxy_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate new TLS handshakes get expires (Unix time).",
+                labels=["cert_file", "sha256"],
+            )
+            expiry.add_metric([certificate.cert_file, certificate.sha256], certificate.not_after_epoch)
+            yield expiry
         yield CounterMetricFamily(
             "speedproxy_worker_restarts", "Workers respawned after exiting.", value=state["restarts"]
         )

@@ -120,6 +120,7 @@ class ProxyWorkerService(Service):
             "restarts": 0,
             "config_version": self.config_version,
             "backend_up": {},
+            "certificate": self.tls.current if self.tls is not None else None,
         }
 
     def stats_snapshot(self) -> dict:

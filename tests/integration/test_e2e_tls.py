@@ -155,6 +155,12 @@ def test_reload_ssl_rotates_the_certificate_without_dropping_connections(stack, 
         assert answer.json["workers"] == max(1, workers)
         assert answer.json["certificate"]["sha256"] == colon_hex(second)
         assert answer.json["certificate"]["subject"]
+        # /status and /metrics say which certificate is served and when it expires.
+        assert admin.get("/status").json["tls_certificate"]["sha256"] == colon_hex(second)
+        expiry = [line for line in admin.get("/metrics").raw.decode().splitlines()
+                  if line.startswith("speedproxy_tls_certificate_expiry_timestamp_seconds{")]
+        assert len(expiry) == 1 and f'sha256="{colon_hex(second)}"' in expiry[0], expiry
+        assert float(expiry[0].rsplit(" ", 1)[1]) > 1.7e9
         # Every new handshake, whichever worker takes it, gets the new one.
         assert fresh_fingerprints(certificates, proxy.port, 8) == {second}
         # The connection opened before the reload still works, on its old certificate.
@@ -183,6 +189,7 @@ def test_sighup_picks_up_a_renewed_certificate(stack, tmp_path) -> None:
     proxy.reload()
     proxy.wait_for_log("TLS certificate", since=mark)
     assert fresh_fingerprints(certificates, proxy.port, 8) == {renewed}
+    assert AdminClient.of(proxy).get("/status").json["tls_certificate"]["sha256"] == colon_hex(renewed)
 
 
 def test_a_config_naming_unusable_certificate_files_is_refused(stack, tmp_path) -> None:
@@ -222,6 +229,7 @@ def test_a_config_naming_other_certificate_files_serves_them(stack, tmp_path) ->
     assert answer.status == 200, answer
     assert "restart_required" not in answer.json
     assert fresh_fingerprints(certificates, proxy.port, 8) == {second}
+    assert admin.get("/status").json["tls_certificate"]["sha256"] == colon_hex(second)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

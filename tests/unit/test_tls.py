@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 from pathlib import Path
@@ -78,6 +79,8 @@ def test_load_certificate_describes_what_it_loaded(authority, tmp_path) -> None:
     assert summary["cert_file"] == str(cert) and summary["key_file"] == str(key)
     assert summary["chain_length"] == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary["not_after"]), summary
+    expires = datetime.datetime.fromtimestamp(loaded.not_after_epoch, datetime.timezone.utc)
+    assert expires.strftime("%Y-%m-%dT%H:%M:%SZ") == summary["not_after"]
     assert "O=trustme" in summary["subject"]
 
 

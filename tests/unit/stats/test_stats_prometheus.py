@@ -23,6 +23,7 @@ from speedproxy.stats.segment import (
     StatsIndex,
     StatsSegment,
 )
+from speedproxy.tls import LoadedCertificate
 
 LAYOUT = Layout(slots=3, routes=4, backends=6)
 
@@ -255,3 +256,18 @@ def test_no_request_counter_goes_backwards_when_a_route_leaves_and_comes_back(se
         _, samples = _scrape(reader, _state(config=config, index=index))
         seen.append(samples["speedproxy_requests_total"][unrouted])
     assert seen == sorted(seen)
+
+
+def test_the_served_certificate_expiry_is_a_gauge(segment: StatsSegment) -> None:
+    reader = StatsReader(segment)
+    name = "speedproxy_tls_certificate_expiry_timestamp_seconds"
+    _, samples = _scrape(reader, _state())
+    assert name not in samples  # no TLS listener, no gauge
+    certificate = LoadedCertificate(
+        options=None, cert_file="/etc/speedproxy/server.crt", key_file="/etc/speedproxy/server.key",
+        subject="CN=example.com", not_after="2027-02-21T12:00:00Z", sha256="AB:CD", chain_length=2,
+        not_after_epoch=1803211200.0,
+    )
+    types, samples = _scrape(reader, _state(certificate=certificate))
+    assert types[name] == "gauge"
+    assert samples[name] == {_labels(cert_file="/etc/speedproxy/server.crt", sha256="AB:CD"): 1803211200.0}
