@@ -60,6 +60,8 @@ class UpstreamConnection(Protocol):
     exchange: Optional["Exchange"] = None
     #: Reading is paused because the client cannot take more (backpressure).
     read_paused = False
+    #: Idle over ``upstream_keepalive``, with a short deadline (see ``ConnectionPool.release``).
+    surplus = False
 
     def __init__(self, pool: "ConnectionPool", backend: "Backend", key: PoolKey) -> None:
         self.pool = pool
@@ -181,6 +183,12 @@ class UpstreamConnection(Protocol):
         self.deadline = 0.0
         exchange = self.exchange
         if exchange is None:  # idle in the pool too long
+            if self.surplus and self.pool.within_cap(self):
+                # Those within the cap went meanwhile (a backend closes idle
+                # connections itself, say): this one now counts among them.
+                self.surplus = False
+                self.deadline = now + max(self.pool.keepalive_timeout - SURPLUS_KEEPALIVE, 0.001)
+                return
             self.retire()
             return
         self.exchange = None
@@ -532,7 +540,8 @@ class ConnectionPool:
             connection.transport.loseConnection()
             return
         keepalive = self.keepalive_timeout
-        if len(idle) >= self.max_idle:
+        connection.surplus = len(idle) >= self.max_idle
+        if connection.surplus:
             # Over the cap: kept briefly, as HAProxy purges idle connections
             # over time instead of at once.  Under a burst of responses (more
             # concurrent requests than max_idle) the next requests reuse it
@@ -543,6 +552,10 @@ class ConnectionPool:
         connection.idle = True
         connection.deadline = self.clock.seconds() + keepalive  # type: ignore[attr-defined]
         idle.append(connection)
+
+    def within_cap(self, connection: UpstreamConnection) -> bool:
+        """Whether the idle connections of ``connection``'s backend fit ``upstream_keepalive``."""
+        return len(self._idle.get(connection.key, ())) <= self.max_idle
 
     def forget(self, connection: UpstreamConnection) -> None:
         """A connection closed: drop it from the idle list if it is there."""

@@ -517,6 +517,18 @@ def test_connection_pool_max_idle(make_proxy) -> None:
     assert [bool(b.transport.disconnecting) for b in backends] == [False, True]
 
 
+def test_a_surplus_connection_left_within_the_cap_keeps_the_full_keepalive(make_proxy) -> None:
+    harness, _, backends = two_released_over_a_cap_of_one(make_proxy)
+    backends[0].close()  # the backend closes the one within the cap
+    assert harness.core.pool.idle_count() == 1
+    harness.reactor.advance(SURPLUS_KEEPALIVE + 0.1)
+    harness.core.sweeper.sweep()
+    assert not backends[1].transport.disconnecting  # now the pool's one idle connection
+    harness.reactor.advance(60.0)
+    harness.core.sweeper.sweep()
+    assert backends[1].transport.disconnecting  # until the keep-alive timeout
+
+
 def test_connection_pool_without_keepalive_closes_at_once(make_proxy) -> None:
     harness = make_proxy(
         """\
