@@ -112,15 +112,12 @@ class ReloadOnHangup(Service):
 
     def reload(self) -> None:
         """Validate and apply the config file now; read the certificate files again."""
-        from speedproxy.config import ConfigError, load_config
-        from speedproxy.tls import load_certificate, log_certificate, reload_refusal
+        from speedproxy.config import ConfigError
+        from speedproxy.tls import config_for_reload, log_certificate, reload_refusal
 
         serves_tls = self.worker.tls is not None
         try:
-            config = load_config(self.path)
-            if config.ssl.enabled and serves_tls:
-                # As with workers: unusable certificate files refuse the whole reload.
-                load_certificate(config.ssl.cert_file, config.ssl.key_file)
+            config = config_for_reload(self.path, serves_tls)
             self.worker.apply_config(config)
         except (ConfigError, ValueError) as error:  # TLSConfigError is a ValueError
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))

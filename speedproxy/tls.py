@@ -207,3 +207,19 @@ def log_certificate(result: Dict[str, Any]) -> Dict[str, Any]:
         **result["certificate"],
     )
     return result
+
+
+def config_for_reload(path: str, serves_tls: bool) -> Any:
+    """The config file as SIGHUP applies it, in either process model.
+
+    :raises ConfigError: the file is invalid.
+    :raises TLSConfigError: the listener serves TLS and the certificate
+        files the file names cannot be used (like ``nginx -t``, an unusable
+        certificate refuses the whole reload).
+    """
+    from speedproxy.config import load_config
+
+    config = load_config(path)
+    if config.ssl.enabled and serves_tls:
+        load_certificate(config.ssl.cert_file, config.ssl.key_file)
+    return config

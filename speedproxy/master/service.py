@@ -27,7 +27,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from speedproxy import __version__
-from speedproxy.config import Config, ConfigError, config_to_mapping, load_config
+from speedproxy.config import Config, ConfigError, config_to_mapping
 from speedproxy.config.model import restart_required
 from speedproxy.master.control import (
     ApplyConfig,
@@ -49,6 +49,7 @@ from speedproxy.tls import (
     TLSConfigError,
     TLSNotEnabled,
     TLSReloadIncomplete,
+    config_for_reload,
     load_certificate,
     log_certificate,
     reload_refusal,
@@ -382,9 +383,7 @@ class MasterService(Service):
         if self.config_path is None:
             return succeed(None)
         try:
-            config = load_config(self.config_path)
-            if config.ssl.enabled and self.tls_listener:
-                load_certificate(config.ssl.cert_file, config.ssl.key_file)
+            config = config_for_reload(self.config_path, self.tls_listener)
         except (ConfigError, TLSConfigError) as error:
             log.error("config reload refused, keeping the running config:\n{error}", error=str(error))
             return succeed(None)
