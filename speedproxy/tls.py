@@ -188,6 +188,19 @@ class ServerTLS:
         """Whether these are the files the current certificate came from."""
         return (self.current.cert_file, self.current.key_file) == (cert_file, key_file)
 
+    def certificate_for(self, ssl: Any) -> Optional[LoadedCertificate]:
+        """The certificate a config's ``ssl`` section asks for, when it names
+        other files than the ones served (``None`` otherwise).
+
+        Loaded, not served yet: the caller makes it :attr:`current` once the
+        rest of the config is applied, so a refused config changes nothing.
+
+        :raises TLSConfigError: those files cannot be used.
+        """
+        if not ssl.enabled or self.serves(ssl.cert_file, ssl.key_file):
+            return None
+        return load_certificate(ssl.cert_file, ssl.key_file)
+
 
 def wrap_listener(tls: ServerTLS, factory: Any) -> Any:
     """The client-facing protocol factory behind TLS with ``tls``'s certificate."""

@@ -45,7 +45,7 @@ from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
 from speedproxy.stats.segment import StatsIndex, StatsSegment
 from speedproxy.stats.shared import SharedView
-from speedproxy.tls import ServerTLS, TLSConfigError, load_certificate, wrap_listener
+from speedproxy.tls import ServerTLS, TLSConfigError, wrap_listener
 from speedproxy.worker.accepting import AcceptBalancer
 from speedproxy.worker.draining import drain
 
@@ -142,10 +142,8 @@ class Worker:
         config = config_from_mapping(mapping, filename="<master>")
         index = StatsIndex.from_mapping(stats_index)
         ssl = config.ssl
-        new_certificate = None
-        if self.tls is not None and ssl.enabled and not self.tls.serves(ssl.cert_file, ssl.key_file):
-            # Other files: a config whose files cannot be used is refused whole.
-            new_certificate = load_certificate(ssl.cert_file, ssl.key_file)
+        # Other certificate files: a config whose files cannot be used is refused whole.
+        new_certificate = self.tls.certificate_for(ssl) if self.tls is not None else None
         if self.core is None:
             # The certificate first: a first config whose files cannot be used
             # is refused before anything starts (the master then restarts us).

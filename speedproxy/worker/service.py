@@ -23,7 +23,6 @@ from speedproxy.tls import (
     ServerTLS,
     TLSConfigError,
     TLSNotEnabled,
-    load_certificate,
     reload_refusal,
     wrap_listener,
 )
@@ -153,10 +152,7 @@ class ProxyWorkerService(Service):
         :raises TLSConfigError: the config names other certificate files and
             they cannot be used; nothing was applied.
         """
-        ssl = config.ssl
-        new_certificate = None
-        if self.tls is not None and ssl.enabled and not self.tls.serves(ssl.cert_file, ssl.key_file):
-            new_certificate = load_certificate(ssl.cert_file, ssl.key_file)
+        new_certificate = self.tls.certificate_for(config.ssl) if self.tls is not None else None
         if self.core is not None:
             if self.removed is not None:
                 self.removed.before_apply(self.core, config)
