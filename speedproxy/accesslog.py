@@ -3,6 +3,11 @@
 Example line::
 
     127.0.0.1 - - [23/Nov/2026:11:05:47 +0000] "GET / HTTP/1.1" 200 1024 "-" "curl/8.0" rt=0.002 upstream=127.0.0.1:8081 rid=ab12-1
+
+A request that waited for a backend slot (every backend at ``max_conn``) also
+has ``qt=`` after ``rt=``: the seconds it spent in the queue (part of ``rt``)::
+
+    ... "curl/8.0" rt=0.815 qt=0.812 upstream=127.0.0.1:8081 rid=ab12-2
 """
 
 from __future__ import annotations
@@ -60,7 +65,25 @@ class AccessLogFormatter:
         seconds: float,
         upstream: str,
         request_id: bytes,
+        queued: Optional[float] = None,
     ) -> str:
+        """One line; ``queued``: seconds spent waiting for a backend slot, if it waited."""
+        if queued is not None:
+            return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f qt=%.3f upstream=%s rid=%s' % (
+                client_ip,
+                self.timestamp(),
+                method.decode("latin-1"),
+                _quote(target),
+                version.decode("latin-1"),
+                status,
+                size,
+                _quote(referer),
+                _quote(user_agent),
+                seconds,
+                queued,
+                upstream or "-",
+                request_id.decode("ascii"),
+            )
         return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f upstream=%s rid=%s' % (
             client_ip,
             self.timestamp(),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from speedproxy.config.model import RouteConfig
+from speedproxy.config.model import FilterConfig, RouteConfig
+from speedproxy.filters.chain import FilterChain
+from speedproxy.filters.interface import FilterContext
+from speedproxy.filters.registry import find_filter_kind
 from speedproxy.upstreams import BalancedGroup, UpstreamGroup
 
 
@@ -18,12 +21,14 @@ class Route:
     host: Optional[bytes]
     #: Plain HTTP requests.
     http: BalancedGroup
-    #: ``Upgrade: websocket`` requests.
-    websocket: BalancedGroup
-    #: Server-sent event streams.
-    sse: BalancedGroup
+    #: ``Upgrade: websocket`` requests (``None``: upgrades are not forwarded).
+    websocket: Optional[BalancedGroup]
+    #: Server-sent event streams (``None``: balanced as plain HTTP).
+    sse: Optional[BalancedGroup]
     #: Index in the shared stats segment (-1: none).
     stats_index: int = -1
+    #: The route's filters (``None``: none, the bare fast path).
+    filters: Optional[FilterChain] = None
 
     @property
     def name(self) -> str:
@@ -74,25 +79,51 @@ class Router:
         return None
 
 
+def build_filters(config: RouteConfig, reactor: Any) -> Optional[FilterChain]:
+    """Build the filter chain of a route (``None`` when it has no filters)."""
+    if not config.filters:
+        return None
+    context = FilterContext(reactor, config.name)
+    return FilterChain(
+        [find_filter_kind(entry.name).build(entry.checked, context) for entry in config.filters]
+    )
+
+
 def build_routes(
     routing: Mapping[str, RouteConfig],
     groups: Mapping[str, UpstreamGroup],
     previous: Optional[Sequence[Route]] = None,
+    reactor: Any = None,
 ) -> List[Route]:
-    """Create the routes of a config, reusing balancers whose setup is unchanged."""
-    reuse: Dict[Tuple[str, str, str], BalancedGroup] = {}
-    for route in previous or ():
-        for kind in ("http", "websocket", "sse"):
-            balanced: BalancedGroup = getattr(route, kind)
-            reuse[(route.name, kind, balanced.balancer_name)] = balanced
+    """Create the routes of a config, reusing balancers whose setup is unchanged.
 
-    def balanced_for(config: RouteConfig, kind: str, balancer: str) -> BalancedGroup:
+    A route whose filters are configured as before keeps its filter
+    instances (and whatever state they hold).
+    """
+    reuse: Dict[Tuple[str, str, str], BalancedGroup] = {}
+    chains: Dict[str, Tuple[Tuple[FilterConfig, ...], Optional[FilterChain]]] = {}
+    for route in previous or ():
+        chains[route.name] = (route.config.filters, route.filters)
+        for kind in ("http", "websocket", "sse"):
+            balanced: Optional[BalancedGroup] = getattr(route, kind)
+            if balanced is not None:
+                reuse[(route.name, kind, balanced.balancer_name)] = balanced
+
+    def balanced_for(config: RouteConfig, kind: str, balancer: str) -> Optional[BalancedGroup]:
+        if balancer == "off":
+            return None
         group = groups[config.upstream]
         existing = reuse.get((config.name, kind, balancer))
         if existing is not None and existing.group is group:
             existing.refresh()
             return existing
         return BalancedGroup(group, balancer)
+
+    def filters_for(config: RouteConfig) -> Optional[FilterChain]:
+        kept = chains.get(config.name)
+        if kept is not None and kept[0] == config.filters:
+            return kept[1]
+        return build_filters(config, reactor)
 
     routes = []
     for config in routing.values():
@@ -101,9 +132,10 @@ def build_routes(
                 config=config,
                 path=config.path.encode("utf-8"),
                 host=config.host.lower().encode("utf-8") if config.host else None,
-                http=balanced_for(config, "http", config.load_balancer),
+                http=balanced_for(config, "http", config.load_balancer),  # type: ignore[arg-type]
                 websocket=balanced_for(config, "websocket", config.protocols.websocket),
                 sse=balanced_for(config, "sse", config.protocols.sse),
+                filters=filters_for(config),
             )
         )
     return routes

@@ -129,31 +129,71 @@ class ReloadOnHangup(Service):
             )
 
 
+class AdoptedPort(Service):
+    """Serves ``factory`` on an already bound, listening socket."""
+
+    def __init__(self, reactor: Any, listener: Any, factory: Any) -> None:
+        self.reactor = reactor
+        self.listener = listener
+        self.factory = factory
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        listener, self.listener = self.listener, None
+        try:
+            self.port = self.reactor.adoptStreamPort(listener.sock.fileno(), listener.sock.family, self.factory)
+        finally:
+            listener.close()  # the port holds its own copy of the descriptor
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
 def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     """Build the speedproxy service tree from parsed options."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    from speedproxy.admin.auth import AdminSecurityError, security_problem
+    from speedproxy.master.listeners import ADMIN_KEY, DEMO_KEY, PROXY_KEY, bind_all, parse_listen
     from speedproxy.master.service import MasterService, worker_count
     from speedproxy.worker import ProxyWorkerService
 
     config = options["loaded"]
-    root = MultiService()
+    # Checked again by the services; here it stops start-up before anything listens.
+    problem = security_problem(config.admin)
+    if problem is not None:
+        raise AdminSecurityError(f"speedproxy: refusing to start: {problem}")
+    wanted = [
+        (PROXY_KEY, config.server.host, config.server.port),
+        (ADMIN_KEY, *parse_listen(config.admin.listen)),
+    ]
     if options["demo-origin"]:
-        from twisted.application.internet import TCPServer
-
-        from speedproxy.demo import demo_site
-
         first = next(iter(config.backends.get("default", ())), None)
         if first is None:
-            raise usage.UsageError("--demo-origin needs a backend in the 'default' upstream")
-        TCPServer(first.port, demo_site(), interface=first.host).setServiceParent(root)
+            raise SystemExit("speedproxy: --demo-origin needs a backend in the 'default' upstream")
+        wanted.append((DEMO_KEY, first.host, first.port))
+    # Every listener is bound here, before twistd writes its pid file,
+    # daemonizes or starts any service: if one address cannot be used,
+    # ListenError (a SystemExit) ends the process with one line on stderr
+    # and exit status 1, and no client ever reached a listener.
+    listener, admin_listener, *demo = bind_all(wanted)
+    root = MultiService()
+    if demo:
+        from speedproxy.demo import demo_site
+
+        AdoptedPort(reactor, demo[0], demo_site()).setServiceParent(root)
     if worker_count(config) == 0:
         # Serve in this process: no workers, no master.
-        worker = ProxyWorkerService(reactor, config)
+        worker = ProxyWorkerService(reactor, config, listener=listener, admin_listener=admin_listener)
         worker.setServiceParent(root)
         ReloadOnHangup(reactor, options["config"], worker).setServiceParent(root)
     else:
-        MasterService(reactor, config, options["config"]).setServiceParent(root)
+        MasterService(
+            reactor, config, options["config"], listener=listener, admin_listener=admin_listener
+        ).setServiceParent(root)
     return root

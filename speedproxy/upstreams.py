@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from speedproxy.balancers import IBalancer, make_balancer
 from speedproxy.config.model import BackendConfig, HealthCheckConfig
+from speedproxy.panic import in_panic
 
 _DEFAULT_CHECK = HealthCheckConfig()
 
@@ -48,6 +50,8 @@ class Backend:
     stats_index: int = -1
     #: The worker's view of the stats segment, for counts across workers.
     shared: Optional["SharedView"] = None
+    #: The group this backend belongs to (told when passive health changes).
+    group: Optional["UpstreamGroup"] = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -109,6 +113,22 @@ class Backend:
             return self.local_connections < config.max_conn
         return shared.backend_active(self.stats_index) < config.max_conn
 
+    @property
+    def available_in_panic(self) -> bool:
+        """:attr:`available`, whatever passive checks say (the group is in panic)."""
+        config = self.config
+        if not (config.active and self.healthy and config.weight > 0):
+            return False
+        shared = self.shared
+        if shared is None or self.stats_index < 0:
+            return self.local_connections < config.max_conn
+        return shared.backend_active(self.stats_index) < config.max_conn
+
+    def eligible(self, panic: bool) -> bool:
+        """Would this backend take a request once it has a free slot?"""
+        config = self.config
+        return bool(config.active and self.healthy and config.weight > 0 and (panic or not self.down_until))
+
     # -- passive health (circuit breaker) --------------------------------------
 
     @property
@@ -138,6 +158,8 @@ class Backend:
         shared = self.shared
         if shared is not None and self.stats_index >= 0:
             shared.set_down_until(self.stats_index, until)
+        if self.group is not None:
+            self.group.update_panic()
 
     def half_open(self) -> None:
         """The down period is over: let the next request probe the backend.
@@ -150,6 +172,8 @@ class Backend:
         shared = self.shared
         if shared is not None and self.stats_index >= 0:
             shared.set_down_until(self.stats_index, 0.0)
+        if self.group is not None:
+            self.group.update_panic()
 
     def record_response_time(self, seconds: float, alpha: float = 0.3) -> None:
         """Fold one observed response time into the EWMA."""
@@ -166,6 +190,20 @@ class UpstreamGroup:
     name: str
     backends: List[Backend] = field(default_factory=list)
     retry_budget: "RetryBudget" = field(default_factory=lambda: RetryBudget(0.2))
+    #: Percent of backends healthy by passive checks below which the group
+    #: ignores passive verdicts (see :mod:`speedproxy.panic`).
+    panic_threshold: float = 50.0
+    #: In panic now: balancers pick among backends passive checks took out too.
+    panic: bool = False
+    #: The panic state last exported and logged (by the core's housekeeping).
+    panic_reported: bool = False
+    #: Index of this group in the shared stats segment (-1: none).
+    stats_index: int = -1
+    #: Exchanges waiting for a backend slot, oldest first (see
+    #: :class:`speedproxy.proxy.backlog.Backlog`, which serves them).
+    waiting: Deque[Any] = field(default_factory=deque)
+    #: The :class:`~speedproxy.proxy.backlog.Backlog` of this group, if queueing.
+    backlog: Optional[Any] = None
 
     def apply(self, configs: Sequence[BackendConfig]) -> None:
         """Replace membership with ``configs``, keeping state of kept ids."""
@@ -177,8 +215,14 @@ class UpstreamGroup:
                 backend = Backend(config)
             else:
                 backend.config = config
+            backend.group = self
             updated.append(backend)
         self.backends = updated
+        self.update_panic()
+
+    def update_panic(self) -> None:
+        """Recompute :attr:`panic` (after a passive or active verdict changed)."""
+        self.panic = in_panic(self.backends, self.panic_threshold)
 
     def get(self, backend_id: str) -> Optional[Backend]:
         for backend in self.backends:
@@ -237,6 +281,8 @@ class BalancedGroup:
 
     def pick(self, client_key: str, exclude: Iterable[Backend] = ()) -> Optional[Backend]:
         """Choose a backend for one request, or ``None`` when none can take it."""
+        if self.group.panic:
+            return self._pick_in_panic(client_key, exclude)
         if exclude:
             excluded = set(exclude)
             candidates = [b for b in self.group.backends if b.available and b not in excluded]
@@ -245,6 +291,25 @@ class BalancedGroup:
         if not candidates:
             return None
         return self.balancer.pick(candidates, client_key)
+
+    def _pick_in_panic(self, client_key: str, exclude: Iterable[Backend]) -> Optional[Backend]:
+        """:meth:`pick` ignoring passive verdicts (active ones still count)."""
+        excluded = set(exclude)
+        candidates = [b for b in self.group.backends if b.available_in_panic and b not in excluded]
+        if not candidates:
+            return None
+        return self.balancer.pick(candidates, client_key)
+
+    def can_wait(self, exclude: Iterable[Backend] = ()) -> bool:
+        """Would some backend take the request once it has a free slot?
+
+        Asked when :meth:`pick` found none: ``True`` means every backend that
+        may serve is at ``max_conn`` (the request may queue), ``False`` that
+        none may serve at all (503 at once).
+        """
+        excluded = set(exclude)
+        panic = self.group.panic
+        return any(b.eligible(panic) and b not in excluded for b in self.group.backends)
 
 
 def build_groups(

@@ -268,6 +268,7 @@ class UpstreamResource(APIResource):
 
         def answer(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
             rows = backend_rows(self.api, config, reports)
+            groups = {row["upstream"]: row for row in self.api.control.stats_snapshot().get("upstreams", [])}
             upstreams = {}
             for name, group in rows.items():
                 upstreams[name] = {
@@ -288,6 +289,9 @@ class UpstreamResource(APIResource):
                         for row in group
                     ],
                     "healthy_backends": sum(1 for row in group if row["healthy"] and row["active"]),
+                    # Requests waiting for a backend slot, and panic routing (see README).
+                    "queue": groups.get(name, {}).get("queue", 0),
+                    "panic": groups.get(name, {}).get("panic", False),
                 }
             return {"config_version": self.api.control.config_version, "upstreams": upstreams}
 

@@ -31,6 +31,7 @@ from speedproxy.config.model import (
     AdminConfig,
     BackendConfig,
     Config,
+    FilterConfig,
     HealthCheckConfig,
     ProtocolBalancers,
     RouteConfig,
@@ -261,6 +262,34 @@ def _fraction(problems: _Problems, val: _Val, path: str) -> float:
     return float(value)
 
 
+def _percent_value(value: Any) -> float:
+    """A percentage 0..100 from ``"50%"``, ``"50"`` or a number."""
+    number: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        text = text[:-1].strip() if text.endswith("%") else text
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f'expected a percentage like "50%" or a number 0-100, got {describe_value(value)}') from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number:
+        raise ValueError(f'expected a percentage like "50%" or a number 0-100, got {describe_value(value)}')
+    if not 0 <= number <= 100:
+        raise ValueError(f"must be between 0% and 100%, got {describe_value(value)}")
+    return float(number)
+
+
+def _percent(optional: bool) -> Converter:
+    """A percentage (``"50%"`` or a number 0-100); ``null`` is ``None`` when *optional*."""
+
+    def convert(problems: _Problems, val: _Val, path: str) -> Optional[float]:
+        if optional and val.value is None:
+            return None
+        return _percent_value(val.value)
+
+    return convert
+
+
 def _duration(positive: bool) -> Converter:
     def convert(problems: _Problems, val: _Val, path: str) -> float:
         seconds = parse_duration(val.value)
@@ -427,6 +456,59 @@ def _health_check(problems: _Problems, val: _Val, path: str) -> Optional[HealthC
     return HealthCheckConfig(**_record(problems, val, path, _HEALTH_CHECK_FIELDS))
 
 
+def _plain(val: _Val) -> Any:
+    """A located value as plain Python data (for a filter's ``check_options``)."""
+    if isinstance(val.value, dict):
+        return {key: _plain(item) for key, item in val.value.items()}
+    if isinstance(val.value, list):
+        return [_plain(item) for item in val.value]
+    return val.value
+
+
+def _filter_entry(problems: _Problems, val: _Val, path: str) -> FilterConfig:
+    from speedproxy.filters.interface import FilterOptionsError
+    from speedproxy.filters.registry import find_filter_kind
+
+    fields = _record(problems, val, path, _FILTER_FIELDS, ("name",))
+    name = fields["name"]
+    try:
+        kind = find_filter_kind(name)
+    except KeyError as exc:
+        problems.add(val.value["name"].line, f"{path}.name", exc.args[0])
+        raise _Reported from None
+    given = val.value.get("options")
+    options = _plain(given) if given is not None and given.value is not None else {}
+    if not isinstance(options, dict):
+        problems.add(given.line, f"{path}.options", f"expected a mapping, got {describe_value(options)}")
+        raise _Reported
+    try:
+        checked = kind.check_options(options)
+    except FilterOptionsError as exc:
+        where = given.value.get(exc.key) if given is not None and isinstance(given.value, dict) else None
+        line = where.line if where is not None else (given.line if given is not None else val.line)
+        problems.add(line, f"{path}.options.{exc.key}" if exc.key else f"{path}.options", exc.message)
+        raise _Reported from None
+    except Exception as exc:  # a plugin's own bug: say whose
+        problems.add(val.line, f"{path}.options", f"filter {name!r} failed to check its options: {exc!r}")
+        raise _Reported from None
+    return FilterConfig(name=name, options=options, checked=checked)
+
+
+def _filters(problems: _Problems, val: _Val, path: str) -> Tuple[FilterConfig, ...]:
+    if val.value is None:
+        return ()
+    entries = []
+    failed = False
+    for index, item in enumerate(_items(val, "filters ({name: ..., options: {...}})")):
+        try:
+            entries.append(_filter_entry(problems, item, f"{path}[{index}]"))
+        except _Reported:
+            failed = True
+    if failed:
+        raise _Reported
+    return tuple(entries)
+
+
 def _protocols(problems: _Problems, val: _Val, path: str) -> ProtocolBalancers:
     return _section(problems, val, path, ProtocolBalancers, _PROTOCOL_FIELDS)
 
@@ -458,6 +540,13 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "websocket_idle_timeout": _POSITIVE_DURATION,
     "sse_idle_timeout": _POSITIVE_DURATION,
     "zero_copy": _boolean,
+    "merge_slashes": _boolean,
+    "forward_original_path": _boolean,
+    "escaped_slashes": _choice(("refuse", "keep"), "escaped_slashes action"),
+    "max_request_line": _size(256),
+    "panic_threshold": _percent(optional=False),
+    "queue_timeout": _duration(positive=False),
+    "queue_size": _integer(0),
 }
 _SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
 _ADMIN_FIELDS: Dict[str, Converter] = {
@@ -476,6 +565,7 @@ _HEALTH_CHECK_FIELDS: Dict[str, Converter] = {
     "passive_failures": _integer(0),
     "passive_5xx": _boolean,
     "unhealthy_timeout": _POSITIVE_DURATION,
+    "panic_threshold": _percent(optional=True),
 }
 _BACKEND_FIELDS: Dict[str, Converter] = {
     "id": _string(non_empty=True),
@@ -487,21 +577,26 @@ _BACKEND_FIELDS: Dict[str, Converter] = {
     "max_conn": _integer(1),
     "health_check": _health_check,
 }
-_PROTOCOL_FIELDS: Dict[str, Converter] = {"websocket": _BALANCER, "sse": _BALANCER}
+#: ``off``: WebSocket upgrades are not forwarded (the request goes on as a
+#: plain GET); event streams use the route's own balancer.
+_PROTOCOL_BALANCER = _choice(BALANCER_NAMES + ("off",), "load balancer")
+_PROTOCOL_FIELDS: Dict[str, Converter] = {"websocket": _PROTOCOL_BALANCER, "sse": _PROTOCOL_BALANCER}
 _ROUTE_FIELDS: Dict[str, Converter] = {
     "path": _url_path,
     "host": _route_host,
     "upstream": _string(non_empty=True),
     "load_balancer": _BALANCER,
     "protocols": _protocols,
+    "filters": _filters,
 }
+_FILTER_FIELDS: Dict[str, Converter] = {"name": _string(non_empty=True), "options": lambda problems, val, path: None}
 _TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing")
 
 #: Float fields that are plain numbers; every other float field is a duration.
-_FRACTION_FIELDS = ("retry_budget",)
+_FRACTION_FIELDS = ("retry_budget", "panic_threshold")
 
 #: Size fields of ServerConfig.
-_SIZE_FIELDS = ("max_header_size", "max_body_size")
+_SIZE_FIELDS = ("max_header_size", "max_body_size", "max_request_line")
 
 
 # -- sections with cross-checks -------------------------------------------------------------
@@ -539,8 +634,37 @@ def _backends(problems: _Problems, val: _Val) -> Dict[str, Tuple[BackendConfig, 
                 continue
             first_use[backend.id] = item_path
             members.append(backend)
+        _check_panic_thresholds(problems, group_path, items)
         groups[name] = tuple(members)
     return groups
+
+
+def _check_panic_thresholds(problems: _Problems, group_path: str, items: Sequence[_Val]) -> None:
+    """The backends of one group must agree on ``health_check.panic_threshold``.
+
+    The threshold belongs to the group (panic is a group-wide state); a
+    backend that does not set it takes the group's.
+    """
+    first: Optional[Tuple[float, str]] = None
+    for index, item in enumerate(items):
+        check = item.value.get("health_check") if isinstance(item.value, dict) else None
+        given = check.value.get("panic_threshold") if check is not None and isinstance(check.value, dict) else None
+        if given is None or given.invalid or given.value is None:
+            continue
+        try:
+            value = _percent_value(given.value)
+        except ValueError:
+            continue  # reported with the backend
+        path = f"{group_path}[{index}].health_check.panic_threshold"
+        if first is None:
+            first = (value, path)
+        elif value != first[0]:
+            problems.add(
+                given.line,
+                path,
+                f"{value:g}% differs from {first[0]:g}% set by {first[1]}: "
+                "the backends of one upstream share one panic threshold",
+            )
 
 
 def _routing(
@@ -720,6 +844,8 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
             else:
                 data["health_check"] = _dump(backend.health_check)
                 data["health_check"]["expected_status"] = "%d-%d" % backend.health_check.expected_status
+                if backend.health_check.panic_threshold is None:
+                    del data["health_check"]["panic_threshold"]
             backends[name].append(data)
     routing = {}
     for name, route in config.routing.items():
@@ -728,6 +854,10 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
         if route.host is None:
             del data["host"]
         data["protocols"] = _dump(route.protocols)
+        if route.filters:
+            data["filters"] = [{"name": entry.name, "options": dict(entry.options)} for entry in route.filters]
+        else:
+            del data["filters"]
         routing[name] = data
     return {
         "server": server,

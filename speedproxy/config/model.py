@@ -10,7 +10,7 @@ human forms (``30s``, ``64KiB``) found in YAML.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 #: Balancer names an operator may use in ``routing.*.load_balancer``.
 BALANCER_NAMES = (
@@ -42,6 +42,11 @@ class HealthCheckConfig:
     passive_failures: int = 3
     passive_5xx: bool = False
     unhealthy_timeout: float = 10.0
+    #: Panic threshold of the backend's upstream group, in percent: below
+    #: this share of backends healthy by passive checks, the group balances
+    #: across all its actively healthy backends.  ``None``: not set here,
+    #: ``server.panic_threshold`` applies.  Backends of one group must agree.
+    panic_threshold: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,17 @@ class ProtocolBalancers:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    """One entry of a route's ``filters`` list."""
+
+    name: str
+    #: The options as written (plain YAML/JSON data).
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: The options as the filter kind's ``check_options`` returned them.
+    checked: Any = field(default=None, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """Maps a path prefix (and optionally a Host) to an upstream group."""
 
@@ -83,6 +99,8 @@ class RouteConfig:
     upstream: str = "default"
     load_balancer: str = "least_connections_weight"
     protocols: ProtocolBalancers = field(default_factory=ProtocolBalancers)
+    #: Filters run on this route's requests and responses, in order.
+    filters: Tuple[FilterConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,24 @@ class ServerConfig:
     #: plain TCP sockets with splice(2), without copying them through the
     #: worker.  Linux with Python 3.10+ only; elsewhere bodies are copied.
     zero_copy: bool = True
+    #: Fold runs of ``/`` in request paths into one before routing.
+    merge_slashes: bool = False
+    #: Forward the path bytes the client sent instead of the normalised
+    #: path (routing still uses the normalised one).
+    forward_original_path: bool = False
+    #: ``refuse`` (400) or ``keep`` (forwarded still encoded) an encoded
+    #: ``/`` or ``\`` (``%2F``, ``%5C``) or a raw ``\`` in a request path.
+    escaped_slashes: str = "refuse"
+    #: The longest request line accepted (414 over it).
+    max_request_line: int = 16 * 1024
+    #: Default panic threshold of every upstream group, in percent (0 turns
+    #: panic routing off, except that a group's only backend always stays in).
+    panic_threshold: float = 50.0
+    #: How long a request may wait for a backend slot when every eligible
+    #: backend is at ``max_conn`` (0: no queue, 503 at once).
+    queue_timeout: float = 5.0
+    #: Requests waiting per upstream group and worker (beyond it: 503 at once).
+    queue_size: int = 1000
 
 
 @dataclass(frozen=True)

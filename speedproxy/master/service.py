@@ -40,7 +40,7 @@ from speedproxy.master.control import (
     Shutdown,
 )
 from speedproxy.master.environment import last_level_cache, worker_environment
-from speedproxy.master.listeners import bind_listener, parse_listen
+from speedproxy.master.listeners import ADMIN_KEY, PROXY_KEY, Listener, bind_all, parse_listen
 from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
 from speedproxy.stats.segment import StatsIndex, StatsSegment, backend_keys, layout_for
@@ -136,7 +136,19 @@ class MasterService(Service):
 
     name = "speedproxy-master"
 
-    def __init__(self, reactor: Any, config: Config, config_path: Optional[str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        config_path: Optional[str],
+        *,
+        listener: Optional[Listener] = None,
+        admin_listener: Optional[Listener] = None,
+    ) -> None:
+        """``listener`` and ``admin_listener``: already bound and listening
+        (``twistd speedproxy`` binds them all before starting anything, see
+        :func:`speedproxy.master.listeners.bind_all`); without them they are
+        bound when the service starts."""
         self.reactor = reactor
         self.config = config
         self.config_path = config_path
@@ -146,8 +158,10 @@ class MasterService(Service):
         self.restarts = 0
         self.stopping = False
         self.started_at = time.time()
-        self.listener: Optional[socket.socket] = None
-        self.family = "inet"
+        self.listener: Optional[socket.socket] = listener.sock if listener is not None else None
+        self.family = listener.family_name if listener is not None else "inet"
+        #: The admin API's bound socket until it is adopted by the reactor.
+        self._admin_listener = admin_listener
         self.segment: Optional[StatsSegment] = None
         self.reader: Optional[StatsReader] = None
         self.admin_port: Any = None
@@ -177,12 +191,19 @@ class MasterService(Service):
     mode = "master"
 
     def privilegedStartService(self) -> None:
-        """Bind the listener before privileges are dropped."""
+        """Bind the listeners (unless given) before privileges are dropped."""
         from speedproxy.admin.auth import refuse_insecure_admin
 
         refuse_insecure_admin(self.config)
-        server = self.config.server
-        self.listener, self.family = bind_listener(server.host, server.port)
+        if self.listener is None:
+            server = self.config.server
+            wanted = [(PROXY_KEY, server.host, server.port)]
+            if self._admin_listener is None:
+                wanted.append((ADMIN_KEY, *parse_listen(self.config.admin.listen)))
+            bound = bind_all(wanted)
+            self.listener, self.family = bound[0].sock, bound[0].family_name
+            if self._admin_listener is None:
+                self._admin_listener = bound[1]
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -230,7 +251,14 @@ class MasterService(Service):
 
         host, port = parse_listen(self.config.admin.listen)
         self.admin_site = admin_site(self)
-        self.admin_port = self.reactor.listenTCP(port, self.admin_site, interface=host)
+        bound, self._admin_listener = self._admin_listener, None
+        if bound is not None:
+            try:
+                self.admin_port = self.reactor.adoptStreamPort(bound.sock.fileno(), bound.sock.family, self.admin_site)
+            finally:
+                bound.close()  # the port holds its own copy of the descriptor
+        else:
+            self.admin_port = self.reactor.listenTCP(port, self.admin_site, interface=host)
         log.info("admin API on {host}:{port}", host=host, port=self.admin_port.getHost().port)
 
     def _install_signals(self) -> None:

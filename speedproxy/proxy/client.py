@@ -19,7 +19,8 @@ from zope.interface import implementer
 from speedproxy.proxy.errors import error_response
 from speedproxy.proxy.exchange import Exchange
 from speedproxy.proxy.forwarding import sane_request_id
-from speedproxy.proxy.http1 import ChunkedDecoder, ProtocolError, parse_request_head
+from speedproxy.proxy.http1 import ChunkedDecoder, ProtocolError, check_partial_head, parse_request_head
+from speedproxy.proxy.paths import PathError, normalise_path
 from speedproxy.proxy.sending import writers_for
 from speedproxy.proxy.splicing import plain_tcp
 
@@ -59,6 +60,8 @@ class ClientConnection(Protocol):
         self.plain = False
         self._buffer = b""
         self._head_deadline = 0.0
+        #: How much of an incomplete head in the buffer has been checked.
+        self._checked = 0
         self._body = _BODY_NONE
         self._body_remaining = 0
         self._body_received = 0
@@ -187,6 +190,14 @@ class ClientConnection(Protocol):
                         return
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0 or end > server.max_header_size:
+                    if end < 0:
+                        try:
+                            # What has come of the head may already be invalid
+                            # (bare LF, HTTP/0.9, NUL...): no waiting for a timeout.
+                            self._checked = check_partial_head(buffer, server.max_request_line, self._checked)
+                        except ProtocolError as error:
+                            self._refuse(error.status, error.code, error.detail)
+                            return
                     if len(buffer) > server.max_header_size or end > server.max_header_size:
                         self._refuse(431, "request_header_fields_too_large", "request head too large")
                     elif not self._head_deadline:
@@ -196,17 +207,29 @@ class ClientConnection(Protocol):
                 head = buffer[:end]
                 self._buffer = buffer[end + 4 :]
                 self._head_deadline = 0.0
+                self._checked = 0
                 self._start(head)
         finally:
             self._processing = False
 
     def _start(self, head: bytes) -> None:
         core = self.core
+        server = core.server
         try:
-            request = parse_request_head(head)
+            request = parse_request_head(head, server.max_request_line)
+            path = normalise_path(request.path, server.merge_slashes, server.escaped_slashes == "keep")
         except ProtocolError as error:
             self._refuse(error.status, error.code, error.detail)
             return
+        except PathError as error:
+            self._refuse(400, "bad_request", str(error))
+            return
+        if path is not request.path:
+            # One meaning: the normalised path is routed, filtered, cached
+            # and (unless forward_original_path) forwarded.
+            if not server.forward_original_path:
+                request.target = path + request.query
+            request.path = path
         request_id = sane_request_id(request.request_id) or core.new_request_id()
         client_ip = (
             core.resolver.resolve(self.peer_ip, True, request.headers)

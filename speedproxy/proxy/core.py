@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from speedproxy import __version__
 from speedproxy.accesslog import AccessLogFormatter, IAccessLog
 from speedproxy.config.model import Config, ServerConfig
+from speedproxy.panic import describe as describe_panic, group_threshold
+from speedproxy.proxy.backlog import Backlog
 from speedproxy.proxy.forwarding import ClientAddressResolver
 from speedproxy.proxy.splicing import PipePool, splice_supported
 from speedproxy.proxy.timeouts import TimeoutSweeper
@@ -24,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.upstreams import Backend
     from speedproxy.proxy.client import ClientConnection
     from speedproxy.proxy.exchange import Exchange
+
+upstream_log = Logger(namespace="speedproxy.upstreams")
 
 
 class ProxyCore:
@@ -101,7 +106,7 @@ class ProxyCore:
         self.server: ServerConfig = server
         self.resolver = ClientAddressResolver(server.trusted_proxies, server.real_ip_header)
         self.groups = build_groups(config.backends, self.groups)
-        self.routes = build_routes(config.routing, self.groups, self.routes)
+        self.routes = build_routes(config.routing, self.groups, self.routes, self.reactor)
         self.router = Router(self.routes)
         self.retries = server.retries
         self.slow_threshold = server.slow_request_threshold
@@ -113,6 +118,7 @@ class ProxyCore:
                 backend.stats_index = stats_index.backends.get(
                     StatsIndex.backend_key(name, backend.id), -1
                 )
+            self._configure_group(name, group, config, stats_index)
         for route in self.routes:
             route.stats_index = stats_index.routes.get(route.name, -1)
         if server.zero_copy and splice_supported():
@@ -129,6 +135,17 @@ class ProxyCore:
             server.upstream_keepalive_timeout,
             server.upstream_keepalive,
         )
+
+    def _configure_group(self, name: str, group: UpstreamGroup, config: Config, stats_index: StatsIndex) -> None:
+        """Panic threshold, stats slot and queue settings of one group."""
+        server = config.server
+        group.panic_threshold = group_threshold(config.backends.get(name, ()), server.panic_threshold)
+        group.stats_index = stats_index.upstreams.get(name, -1)
+        group.update_panic()
+        if group.backlog is None:
+            group.backlog = Backlog(self.clock, group, self.shared)
+        group.backlog.configure(server.queue_timeout, server.queue_size, self.shared)
+        self.shared.set_queue(group.stats_index, len(group.waiting))
 
     def set_backend_health(self, upstream: str, backend_id: str, healthy: bool) -> bool:
         """Apply an active health check's verdict; False if no such backend.
@@ -147,6 +164,7 @@ class ProxyCore:
             if backend.down_until:
                 backend.half_open()
             backend.consecutive_failures = 0
+        group.update_panic()  # type: ignore[union-attr]
         return True
 
     def housekeeping(self, now: float) -> None:
@@ -160,8 +178,19 @@ class ProxyCore:
                         backend.down_until = others  # another worker saw it fail
                 if backend.down_until and backend.down_until <= now:
                     backend.half_open()
+            group.update_panic()
+            if group.panic != group.panic_reported:
+                self._report_panic(group)
         if self.access_log is not None:
             self.access_log.flush()
+
+    def _report_panic(self, group: UpstreamGroup) -> None:
+        """Export a group's new panic state; log it from one worker only."""
+        group.panic_reported = group.panic
+        self.shared.set_panic(group.stats_index, group.panic)
+        if self.shared.speaks_for_all():
+            message = describe_panic(group.name, group.backends, group.panic_threshold, group.panic)
+            upstream_log.info("{message}", message=message)
 
     def disconnect_backend(self, upstream: str, backend_id: str) -> int:
         """Close every connection to one backend, pooled and in flight.
@@ -196,6 +225,9 @@ class ProxyCore:
 
     def stop(self) -> None:
         self.sweeper.stop()
+        for group in self.groups.values():
+            if group.backlog is not None:
+                group.backlog.stop()
         self.pool.close_idle()
         if self.access_log is not None:
             self.access_log.close()
@@ -268,6 +300,7 @@ class ProxyCore:
                 seconds,
                 backend.config.address if backend is not None else "-",
                 exchange.request_id,
+                exchange.queue_time if exchange.queued_at >= 0.0 else None,
             )
         )
 

@@ -10,8 +10,10 @@ import json
 REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    414: b"URI Too Long",
     417: b"Expectation Failed",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",

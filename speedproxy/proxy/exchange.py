@@ -6,16 +6,22 @@ from typing import TYPE_CHECKING, List, Optional
 
 from twisted.python.failure import Failure
 
-from speedproxy.proxy.forwarding import client_response_head, upstream_request_head
+from twisted.logger import Logger
+
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+from speedproxy.proxy.forwarding import client_response_head, local_response, upstream_request_head
 from speedproxy.proxy.http1 import LAST_CHUNK, RequestHead, ResponseHead
 from speedproxy.proxy.splicing import nothing_queued
 
 if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.proxy.backlog import Backlog
     from speedproxy.proxy.client import ClientConnection
     from speedproxy.proxy.core import ProxyCore
     from speedproxy.proxy.upstream import UpstreamConnection
     from speedproxy.routing import Route
     from speedproxy.upstreams import Backend, BalancedGroup
+
+_log = Logger(namespace="speedproxy.filters")
 
 #: Methods retried on another backend even after the head reached one.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -70,6 +76,10 @@ class Exchange:
         "upgrade",
         "tunnel",
         "operator_cut",
+        "filtered",
+        "waiting",
+        "queued_at",
+        "queue_time",
     )
 
     def __init__(
@@ -119,6 +129,13 @@ class Exchange:
         self.tunnel = False
         #: The backend connection was cut on purpose (admin ``disconnect``).
         self.operator_cut = False
+        #: What the route's filters see of this request (``None``: no filters).
+        self.filtered: Optional[FilterRequest] = None
+        #: The backlog this request waits in for a backend slot, if any.
+        self.waiting: Optional["Backlog"] = None
+        #: Clock time it started waiting (-1: never queued); ``queue_time``
+        #: is set to the seconds it waited once it leaves the queue.
+        self.queued_at = -1.0
 
     # -- choosing a backend ----------------------------------------------
 
@@ -130,22 +147,104 @@ class Exchange:
             self.fail(404, "no_route", "no route matches this request")
             return
         self.route = route
+        balanced = route.http
         if self.upgrade is not None:
-            self.balanced = route.websocket
-        elif request.event_stream:
-            self.balanced = route.sse
+            if route.websocket is not None:
+                balanced = route.websocket
+            else:
+                self.upgrade = None  # the route does not allow WebSocket: a plain GET
+        elif request.event_stream and route.sse is not None:
+            balanced = route.sse
+        self.balanced = balanced
+        chain = route.filters
+        if chain is None:
+            self._connect()
+            return
+        self.filtered = filtered = FilterRequest(self)
+        try:
+            outcome = chain.request(filtered)
+        except Exception:
+            self._filter_failed(Failure())
+            return
+        if outcome is None:
+            self._connect()
+        elif isinstance(outcome, LocalResponse):
+            self.respond_locally(outcome)
         else:
-            self.balanced = route.http
-        self._connect()
+            outcome.addCallbacks(self._filtered_request, self._filter_failed)
+
+    # -- filters -----------------------------------------------------------------
+
+    def _filtered_request(self, outcome: Optional[LocalResponse]) -> None:
+        """A request filter that answered later has decided."""
+        if self.finished:
+            return
+        if outcome is None:
+            self._connect()
+        else:
+            self.respond_locally(outcome)
+
+    def _filter_failed(self, failure: Failure) -> None:
+        """A filter raised: 500 for this request, logged; the worker goes on."""
+        route = self.route
+        _log.failure(
+            "filter on route {route} failed (request {request_id})",
+            failure,
+            route=route.name if route is not None else "-",
+            request_id=self.request_id.decode("ascii"),
+        )
+        if self.committed:
+            self._release_backend(False)
+            upstream = self.upstream
+            self.upstream = None
+            if upstream is not None:
+                upstream.abort()
+            self._abort_client()
+        else:
+            self.fail(500, "filter_error", "a filter of this route failed")
+
+    def respond_locally(self, response: LocalResponse) -> None:
+        """Answer with a filter's own response; no backend is asked."""
+        if self.finished:
+            return
+        if self.waiting is not None:
+            self._leave_queue()
+        self.status = response.status
+        self.response_started = True
+        keep_alive = self._keep_alive and self.body_done and not self.client.closing
+        self._keep_alive = keep_alive
+        head_only = self.request.method == b"HEAD"
+        data = local_response(
+            response.status,
+            response.reason,
+            response.headers,
+            response.body,
+            request_id=self.request_id,
+            server_tag=self.core.server_tag,
+            keep_alive=keep_alive,
+            head_only=head_only,
+        )
+        self.head_bytes = len(data) - (0 if head_only else len(response.body))
+        self.bytes_sent = 0 if head_only else len(response.body)
+        self.client.write(data)
+        self._finish()
 
     def _connect(self) -> None:
-        backend = self.balanced.pick(self.client_ip, self.tried)  # type: ignore[union-attr]
+        balanced = self.balanced
+        if balanced.group.waiting and not self.tried:  # type: ignore[union-attr]
+            self._wait_for_slot()  # behind the requests already waiting
+            return
+        backend = balanced.pick(self.client_ip, self.tried)  # type: ignore[union-attr]
         if backend is None:
             if self.tried:
                 self.fail(*self._last_error)
             else:
-                self.fail(503, "no_backend_available", "no healthy backend can take the request")
+                self._wait_for_slot()
             return
+        self._use(backend)
+
+    def _use(self, backend: "Backend") -> None:
+        """Send the request to ``backend``."""
         self.backend = backend
         self.head_sent = False
         self.tried.append(backend)
@@ -165,6 +264,55 @@ class Exchange:
             backend.request_finished(failed)
             if failed:
                 backend.record_failure(self.core.clock.seconds())
+            group = backend.group
+            if group is not None and group.waiting:
+                group.backlog.slot_freed()  # type: ignore[union-attr]
+
+    # -- waiting for a backend slot ------------------------------------------------
+
+    def _wait_for_slot(self) -> None:
+        """No backend can take the request now: queue it if one will, else 503."""
+        balanced = self.balanced
+        backlog = balanced.group.backlog  # type: ignore[union-attr]
+        if backlog is None or not backlog.enabled or not balanced.can_wait():  # type: ignore[union-attr]
+            self.fail(503, "no_backend_available", "no healthy backend can take the request")
+        elif not backlog.enqueue(self):
+            self.fail(
+                503,
+                "queue_full",
+                "every backend is at max_conn and %d requests already wait (server.queue_size)" % backlog.size,
+            )
+
+    def queue_turn(self) -> bool:
+        """First in the queue: take a free backend slot, or keep waiting (False)."""
+        balanced = self.balanced
+        backend = balanced.pick(self.client_ip)  # type: ignore[union-attr]
+        if backend is None and balanced.can_wait():  # type: ignore[union-attr]
+            return False
+        self._leave_queue()
+        if backend is None:
+            # Every backend went down (or out) meanwhile.
+            self.fail(503, "no_backend_available", "no healthy backend can take the request")
+        else:
+            self._use(backend)
+        return True
+
+    def queue_timed_out(self) -> None:
+        """Waited ``server.queue_timeout`` without a backend slot."""
+        backlog = self.waiting
+        timeout = backlog.timeout if backlog is not None else 0.0
+        self._leave_queue()
+        self.fail(
+            503,
+            "queue_timeout",
+            "every backend stayed at max_conn for %gs (server.queue_timeout)" % timeout,
+        )
+
+    def _leave_queue(self) -> None:
+        backlog = self.waiting
+        if backlog is not None:
+            backlog.remove(self)
+            self.queue_time = self.core.clock.seconds() - self.queued_at
 
     def _may_retry(self) -> bool:
         if self.response_started or self.finished:
@@ -214,6 +362,7 @@ class Exchange:
             framing=framing,
             upgrade=self.upgrade,
             lowered=request.lowered,
+            default_host=b"" if request.host else connection.backend.config.address.encode("ascii"),
         )
         self.head_sent = True
         if self.pending:
@@ -295,6 +444,16 @@ class Exchange:
 
     def response_head(self, response: ResponseHead, no_body: bool) -> None:
         """Send the backend's response head on to the client."""
+        filtered = self.filtered
+        if filtered is not None:
+            chain = self.route.filters  # type: ignore[union-attr]
+            try:
+                chain.response_head(filtered, FilterResponse(response))  # type: ignore[union-attr]
+            except Exception:
+                self._filter_failed(Failure())
+                return
+            if chain.wants_body and response.content_length is not None and not no_body:  # type: ignore[union-attr]
+                response.content_length = None  # the body may change: chunked
         self.response_started = True
         self.status = response.status
         backend = self.backend
@@ -348,6 +507,13 @@ class Exchange:
 
     def response_body(self, data: bytes) -> None:
         """Relay one piece of response body."""
+        filtered = self.filtered
+        if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
+            try:
+                data = self.route.filters.response_body(filtered, data)  # type: ignore[union-attr]
+            except Exception:
+                self._filter_failed(Failure())
+                return
         size = len(data)
         if not size:
             return
@@ -374,6 +540,9 @@ class Exchange:
         """
         if self._to_client != _TO_CLIENT_RAW or self.finished:
             return None
+        filtered = self.filtered
+        if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
+            return None
         client = self.client
         if not client.plain or client._write_paused:
             return None
@@ -388,6 +557,16 @@ class Exchange:
 
     def response_done(self, reusable: bool) -> None:
         """The whole response has been relayed."""
+        filtered = self.filtered
+        if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
+            try:
+                tail = self.route.filters.response_end(filtered)  # type: ignore[union-attr]
+            except Exception:
+                self._filter_failed(Failure())
+                return
+            self.filtered = None  # the body filters are done: relay the tail as is
+            if tail:
+                self.response_body(tail)
         connection = self.upstream
         self.upstream = None
         head = self._head
@@ -505,6 +684,8 @@ class Exchange:
             self.tunnel_closed(from_upstream=False)
             return
         self.finished = True
+        if self.waiting is not None:
+            self._leave_queue()
         connection = self.upstream
         self.upstream = None
         if connection is not None:
@@ -518,6 +699,8 @@ class Exchange:
         """Answer with a JSON error, or cut the client off if too late for one."""
         if self.finished:
             return
+        if self.waiting is not None:
+            self._leave_queue()
         connection = self.upstream
         if connection is not None:
             # The request is abandoned (bad body, timeout): never let the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from http import HTTPStatus
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -32,6 +33,9 @@ _REPLACED_UPSTREAM = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-request-id",
 }
+#: Fields a ``Connection`` token cannot remove.
+_KEPT = frozenset({b"host"})
+
 #: Fields the proxy sets itself on the way to a client.
 _REPLACED_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"x-request-id", b"x-speedproxy"}
 
@@ -115,8 +119,14 @@ def upstream_request_head(
     framing: bytes,
     upgrade: Optional[bytes] = None,
     lowered: Optional[List[bytes]] = None,
+    default_host: bytes = b"",
 ) -> bytes:
     """Serialise the request head sent to a backend.
+
+    ``host`` is the request's host (its ``Host`` field is forwarded as is,
+    whatever ``Connection`` lists); an HTTP/1.0 request without one is given
+    ``Host: default_host`` (the backend's address, as nginx's
+    ``$proxy_host``), since an HTTP/1.1 request must carry Host.
 
     ``upgrade`` (the client's ``Upgrade`` value) keeps a protocol upgrade
     going; it is otherwise hop-by-hop and removed.
@@ -126,8 +136,12 @@ def upstream_request_head(
     """
     drop = _REPLACED_UPSTREAM
     if connection_tokens:
-        drop = drop | frozenset(connection_tokens)
+        # Connection cannot make the proxy drop Host: the backend must see
+        # the host the request was routed on.
+        drop = drop | (frozenset(connection_tokens) - _KEPT)
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if not host:
+        out += (b"Host: ", default_host, b"\r\n")
     forwarded_for = None
     via = None
     if lowered is None:
@@ -150,7 +164,7 @@ def upstream_request_head(
         client_ip.encode("ascii"),
         b"\r\nX-Forwarded-Proto: ",
         scheme,
-        b"\r\nX-Forwarded-Host: ",
+        b"\r\nX-Forwarded-Host: " if host else b"",
         host,
         b"\r\nVia: ",
         b"1.1 speedproxy" if via is None else via + b", 1.1 speedproxy",
@@ -200,4 +214,42 @@ def client_response_head(
         framing,
         b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
     )
+    return b"".join(out)
+
+
+def local_response(
+    status: int,
+    reason: Optional[str],
+    headers: Headers,
+    body: bytes,
+    *,
+    request_id: bytes,
+    server_tag: bytes,
+    keep_alive: bool,
+    head_only: bool,
+) -> bytes:
+    """Serialise a whole response given by a filter (a cache hit, a 429...).
+
+    ``headers`` are ``(name, value)`` bytes without framing fields; the body
+    is sent with ``Content-Length`` (left out for ``HEAD``).
+    """
+    if reason is not None:
+        phrase = reason.encode("latin-1")
+    else:
+        try:
+            phrase = HTTPStatus(status).phrase.encode("latin-1")
+        except ValueError:
+            phrase = b"Status"
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    for name, value in headers:
+        out += (name, b": ", value, b"\r\n")
+    out += (
+        server_tag,
+        b"X-Request-Id: ",
+        request_id,
+        b"\r\nContent-Length: %d\r\n" % len(body),
+        b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+    )
+    if not head_only and status not in (204, 304):
+        out.append(body)
     return b"".join(out)

@@ -18,6 +18,12 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # A request target: no whitespace, no control characters.
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+#: A Host value or a target's authority: host[:port], no path, no userinfo.
+_BAD_AUTHORITY = re.compile(rb"[\x00-\x20\x7f/\\?#@]")
+#: ``scheme://authority`` then the rest of an absolute-form target.
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z", re.S)
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 
@@ -47,6 +53,8 @@ class RequestHead:
     __slots__ = (
         "method",
         "target",
+        "path",
+        "query",
         "version",
         "headers",
         "lowered",
@@ -63,7 +71,14 @@ class RequestHead:
     )
 
     method: bytes
+    #: The target in origin-form (``/path?query``) or ``*``; an absolute-form
+    #: target has been turned into origin-form, its authority into ``host``.
     target: bytes
+    #: The path of the target (no query): what is routed and forwarded;
+    #: normalised (:mod:`speedproxy.proxy.paths`) once the request is started.
+    path: bytes
+    #: The query of the target, ``?`` included, or empty.
+    query: bytes
     version: bytes
     headers: Headers
     #: Lower-cased field names, parallel to ``headers``.
@@ -85,19 +100,6 @@ class RequestHead:
     def has_body(self) -> bool:
         """Does a body follow the head?"""
         return self.chunked or bool(self.content_length)
-
-    @property
-    def path(self) -> bytes:
-        """The path part of the target (no query), for routing."""
-        target = self.target
-        if target[:1] != b"/":
-            # absolute-form: scheme://authority/path?query
-            _, sep, rest = target.partition(b"://")
-            if sep:
-                slash = rest.find(b"/")
-                target = rest[slash:] if slash >= 0 else b"/"
-        query = target.find(b"?")
-        return target if query < 0 else target[:query]
 
     def header(self, lowered_name: bytes) -> Optional[bytes]:
         """Return the first value of a header, by lower-case name."""
@@ -216,14 +218,14 @@ def _tokens(values: List[bytes]) -> Tuple[bytes, ...]:
     )
 
 
-def parse_request_head(head: bytes) -> RequestHead:
-    """Parse a request head (without its final blank line).
-
-    :raises ProtocolError: for anything malformed or ambiguous.
-    """
-    end = head.find(b"\r\n")
-    parts = (head if end < 0 else head[:end]).split(b" ")
+def _request_line(line: bytes, max_line: int) -> Tuple[bytes, bytes, bytes]:
+    """Split and check a request line: ``(method, target, version)``."""
+    if max_line and len(line) > max_line:
+        raise ProtocolError(414, "uri_too_long", "request line longer than %d bytes" % max_line)
+    parts = line.split(b" ")
     if len(parts) != 3:
+        if len(parts) == 2:
+            raise _bad("HTTP/0.9 request lines are not supported")
         raise _bad("malformed request line")
     method, target, version = parts
     if _TOKEN.match(method) is None:
@@ -231,14 +233,107 @@ def parse_request_head(head: bytes) -> RequestHead:
     if not target or _BAD_TARGET.search(target) is not None:
         raise _bad("invalid request target")
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
-        if version[:5] == b"HTTP/" and len(version) == 8:
+        if _VERSION.match(version) is not None:
             raise ProtocolError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1")
         raise _bad("malformed HTTP version")
+    return method, target, version
+
+
+def _absolute_target(target: bytes) -> Tuple[bytes, bytes]:
+    """Split an absolute-form target into ``(authority, origin-form target)``."""
+    match = _ABSOLUTE.match(target)
+    if match is None:
+        raise _bad("invalid request target")
+    scheme, authority, rest = match.groups()
+    if scheme.lower() not in (b"http", b"https"):
+        raise _bad("unsupported scheme %r in the request target" % scheme[:16].decode("latin-1"))
+    if b"@" in authority:
+        raise _bad("userinfo in the request target")
+    if not authority or _BAD_AUTHORITY.search(authority) is not None:
+        raise _bad("invalid authority in the request target")
+    if rest[:1] != b"/":
+        if rest and rest[:1] != b"?":
+            raise _bad("invalid request target")
+        rest = b"/" + rest
+    return authority, rest
+
+
+def check_partial_head(data: bytes, max_line: int = 0, checked: int = 0) -> int:
+    """Refuse at once a request head that is not complete yet but cannot be valid.
+
+    ``data`` is what has arrived of a head (no blank line yet).  A NUL byte,
+    a bare LF or CR, an HTTP/0.9 or otherwise malformed request line, an
+    unknown version, a request line over ``max_line`` bytes or a malformed
+    header line are answered without waiting for the rest.
+
+    The check is incremental: it returns how far ``data`` has been checked
+    (a line boundary), to be passed back as ``checked`` when more of the
+    same head has arrived, so a head sent a byte at a time costs linear time.
+
+    :raises ProtocolError: when the head can already be refused.
+    """
+    # Counted in place from ``checked``: nothing is copied.
+    if data.find(b"\x00", checked) >= 0:
+        raise _bad("NUL byte in the request head")
+    crlf = data.count(b"\r\n", checked)
+    if data.count(b"\n", checked) != crlf:
+        raise _bad("bare LF in the request head (lines must end with CRLF)")
+    bare_cr = data.count(b"\r", checked) - crlf
+    if bare_cr and not (bare_cr == 1 and data[-1:] == b"\r"):
+        raise _bad("bare CR in the request head")
+    if not crlf:
+        if not checked and max_line and len(data) > max_line:
+            raise ProtocolError(414, "uri_too_long", "request line longer than %d bytes" % max_line)
+        return checked
+    if not checked:
+        end = data.find(b"\r\n")
+        _request_line(data[:end], max_line)
+        checked = end + 2
+    last = data.rfind(b"\r\n", checked)
+    if last < checked:
+        return checked
+    # Complete header lines: ``_parse_fields`` skips its first item.
+    _parse_fields([b""] + data[checked:last].split(b"\r\n"), _REQUEST_FIELDS)
+    return last + 2
+
+
+def parse_request_head(head: bytes, max_line: int = 0) -> RequestHead:
+    """Parse a request head (without its final blank line).
+
+    An absolute-form target (``GET http://host/x``) is turned into
+    origin-form and its authority replaces the Host header (RFC 9112 3.2.2).
+    ``max_line`` bounds the request line (414 over it; 0: no bound).
+
+    :raises ProtocolError: for anything malformed or ambiguous.
+    """
+    end = head.find(b"\r\n")
+    method, target, version = _request_line(head if end < 0 else head[:end], max_line)
     headers, lowered, special = _split_fields(head, _REQUEST_FIELDS)
+    if not target.isascii():
+        # A target is ASCII (RFC 3986); bytes a client sent raw (UTF-8 paths)
+        # go on percent-encoded, as browsers would have sent them.
+        target = _HIGH_BYTE.sub(lambda match: b"%%%02X" % match.group()[0], target)
+
+    authority: Optional[bytes] = None
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise _bad("'*' is only a target for OPTIONS")
+        elif method == b"CONNECT":
+            raise ProtocolError(405, "method_not_allowed", "CONNECT is not supported")
+        else:
+            authority, target = _absolute_target(target)
+    query = target.find(b"?")
 
     request = RequestHead()
     request.method = method
     request.target = target
+    if query < 0:
+        request.path = target
+        request.query = b""
+    else:
+        request.path = target[:query]
+        request.query = target[query:]
     request.version = version
     request.headers = headers
     request.lowered = lowered
@@ -290,8 +385,19 @@ def parse_request_head(head: bytes) -> RequestHead:
         if version == b"HTTP/1.1":
             raise _bad("missing Host header")
         host = b""
-    elif not host or _BAD_TARGET.search(host) is not None or b"/" in host:
+    elif not host or _BAD_AUTHORITY.search(host) is not None:
         raise _bad("invalid Host header")
+    if authority is not None and authority != host:
+        # The target's authority wins over Host (RFC 9112 3.2.2): forward,
+        # route and log the one meaning.
+        try:
+            index = lowered.index(b"host")
+        except ValueError:
+            headers.append((b"Host", authority))
+            lowered.append(b"host")
+        else:
+            headers[index] = (headers[index][0], authority)
+        host = authority
     request.host = host
     request.content_length = content_length
     request.chunked = transfer_encoding is not None
@@ -303,7 +409,9 @@ def parse_request_head(head: bytes) -> RequestHead:
     if expect is not None and expect != b"100-continue":
         raise ProtocolError(417, "expectation_failed", "only Expect: 100-continue is supported")
     request.expect_continue = expect is not None and version == b"HTTP/1.1"
-    request.upgrade = upgrade if b"upgrade" in connection else None
+    # Only a GET may be upgraded (a WebSocket handshake); on any other
+    # method Upgrade is dropped as the hop-by-hop field it is.
+    request.upgrade = upgrade if b"upgrade" in connection and method == b"GET" else None
     request.request_id = request_id
     request.event_stream = event_stream
     return request

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, List, Mapping
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -157,6 +157,43 @@ class SegmentCollector:
             up.add_metric(key, 1.0 if (backend.active and healthy and backend.weight > 0) else 0.0)
             weight.add_metric(key, backend.weight)
         yield from (active, b_requests, b_failures, b_latency, b_responses, up, weight)
+        yield from self._upstreams(reader, config, index, slots, total)
+
+    @staticmethod
+    def _upstreams(
+        reader: StatsReader, config: Any, index: StatsIndex, slots: List[List[int]], total: List[int]
+    ) -> Iterator[Metric]:
+        """Per upstream group: the queue of requests waiting for a slot, and panic."""
+        labels = ["upstream"]
+        queue = GaugeMetricFamily(
+            "speedproxy_upstream_queue",
+            "Requests waiting for a backend slot (every backend at max_conn), all workers.",
+            labels=labels,
+        )
+        panic = GaugeMetricFamily(
+            "speedproxy_upstream_panic",
+            "1 while the group balances across backends passive checks took out (panic_threshold).",
+            labels=labels,
+        )
+        queued = CounterMetricFamily(
+            "speedproxy_upstream_queued", "Requests that waited for a backend slot.", labels=labels
+        )
+        full = CounterMetricFamily(
+            "speedproxy_upstream_queue_full", "Requests refused (503) because the queue was full.", labels=labels
+        )
+        timeouts = CounterMetricFamily(
+            "speedproxy_upstream_queue_timeouts",
+            "Requests answered 503 after waiting server.queue_timeout.",
+            labels=labels,
+        )
+        for row in reader.upstream_rows(config, index, slots, total):
+            key = [row["upstream"]]
+            queue.add_metric(key, row["queue"])
+            panic.add_metric(key, 1.0 if row["panic"] else 0.0)
+            queued.add_metric(key, row["queued"])
+            full.add_metric(key, row["queue_full"])
+            timeouts.add_metric(key, row["queue_timeouts"])
+        yield from (queue, panic, queued, full, timeouts)
 
 
 def render_metrics(collector: SegmentCollector) -> bytes:

@@ -26,6 +26,12 @@ from speedproxy.stats.segment import (
     STARTED,
     STATUS_BASE,
     STATUS_CLASSES,
+    U_PANIC,
+    U_QUEUE,
+    U_QUEUE_FULL,
+    U_QUEUE_TIMEOUTS,
+    U_QUEUED,
+    UPSTREAM_WORDS,
     StatsIndex,
     StatsSegment,
 )
@@ -52,6 +58,30 @@ class StatsReader:
                 idx = index.backends.get(StatsIndex.backend_key(upstream, backend.id))
                 if idx is not None:
                     yield upstream, backend, base + idx * BACKEND_WORDS
+
+    def upstream_words(self, config: Config, index: StatsIndex) -> Iterator[Tuple[str, int]]:
+        """``(name, first word)`` of every configured upstream group with a slot."""
+        base = self.layout.upstream_base
+        for name in config.backends:
+            idx = index.upstreams.get(name)
+            if idx is not None and idx < self.layout.upstreams:
+                yield name, base + idx * UPSTREAM_WORDS
+
+    def upstream_rows(
+        self, config: Config, index: StatsIndex, slots: Sequence[List[int]], total: Sequence[int]
+    ) -> List[Dict[str, Any]]:
+        """Per upstream group: requests queued now (all workers), panic, queue counters."""
+        return [
+            {
+                "upstream": name,
+                "queue": sum(values[word + U_QUEUE] for values in slots),
+                "panic": any(values[word + U_PANIC] for values in slots),
+                "queued": total[word + U_QUEUED],
+                "queue_full": total[word + U_QUEUE_FULL],
+                "queue_timeouts": total[word + U_QUEUE_TIMEOUTS],
+            }
+            for name, word in self.upstream_words(config, index)
+        ]
 
     def route_words(self, config: Config, index: StatsIndex) -> Iterator[Tuple[str, RouteConfig, int]]:
         """``(name, route, first word)`` of every configured route with a slot."""
@@ -147,6 +177,7 @@ class StatsReader:
             "workers": worker_rows,
             "backends": backends,
             "routes": routes,
+            "upstreams": self.upstream_rows(config, index, slots, total),
         }
         if extra:
             result.update(extra)

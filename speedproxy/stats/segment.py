@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from speedproxy.config.model import Config
 
 MAGIC = 0x5350_5354_4154_5331  # "SPSTATS1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_WORDS = 16
 
 #: Upper bounds (seconds) of the latency histogram buckets; +Inf is implied.
@@ -55,6 +55,12 @@ ROUTE_WORDS = 5
 B_ACTIVE, B_REQUESTS, B_FAILURES, B_LATENCY_SUM_US, B_RESPONSES, B_DOWN_UNTIL_MS = range(6)
 BACKEND_WORDS = 6
 
+# Per-upstream-group words: requests waiting for a backend slot now (gauge),
+# 1 while the group is in panic (gauge), requests that waited (counter),
+# refused because the queue was full / timed out in it (counters).
+U_QUEUE, U_PANIC, U_QUEUED, U_QUEUE_FULL, U_QUEUE_TIMEOUTS = range(5)
+UPSTREAM_WORDS = 5
+
 #: Gauges are not folded into retired totals when a worker goes away.
 GAUGE_WORDS = frozenset({ACTIVE_CLIENTS, ACTIVE_UPSTREAM})
 
@@ -66,6 +72,8 @@ class Layout:
     slots: int
     routes: int
     backends: int
+    #: Room for upstream groups (their queue and panic words).
+    upstreams: int = 0
 
     @property
     def route_base(self) -> int:
@@ -76,8 +84,12 @@ class Layout:
         return FIXED_WORDS + self.routes * ROUTE_WORDS
 
     @property
-    def slot_words(self) -> int:
+    def upstream_base(self) -> int:
         return self.backend_base + self.backends * BACKEND_WORDS
+
+    @property
+    def slot_words(self) -> int:
+        return self.upstream_base + self.upstreams * UPSTREAM_WORDS
 
     @property
     def total_words(self) -> int:
@@ -89,6 +101,9 @@ class Layout:
     def is_gauge(self, word: int) -> bool:
         if word in GAUGE_WORDS:
             return True
+        upstreams = self.upstream_base
+        if word >= upstreams:
+            return (word - upstreams) % UPSTREAM_WORDS in (U_QUEUE, U_PANIC)
         base = self.backend_base
         return word >= base and (word - base) % BACKEND_WORDS in (B_ACTIVE, B_DOWN_UNTIL_MS)
 
@@ -124,6 +139,7 @@ class StatsSegment:
         words[3] = layout.routes
         words[4] = layout.backends
         words[5] = layout.slot_words
+        words[6] = layout.upstreams
         return cls(path, layout, words, handle)
 
     @classmethod
@@ -138,7 +154,7 @@ class StatsSegment:
         words = memoryview(handle).cast("q")
         if words[0] != MAGIC or words[1] != LAYOUT_VERSION:
             raise ValueError(f"{path} is not a speedproxy stats segment of layout {LAYOUT_VERSION}")
-        layout = Layout(slots=words[2], routes=words[3], backends=words[4])
+        layout = Layout(slots=words[2], routes=words[3], backends=words[4], upstreams=words[6])
         if layout.slot_words != words[5] or layout.total_words * 8 > size:
             raise ValueError(f"{path}: inconsistent stats segment header")
         return cls(path, layout, words, handle)
@@ -190,7 +206,7 @@ class StatsSegment:
 class SlotWriter:
     """What a worker's data path updates, one word at a time."""
 
-    __slots__ = ("words", "base", "route_base", "backend_base", "hist_base", "status_base")
+    __slots__ = ("words", "base", "route_base", "backend_base", "upstream_base", "hist_base", "status_base")
 
     def __init__(self, segment: StatsSegment, slot: int) -> None:
         layout = segment.layout
@@ -198,6 +214,7 @@ class SlotWriter:
         self.base = layout.slot_offset(slot)
         self.route_base = self.base + layout.route_base
         self.backend_base = self.base + layout.backend_base
+        self.upstream_base = self.base + layout.upstream_base
         self.hist_base = self.base + HIST_BASE
         self.status_base = self.base + STATUS_BASE
 
@@ -231,6 +248,10 @@ class SlotWriter:
         """Absolute index of one per-backend word of this slot."""
         return self.backend_base + backend * BACKEND_WORDS + word
 
+    def upstream_word(self, upstream: int, word: int) -> int:
+        """Absolute index of one per-upstream word of this slot."""
+        return self.upstream_base + upstream * UPSTREAM_WORDS + word
+
 
 @dataclass
 class StatsIndex:
@@ -242,25 +263,41 @@ class StatsIndex:
 
     routes: Dict[str, int] = field(default_factory=dict)
     backends: Dict[str, int] = field(default_factory=dict)
+    upstreams: Dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def backend_key(upstream: str, backend_id: str) -> str:
         return f"{upstream}/{backend_id}"
 
-    def assign(self, route_names: Sequence[str], backend_keys: Sequence[str], layout: Optional[Layout]) -> None:
+    def assign(
+        self,
+        route_names: Sequence[str],
+        backend_keys: Sequence[str],
+        layout: Optional[Layout],
+        upstream_names: Sequence[str] = (),
+    ) -> None:
         """Give every new name the next free index.
 
-        :raises ValueError: when the segment has no room left; the index is
-            then left as it was.
+        Upstream groups only carry gauges (queue length, panic): a group
+        beyond the segment's room gets no index and is not exported, rather
+        than refusing the config.
+
+        :raises ValueError: when the segment has no room left for a route or
+            a backend; the index is then left as it was.
         """
         routes = dict(self.routes)
         backends = dict(self.backends)
+        upstreams = dict(self.upstreams)
         for name in route_names:
             if name not in routes:
                 routes[name] = len(routes)
         for key in backend_keys:
             if key not in backends:
                 backends[key] = len(backends)
+        room = layout.upstreams if layout is not None else None
+        for name in upstream_names:
+            if name not in upstreams and (room is None or len(upstreams) < room):
+                upstreams[name] = len(upstreams)
         if layout is not None:
             if len(routes) > layout.routes or len(backends) > layout.backends:
                 raise ValueError(
@@ -269,17 +306,22 @@ class StatsIndex:
                 )
         self.routes = routes
         self.backends = backends
+        self.upstreams = upstreams
 
     def assign_config(self, config: "Config", layout: Optional[Layout]) -> None:
         """:meth:`assign` every route and backend of ``config``."""
-        self.assign(list(config.routing), backend_keys(config), layout)
+        self.assign(list(config.routing), backend_keys(config), layout, list(config.backends))
 
     def to_mapping(self) -> Dict[str, Dict[str, int]]:
-        return {"routes": dict(self.routes), "backends": dict(self.backends)}
+        return {"routes": dict(self.routes), "backends": dict(self.backends), "upstreams": dict(self.upstreams)}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Mapping[str, int]]) -> "StatsIndex":
-        return cls(routes=dict(data.get("routes", {})), backends=dict(data.get("backends", {})))
+        return cls(
+            routes=dict(data.get("routes", {})),
+            backends=dict(data.get("backends", {})),
+            upstreams=dict(data.get("upstreams", {})),
+        )
 
 
 def backend_keys(config: "Config") -> List[str]:
@@ -291,6 +333,16 @@ def backend_keys(config: "Config") -> List[str]:
     ]
 
 
-def layout_for(slots: int, routes: int, backends: int) -> Layout:
-    """A layout with room to grow for a config of this size."""
-    return Layout(slots=slots, routes=max(64, 4 * routes), backends=max(256, 4 * backends))
+def layout_for(slots: int, routes: int, backends: int, upstreams: Optional[int] = None) -> Layout:
+    """A layout with room to grow for a config of this size.
+
+    Without ``upstreams`` there is room for as many upstream groups as
+    backends (a group without backends is the only way to need more).
+    """
+    room = max(256, 4 * backends)
+    return Layout(
+        slots=slots,
+        routes=max(64, 4 * routes),
+        backends=room,
+        upstreams=room if upstreams is None else max(256, 4 * upstreams),
+    )

@@ -15,6 +15,9 @@ from speedproxy.stats.segment import (
     BYTES_IN,
     CLIENTS_TOTAL,
     PID,
+    U_PANIC,
+    U_QUEUE,
+    UPSTREAM_WORDS,
     SlotWriter,
     StatsSegment,
 )
@@ -34,6 +37,7 @@ class SharedView:
         ]
         self._all_backend_bases = self._backend_bases
         self._own_backend_base = self.writer.backend_base
+        self._own_upstream_base = self.writer.upstream_base
         self._base = self.writer.base
 
     def use_slots(self, count: int) -> None:
@@ -100,7 +104,37 @@ class SharedView:
     def add_failure(self, index: int) -> None:
         self.words[self._own_backend_base + index * BACKEND_WORDS + B_FAILURES] += 1
 
+    # -- per upstream group ----------------------------------------------------
+
+    def set_queue(self, index: int, length: int) -> None:
+        """Publish how many requests wait in this worker's queue of group ``index``."""
+        if index >= 0:
+            self.words[self._own_upstream_base + index * UPSTREAM_WORDS + U_QUEUE] = length
+
+    def set_panic(self, index: int, panic: bool) -> None:
+        """Publish whether this worker balances group ``index`` in panic mode."""
+        if index >= 0:
+            self.words[self._own_upstream_base + index * UPSTREAM_WORDS + U_PANIC] = 1 if panic else 0
+
+    def add_upstream(self, index: int, word: int) -> None:
+        """Count one event (``U_QUEUED``, ``U_QUEUE_FULL``...) of group ``index``."""
+        if index >= 0:
+            self.words[self._own_upstream_base + index * UPSTREAM_WORDS + word] += 1
+
     # -- per worker ----------------------------------------------------------
+
+    def speaks_for_all(self) -> bool:
+        """Is this the lowest worker slot held by a running worker?
+
+        That worker logs events every worker sees alike (a group entering
+        panic), so they are logged once rather than once per worker.
+        """
+        words = self.words
+        layout = self.segment.layout
+        for slot in range(min(self.slot, layout.slots)):
+            if words[layout.slot_offset(slot) + PID]:
+                return False
+        return True
 
     def client_opened(self) -> None:
         words = self.words

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from speedproxy import __version__
 from speedproxy.accesslog import open_access_log
 from speedproxy.config.model import Config
+from speedproxy.master.listeners import ADMIN_KEY, PROXY_KEY, Listener, bind_all, parse_listen
 from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
 from speedproxy.tls import (
@@ -38,7 +39,17 @@ class ProxyWorkerService(Service):
     #: What the admin API reports as the process model.
     mode = "single-process"
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        *,
+        listener: Optional[Listener] = None,
+        admin_listener: Optional[Listener] = None,
+    ) -> None:
+        """``listener`` (proxy) and ``admin_listener``: already bound and
+        listening (``twistd speedproxy`` binds every listener before starting
+        anything); without them both are bound when the service starts."""
         self.reactor = reactor
         self.config = config
         self.config_version = 1
@@ -52,6 +63,8 @@ class ProxyWorkerService(Service):
         self.removed: Any = None
         #: The listener's certificate when ``ssl.enabled``.
         self.tls: Optional[ServerTLS] = None
+        self._listener = listener
+        self._admin_listener = admin_listener
 
     @property
     def tls_listener(self) -> bool:
@@ -62,12 +75,37 @@ class ProxyWorkerService(Service):
         from speedproxy.admin.auth import refuse_insecure_admin
 
         refuse_insecure_admin(self.config)
+        if self._listener is None or self._admin_listener is None:
+            self._bind()
         super().privilegedStartService()
+
+    def _bind(self) -> None:
+        """Bind the listeners not given, all or none (:class:`ListenError`)."""
+        server = self.config.server
+        wanted = []
+        if self._listener is None:
+            wanted.append((PROXY_KEY, server.host, server.port))
+        if self._admin_listener is None:
+            wanted.append((ADMIN_KEY, *parse_listen(self.config.admin.listen)))
+        bound = iter(bind_all(wanted))
+        if self._listener is None:
+            self._listener = next(bound)
+        if self._admin_listener is None:
+            self._admin_listener = next(bound)
+
+    def _adopt(self, listener: Listener, factory: Any) -> Any:
+        """Serve ``factory`` on a bound socket; the socket object is closed."""
+        try:
+            return self.reactor.adoptStreamPort(listener.sock.fileno(), listener.sock.family, factory)
+        finally:
+            listener.close()  # the port holds its own copy of the descriptor
 
     def startService(self) -> None:
         super().startService()
         from speedproxy.worker.reactor import install_lean_dispatch, install_lean_reactor
 
+        if self._listener is None or self._admin_listener is None:
+            self._bind()
         install_lean_dispatch()
         install_lean_reactor(self.reactor)
         from speedproxy.admin.tracking import RemovedBackends, RequestTracker
@@ -85,19 +123,19 @@ class ProxyWorkerService(Service):
         self.health.update(config.backends)
         self.tracker = RequestTracker(self.core)
         self.removed = RemovedBackends()
-        server = config.server
         factory: Any = ProxyServerFactory(self.core, b"https" if config.ssl.enabled else b"http")
         if config.ssl.enabled:
             self.tls = ServerTLS.from_files(config.ssl.cert_file, config.ssl.key_file)
             factory = wrap_listener(self.tls, factory)
-        port = self.reactor.listenTCP(server.port, factory, backlog=1024, interface=server.host)
+        listener, self._listener = self._listener, None
+        admin_listener, self._admin_listener = self._admin_listener, None
+        assert listener is not None and admin_listener is not None
+        port = self._adopt(listener, factory)
         self.ports.append(port)
         from speedproxy.admin.site import admin_site
-        from speedproxy.master.listeners import parse_listen
 
-        admin_host, admin_port = parse_listen(config.admin.listen)
         self.admin_site = admin_site(self)
-        self.admin_port = self.reactor.listenTCP(admin_port, self.admin_site, interface=admin_host)
+        self.admin_port = self._adopt(admin_listener, self.admin_site)
         address = port.getHost()
         log.info(
             "speedproxy {version} serving on {host}:{port} ({routes} routes, {groups} upstream groups)",

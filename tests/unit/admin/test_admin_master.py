@@ -43,7 +43,7 @@ class FakeControl:
 @pytest.fixture
 def master() -> MasterService:
     service = MasterService(Clock(), parse_config(CONFIG), None)
-    service.segment = SimpleNamespace(layout=SimpleNamespace(slots=16, routes=64, backends=256))  # type: ignore[assignment]
+    service.segment = SimpleNamespace(layout=SimpleNamespace(slots=16, routes=64, backends=256, upstreams=256))  # type: ignore[assignment]
     for slot in (0, 1):
         handle = WorkerHandle(slot, pid=100 + slot, control=FakeControl(), ready=True)  # type: ignore[arg-type]
         service.workers[slot] = handle

@@ -612,7 +612,7 @@ def test_upstream_checked_against_default_backends():
         ("host: [a]", "host: expected a string, got a list"),
         ("upstream: ''", "upstream: must not be empty"),
         ("load_balancer: fastest", f"load_balancer: unknown load balancer 'fastest' (valid: {', '.join(BALANCER_NAMES)})"),
-        ("protocols: {sse: random}", f"protocols.sse: unknown load balancer 'random' (valid: {', '.join(BALANCER_NAMES)})"),
+        ("protocols: {sse: random}", f"protocols.sse: unknown load balancer 'random' (valid: {', '.join(BALANCER_NAMES + ('off',))})"),
         ("protocols: []", "protocols: expected a mapping, got a list"),
     ],
 )

@@ -152,3 +152,10 @@ def test_twisted_log_access_log() -> None:
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert any(e.get("line") == "a line" and e.get("log_namespace") == "speedproxy.access" for e in events)
+
+
+def test_a_queued_request_has_qt_after_rt() -> None:
+    assert line(seconds=0.815, queued=0.8123).endswith(
+        '"curl/8.0" rt=0.815 qt=0.812 upstream=127.0.0.1:8081 rid=ab12-1'
+    )
+    assert " qt=" not in line(queued=None)

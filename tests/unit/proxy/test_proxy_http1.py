@@ -14,6 +14,7 @@ from speedproxy.proxy.http1 import (
     ChunkedDecoder,
     ProtocolError,
     RequestHead,
+    check_partial_head,
     encode_chunk,
     parse_request_head,
     parse_response_head,
@@ -99,11 +100,122 @@ def test_non_token_methods_refused(method: str) -> None:
     assert refused(req(method + " / HTTP/1.1", "Host: h")).status == 400
 
 
-@pytest.mark.parametrize(
-    "target", ["/", "*", "/a?b=c&d", "http://example.com/x", "example.com:443", "/%20"]
-)
+@pytest.mark.parametrize("target", ["/", "*", "/a?b=c&d", "/%20"])
 def test_targets_accepted(target: str) -> None:
     assert parse_request_head(req("OPTIONS " + target + " HTTP/1.1", "Host: h")).target == target.encode()
+
+
+@pytest.mark.parametrize(
+    "target,host,origin_form",
+    [
+        (b"http://other.example/x", b"other.example", b"/x"),
+        (b"HTTP://Other.example:81/x?q=1", b"Other.example:81", b"/x?q=1"),
+        (b"https://example.com", b"example.com", b"/"),
+        (b"http://example.com?q", b"example.com", b"/?q"),
+        (b"http://[::1]:8080/p", b"[::1]:8080", b"/p"),
+    ],
+)
+def test_absolute_form_becomes_origin_form(target: bytes, host: bytes, origin_form: bytes) -> None:
+    request = parse_request_head(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nX-A: 1")
+    assert request.target == origin_form
+    assert request.host == host
+    # The authority replaces the Host field that is forwarded, in place.
+    assert request.headers == [(b"Host", host), (b"X-A", b"1")]
+    assert request.lowered == [b"host", b"x-a"]
+
+
+def test_absolute_form_gives_http10_a_host() -> None:
+    request = parse_request_head(b"GET http://a.example/ HTTP/1.0")
+    assert (request.host, request.target) == (b"a.example", b"/")
+    assert request.headers == [(b"Host", b"a.example")]
+
+
+@pytest.mark.parametrize(
+    "target,detail",
+    [
+        (b"ftp://example.com/x", "unsupported scheme"),
+        (b"file:///etc/passwd", "unsupported scheme"),
+        (b"http://user:pw@example.com/x", "userinfo"),
+        (b"http://@example.com/x", "userinfo"),
+        (b"http:///x", "invalid authority"),
+        (b"example.com:443", "invalid request target"),
+        (b"x", "invalid request target"),
+    ],
+)
+def test_bad_targets_refused(target: bytes, detail: str) -> None:
+    error = refused(b"GET " + target + b" HTTP/1.1\r\nHost: h")
+    assert error.status == 400 and detail in error.detail
+
+
+def test_connect_is_not_allowed() -> None:
+    error = refused(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443")
+    assert (error.status, error.code) == (405, "method_not_allowed")
+
+
+def test_asterisk_only_for_options() -> None:
+    assert refused(b"GET * HTTP/1.1\r\nHost: h").status == 400
+
+
+def test_request_line_bound() -> None:
+    line = b"GET /" + b"a" * 100 + b" HTTP/1.1"
+    error = refused_line(line + b"\r\nHost: h", 64)
+    assert (error.status, error.code) == (414, "uri_too_long")
+    assert parse_request_head(line + b"\r\nHost: h", len(line)).path == b"/" + b"a" * 100
+
+
+def refused_line(head: bytes, max_line: int) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse_request_head(head, max_line)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"GET /x\r\n", 400),  # HTTP/0.9
+        (b"GET /x HTTP/1.1\nHost: h\n", 400),  # bare LF
+        (b"GET /x HTTP/1.1\r\nHost: h\nX", 400),
+        (b"GET /x HTTP/1.1\rHost", 400),  # bare CR
+        (b"GET /x\x00", 400),
+        (b"GET /x HTTP/1.1\r\nHost: a\x00b", 400),
+        (b"GET /x HTTP/2.0\r\n", 505),
+        (b"GET /x HTTP/1.1\r\nNoColon\r\n", 400),
+        (b"GET /x HTTP/1.1\r\n folded\r\n", 400),
+        (b"GET /" + b"a" * 300, 414),
+    ],
+)
+def test_partial_heads_refused_early(data: bytes, status: int) -> None:
+    with pytest.raises(ProtocolError) as info:
+        check_partial_head(data, 256)
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"G", b"GET /x HT", b"GET /x HTTP/1.1\r", b"GET /x HTTP/1.1\r\nHost: h\r\nX-A: 1", b"GET /x HTTP/1.1\r\nHost: h\r\n\r"],
+)
+def test_partial_heads_that_may_still_be_valid_wait(data: bytes) -> None:
+    check_partial_head(data, 256)
+
+
+def test_partial_head_checked_incrementally() -> None:
+    data = b"GET /x HTTP/1.1\r\nHost: h\r\nX-A"
+    checked = check_partial_head(data, 256)
+    assert data[:checked] == b"GET /x HTTP/1.1\r\nHost: h\r\n"
+    data += b": 1\r\nBad Name: 2\r\n"
+    with pytest.raises(ProtocolError, match="invalid header field name"):
+        check_partial_head(data, 256, checked)
+    # Each byte is looked at once more per call, not the whole head again.
+    assert check_partial_head(b"GET /x HTTP/1.1\r\nHost: h\r\nX-B: 2\r", 256, checked) == checked
+    assert check_partial_head(b"GET /x HTTP/1.1\r\nHost: h\r\nX-B: 2\r\n", 256, checked) == checked + 8
+
+
+@pytest.mark.parametrize("method,kept", [(b"GET", True), (b"POST", False), (b"PUT", False)])
+def test_upgrade_only_on_get(method: bytes, kept: bool) -> None:
+    request = parse_request_head(
+        method + b" /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket"
+    )
+    assert (request.upgrade == b"websocket") is kept
 
 
 @pytest.mark.parametrize("target", [b"/a\x00b", b"/a\x7fb", b"/a\x1fb", b"/a\x0bb"])
@@ -126,7 +238,7 @@ def test_targets_with_controls_refused(target: bytes) -> None:
     ],
 )
 def test_path_property(target: bytes, path: bytes) -> None:
-    assert parse_request_head(b"GET " + target + b" HTTP/1.1\r\nHost: h").path == path
+    assert parse_request_head(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: h").path == path
 
 
 # -- header fields -----------------------------------------------------------

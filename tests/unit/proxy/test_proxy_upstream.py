@@ -308,9 +308,11 @@ def test_inactive_backends_are_503(make_proxy) -> None:
     assert not client.closed
 
 
-def test_backend_max_conn_is_503(make_proxy) -> None:
+def test_backend_max_conn_is_503_without_a_queue(make_proxy) -> None:
+    # With the default queue it waits instead: see test_proxy_backlog.py.
     harness = make_proxy(
         """\
+        server: {queue_timeout: 0s}
         backends:
           default: [{id: b1, host: 10.1.0.1, port: 8081, max_conn: 1}]
         routing:

@@ -126,6 +126,11 @@ def test_the_rendered_text_parses_into_the_documented_families(segment: StatsSeg
         "speedproxy_backend_responses": "counter",
         "speedproxy_backend_up": "gauge",
         "speedproxy_backend_weight": "gauge",
+        "speedproxy_upstream_queue": "gauge",
+        "speedproxy_upstream_panic": "gauge",
+        "speedproxy_upstream_queued": "counter",
+        "speedproxy_upstream_queue_full": "counter",
+        "speedproxy_upstream_queue_timeouts": "counter",
     }
 
 

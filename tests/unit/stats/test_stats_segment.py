@@ -64,10 +64,10 @@ def _slot(segment: StatsSegment, slot: int) -> List[int]:
 # -- layout ----------------------------------------------------------------------
 
 
-def test_fixed_words_are_the_cross_process_contract_of_layout_1() -> None:
+def test_fixed_words_are_the_cross_process_contract_of_layout_2() -> None:
     # Workers and the master agree on these offsets; moving any of them needs
-    # a new LAYOUT_VERSION.
-    assert LAYOUT_VERSION == 1
+    # a new LAYOUT_VERSION (2: per-upstream words after the backends).
+    assert LAYOUT_VERSION == 2
     assert (GENERATION, PID, STARTED, REQUESTS) == (0, 1, 2, 3)
     assert STATUS_BASE == 10
     assert HIST_BASE == 15
@@ -94,8 +94,11 @@ def test_only_active_counts_and_down_until_are_gauges() -> None:
 
 
 def test_layout_for_leaves_room_to_grow() -> None:
-    assert layout_for(16, 3, 10) == Layout(slots=16, routes=64, backends=256)
-    assert layout_for(2, 20, 100) == Layout(slots=2, routes=80, backends=400)
+    # Room for as many upstream groups as backends unless told.
+    assert layout_for(16, 3, 10) == Layout(slots=16, routes=64, backends=256, upstreams=256)
+    assert layout_for(2, 20, 100) == Layout(slots=2, routes=80, backends=400, upstreams=400)
+    assert layout_for(2, 20, 100, upstreams=100) == Layout(slots=2, routes=80, backends=400, upstreams=400)
+    assert layout_for(2, 1, 1, upstreams=3) == Layout(slots=2, routes=64, backends=256, upstreams=256)
 
 
 # -- create / attach ---------------------------------------------------------------
@@ -461,7 +464,7 @@ def test_index_mapping_round_trip_makes_an_independent_copy() -> None:
     index = StatsIndex()
     index.assign(["api"], ["api/a1", "api/a2"], LAYOUT)
     data = index.to_mapping()
-    assert data == {"routes": {"api": 0}, "backends": {"api/a1": 0, "api/a2": 1}}
+    assert data == {"routes": {"api": 0}, "backends": {"api/a1": 0, "api/a2": 1}, "upstreams": {}}
     copy = StatsIndex.from_mapping(data)
     assert copy == index
     copy.assign(["web"], ["web/w1"], LAYOUT)

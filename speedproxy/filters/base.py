@@ -1,0 +1,32 @@
+"""A convenient base class for filters: every hook does nothing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from zope.interface import implementer
+
+from speedproxy.filters.interface import IFilter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.filters.messages import FilterRequest, FilterResponse
+
+
+@implementer(IFilter)
+class Filter:
+    """Derive from this and override the hooks the filter needs."""
+
+    #: Set to True when :meth:`response_body` must see the body.
+    wants_body = False
+
+    def request(self, request: "FilterRequest") -> object:
+        return None
+
+    def response_head(self, request: "FilterRequest", response: "FilterResponse") -> None:
+        return None
+
+    def response_body(self, request: "FilterRequest", data: bytes) -> bytes:
+        return data
+
+    def response_end(self, request: "FilterRequest") -> Optional[bytes]:
+        return None

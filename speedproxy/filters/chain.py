@@ -1,0 +1,83 @@
+"""A route's filters, run in order on the request and in reverse on the response."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from twisted.internet.defer import Deferred
+
+from speedproxy.filters.interface import IFilter
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+
+RequestOutcome = Union[None, LocalResponse, Deferred]
+
+
+class FilterChain:
+    """The filters of one route in one worker.
+
+    As in Envoy's HTTP filter chain, request hooks run first to last and the
+    first one that answers locally ends the chain; response hooks run last
+    to first, so the filter nearest the backend sees the response first.
+    """
+
+    __slots__ = ("filters", "_reversed", "_body_filters", "wants_body")
+
+    def __init__(self, filters: Sequence[IFilter]) -> None:
+        self.filters = tuple(filters)
+        self._reversed = tuple(reversed(self.filters))
+        self._body_filters = tuple(f for f in self._reversed if getattr(f, "wants_body", False))
+        #: Some filter must see the body: no zero-copy, chunked to the client.
+        self.wants_body = bool(self._body_filters)
+
+    def request(self, request: FilterRequest, start: int = 0) -> RequestOutcome:
+        """Run the request hooks from filter ``start`` on.
+
+        Returns ``None`` (go on to a backend), a :class:`LocalResponse`, or a
+        ``Deferred`` firing with one of those.
+        """
+        filters = self.filters
+        for index in range(start, len(filters)):
+            result = filters[index].request(request)
+            if result is None:
+                continue
+            if isinstance(result, LocalResponse):
+                return result
+            if isinstance(result, Deferred):
+                return result.addCallback(self._resume, request, index)
+            raise TypeError(
+                f"filter {type(filters[index]).__name__}.request returned {type(result).__name__}, "
+                "expected None, a LocalResponse or a Deferred"
+            )
+        return None
+
+    def _resume(self, result: Any, request: FilterRequest, index: int) -> RequestOutcome:
+        if result is None:
+            return self.request(request, index + 1)
+        if isinstance(result, LocalResponse):
+            return result
+        raise TypeError(
+            f"filter {type(self.filters[index]).__name__}.request's Deferred fired with "
+            f"{type(result).__name__}, expected None or a LocalResponse"
+        )
+
+    def response_head(self, request: FilterRequest, response: FilterResponse) -> None:
+        for item in self._reversed:
+            item.response_head(request, response)
+
+    def response_body(self, request: FilterRequest, data: bytes) -> bytes:
+        for item in self._body_filters:
+            if not data:
+                break
+            data = item.response_body(request, data)
+        return data
+
+    def response_end(self, request: FilterRequest) -> bytes:
+        """Let each body filter finish; return what they add at the end."""
+        out = b""
+        for item in self._body_filters:
+            if out:
+                out = item.response_body(request, out)
+            extra: Optional[bytes] = item.response_end(request)
+            if extra:
+                out += extra
+        return out

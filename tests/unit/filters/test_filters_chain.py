@@ -1,0 +1,86 @@
+"""Tests for :mod:`speedproxy.filters.chain`."""
+
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+
+from speedproxy.filters import Filter, FilterChain, LocalResponse
+
+
+class Recording(Filter):
+    def __init__(self, name: str, log: List[str], answer: object = None, wants_body: bool = False) -> None:
+        self.name = name
+        self.log = log
+        self.answer = answer
+        self.wants_body = wants_body
+
+    def request(self, request):
+        self.log.append("request " + self.name)
+        return self.answer
+
+    def response_head(self, request, response):
+        self.log.append("head " + self.name)
+
+    def response_body(self, request, data):
+        self.log.append("body " + self.name)
+        return data + self.name.encode()
+
+    def response_end(self, request):
+        self.log.append("end " + self.name)
+        return b"<" + self.name.encode() + b">"
+
+
+def test_request_hooks_run_in_order_until_one_answers() -> None:
+    log: List[str] = []
+    answer = LocalResponse(429)
+    chain = FilterChain([Recording("a", log), Recording("b", log, answer), Recording("c", log)])
+    assert chain.request(object()) is answer
+    assert log == ["request a", "request b"]
+
+
+def test_no_answer_goes_on_to_a_backend() -> None:
+    log: List[str] = []
+    assert FilterChain([Recording("a", log), Recording("b", log)]).request(object()) is None
+    assert log == ["request a", "request b"]
+
+
+def test_a_deferred_resumes_the_chain_after_it() -> None:
+    log: List[str] = []
+    later: Deferred = Deferred()
+    chain = FilterChain([Recording("a", log, later), Recording("b", log), Recording("c", log, LocalResponse(403))])
+    outcome = chain.request(object())
+    assert isinstance(outcome, Deferred) and log == ["request a"]
+    results: list = []
+    outcome.addCallback(results.append)
+    later.callback(None)
+    assert log == ["request a", "request b", "request c"]
+    assert results[0].status == 403
+
+
+def test_a_deferred_may_answer() -> None:
+    chain = FilterChain([Recording("a", [], succeed(LocalResponse(204))), Recording("b", [])])
+    results: list = []
+    chain.request(object()).addCallback(results.append)
+    assert results[0].status == 204
+
+
+def test_a_wrong_return_value_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="expected None, a LocalResponse or a Deferred"):
+        FilterChain([Recording("a", [], answer="oops")]).request(object())
+
+
+def test_response_hooks_run_last_to_first_and_only_body_filters_see_the_body() -> None:
+    log: List[str] = []
+    chain = FilterChain([Recording("a", log, wants_body=True), Recording("b", log), Recording("c", log, wants_body=True)])
+    assert chain.wants_body
+    chain.response_head(object(), object())
+    assert chain.response_body(object(), b"x") == b"xca"
+    assert chain.response_end(object()) == b"<c>a<a>"
+    assert log == ["head c", "head b", "head a", "body c", "body a", "end c", "body a", "end a"]
+
+
+def test_a_chain_without_body_filters_does_not_want_the_body() -> None:
+    assert not FilterChain([Recording("a", [])]).wants_body
