@@ -79,14 +79,22 @@ class Router:
         return None
 
 
-def build_filters(config: RouteConfig, reactor: Any) -> Optional[FilterChain]:
-    """Build the filter chain of a route (``None`` when it has no filters)."""
-    if not config.filters:
+def build_filters(config: RouteConfig, reactor: Any, core: Any = None) -> Optional[FilterChain]:
+    """Build the filter chain of a route (``None`` when it has no filters).
+
+    The route's cache, when enabled, is the last filter: the operator's
+    filters see a request before it can be answered from the cache, and the
+    cache sees the backend's response first.
+    """
+    if not config.filters and not (config.cache.enabled and core is not None):
         return None
     context = FilterContext(reactor, config.name)
-    return FilterChain(
-        [find_filter_kind(entry.name).build(entry.checked, context) for entry in config.filters]
-    )
+    filters = [find_filter_kind(entry.name).build(entry.checked, context) for entry in config.filters]
+    if config.cache.enabled and core is not None:
+        from speedproxy.cache.filter import CacheFilter
+
+        filters.append(CacheFilter(core, config.name, config.cache))
+    return FilterChain(filters)
 
 
 def build_routes(
@@ -94,6 +102,7 @@ def build_routes(
     groups: Mapping[str, UpstreamGroup],
     previous: Optional[Sequence[Route]] = None,
     reactor: Any = None,
+    core: Any = None,
 ) -> List[Route]:
     """Create the routes of a config, reusing balancers whose setup is unchanged.
 
@@ -101,9 +110,9 @@ def build_routes(
     instances (and whatever state they hold).
     """
     reuse: Dict[Tuple[str, str, str], BalancedGroup] = {}
-    chains: Dict[str, Tuple[Tuple[FilterConfig, ...], Optional[FilterChain]]] = {}
+    chains: Dict[str, Tuple[Any, Optional[FilterChain]]] = {}
     for route in previous or ():
-        chains[route.name] = (route.config.filters, route.filters)
+        chains[route.name] = ((route.config.filters, route.config.cache), route.filters)
         for kind in ("http", "websocket", "sse"):
             balanced: Optional[BalancedGroup] = getattr(route, kind)
             if balanced is not None:
@@ -121,9 +130,9 @@ def build_routes(
 
     def filters_for(config: RouteConfig) -> Optional[FilterChain]:
         kept = chains.get(config.name)
-        if kept is not None and kept[0] == config.filters:
+        if kept is not None and kept[0] == (config.filters, config.cache):
             return kept[1]
-        return build_filters(config, reactor)
+        return build_filters(config, reactor, core)
 
     routes = []
     for config in routing.values():

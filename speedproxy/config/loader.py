@@ -30,10 +30,13 @@ from speedproxy.config.model import (
     BALANCER_NAMES,
     AdminConfig,
     BackendConfig,
+    CacheConfig,
+    CacheKeyConfig,
     Config,
     FilterConfig,
     HealthCheckConfig,
     ProtocolBalancers,
+    RouteCacheConfig,
     RouteConfig,
     ServerConfig,
     SSLConfig,
@@ -509,6 +512,50 @@ def _filters(problems: _Problems, val: _Val, path: str) -> Tuple[FilterConfig, .
     return tuple(entries)
 
 
+def _names(what: str) -> Converter:
+    def convert(problems: _Problems, val: _Val, path: str) -> Tuple[str, ...]:
+        names = []
+        for index, item in enumerate(_items(val, what)):
+            try:
+                text = _text(item)
+            except ValueError as exc:
+                problems.add(item.line, f"{path}[{index}]", str(exc))
+                continue
+            if not text:
+                problems.add(item.line, f"{path}[{index}]", "must not be empty")
+                continue
+            names.append(text)
+        if len(names) != len(val.value):
+            raise _Reported
+        return tuple(names)
+
+    return convert
+
+
+def _key_query(problems: _Problems, val: _Val, path: str) -> Any:
+    if isinstance(val.value, list):
+        return _names("query parameter names")(problems, val, path)
+    text = _text(val)
+    if text not in ("all", "none"):
+        raise ValueError(f'expected "all", "none" or a list of parameter names, got {describe_value(text)}')
+    return text
+
+
+def _cache_key(problems: _Problems, val: _Val, path: str) -> CacheKeyConfig:
+    return _section(problems, val, path, CacheKeyConfig, _CACHE_KEY_FIELDS)
+
+
+def _route_cache(problems: _Problems, val: _Val, path: str) -> RouteCacheConfig:
+    return _section(problems, val, path, RouteCacheConfig, _ROUTE_CACHE_FIELDS)
+
+
+def _http_url(problems: _Problems, val: _Val, path: str) -> str:
+    text = _text(val)
+    if text and not re.fullmatch(r"https?://[^/\s]+/?", text):
+        raise ValueError(f'expected "http://host:port" (the admin API of a speedproxy), got {describe_value(text)}')
+    return text.rstrip("/")
+
+
 def _protocols(problems: _Problems, val: _Val, path: str) -> ProtocolBalancers:
     return _section(problems, val, path, ProtocolBalancers, _PROTOCOL_FIELDS)
 
@@ -576,6 +623,8 @@ _BACKEND_FIELDS: Dict[str, Converter] = {
     "active": _boolean,
     "max_conn": _integer(1),
     "health_check": _health_check,
+    "admin_url": _http_url,
+    "admin_api_key": _string(),
 }
 #: ``off``: WebSocket upgrades are not forwarded (the request goes on as a
 #: plain GET); event streams use the route's own balancer.
@@ -588,9 +637,30 @@ _ROUTE_FIELDS: Dict[str, Converter] = {
     "load_balancer": _BALANCER,
     "protocols": _protocols,
     "filters": _filters,
+    "cache": _route_cache,
+}
+_CACHE_KEY_FIELDS: Dict[str, Converter] = {
+    "query": _key_query,
+    "ignore_query": _names("query parameter names"),
+    "headers": _names("header names"),
+}
+_ROUTE_CACHE_FIELDS: Dict[str, Converter] = {
+    "enabled": _boolean,
+    "default_ttl": _duration(positive=False),
+    "key": _cache_key,
+    "stale_while_revalidate": _duration(positive=False),
+    "stale_if_error": _duration(positive=False),
+    "min_uses": _integer(1),
+}
+_CACHE_FIELDS: Dict[str, Converter] = {
+    "memory_size": _size(0),
+    "disk_path": _string(),
+    "disk_size": _size(1024 * 1024),
+    "max_object_size": _size(1),
+    "cascade_purge": _boolean,
 }
 _FILTER_FIELDS: Dict[str, Converter] = {"name": _string(non_empty=True), "options": lambda problems, val, path: None}
-_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing")
+_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing", "cache")
 
 #: Float fields that are plain numbers; every other float field is a duration.
 _FRACTION_FIELDS = ("retry_budget", "panic_threshold")
@@ -723,6 +793,7 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
     server = _section(problems, section.get("server"), "server", ServerConfig, _SERVER_FIELDS)
     ssl = _section(problems, section.get("ssl"), "ssl", SSLConfig, _SSL_FIELDS)
     admin = _section(problems, section.get("admin"), "admin", AdminConfig, _ADMIN_FIELDS)
+    cache = _section(problems, section.get("cache"), "cache", CacheConfig, _CACHE_FIELDS)
     if ssl.enabled:
         for key in ("cert_file", "key_file"):
             if not getattr(ssl, key):
@@ -758,7 +829,9 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
         admin = dataclasses.replace(admin, api_key_file=_resolve(base_dir, admin.api_key_file))
         if server.access_log not in ("-", "off"):
             server = dataclasses.replace(server, access_log=_resolve(base_dir, server.access_log))
-    return Config(server=server, ssl=ssl, admin=admin, backends=backends, routing=routing)
+        if cache.disk_path:
+            cache = dataclasses.replace(cache, disk_path=_resolve(base_dir, cache.disk_path))
+    return Config(server=server, ssl=ssl, admin=admin, backends=backends, routing=routing, cache=cache)
 
 
 # -- public API -------------------------------------------------------------------------
@@ -839,6 +912,9 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
         backends[name] = []
         for backend in members:
             data = _dump(backend)
+            for key in ("admin_url", "admin_api_key"):
+                if not data[key]:
+                    del data[key]
             if backend.health_check is None:
                 del data["health_check"]
             else:
@@ -858,14 +934,25 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
             data["filters"] = [{"name": entry.name, "options": dict(entry.options)} for entry in route.filters]
         else:
             del data["filters"]
+        if route.cache == RouteCacheConfig():
+            del data["cache"]
+        else:
+            data["cache"] = _dump(route.cache)
+            data["cache"]["key"] = _dump(route.cache.key)
         routing[name] = data
-    return {
+    result = {
         "server": server,
         "ssl": _dump(config.ssl),
         "admin": _dump(config.admin),
         "backends": backends,
         "routing": routing,
     }
+    if config.cache != CacheConfig():
+        cache = _dump(config.cache)
+        for key in ("memory_size", "disk_size", "max_object_size"):
+            cache[key] = format_size(cache[key])
+        result["cache"] = cache
+    return result
 
 
 def _dump(record: Any) -> Dict[str, Any]:

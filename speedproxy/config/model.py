@@ -61,6 +61,10 @@ class BackendConfig:
     active: bool = True
     max_conn: int = 1000
     health_check: Optional[HealthCheckConfig] = None
+    #: The admin API of this backend when it is a speedproxy too (for
+    #: ``cache.cascade_purge``), e.g. ``http://10.0.0.2:9901``, and its key.
+    admin_url: str = ""
+    admin_api_key: str = ""
 
     @property
     def address(self) -> str:
@@ -90,6 +94,50 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
+class CacheKeyConfig:
+    """What a route's cache key is made of, beyond scheme, host and path."""
+
+    #: ``"all"``, ``"none"`` or a tuple of the query parameter names kept.
+    query: Any = "all"
+    #: Query parameters left out of the key (signatures, expiry stamps).
+    ignore_query: Tuple[str, ...] = ()
+    #: Request header fields added to the key.
+    headers: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteCacheConfig:
+    """A route's HTTP cache (RFC 9111 shared cache)."""
+
+    enabled: bool = False
+    #: Freshness given to responses that may be cached heuristically (no
+    #: Cache-Control max-age/s-maxage nor Expires); 0: none are.
+    default_ttl: float = 0.0
+    key: CacheKeyConfig = field(default_factory=CacheKeyConfig)
+    #: Serve stale this long past freshness while refreshing in the background.
+    stale_while_revalidate: float = 0.0
+    #: Serve stale this long past freshness when the origin fails.
+    stale_if_error: float = 0.0
+    #: Store a response only once its key has been asked for this many times.
+    min_uses: int = 1
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The cache tiers of a host (``cache:`` at the top of the file)."""
+
+    #: Memory tier per worker, in bytes (0: no memory tier).
+    memory_size: int = 64 * 1024 * 1024
+    #: Disk tier shared by the workers of the host (empty: no disk tier).
+    disk_path: str = ""
+    disk_size: int = 10 * 1024 * 1024 * 1024
+    #: Larger responses are relayed, not stored.
+    max_object_size: int = 1024 * 1024 * 1024
+    #: Forward clears and purges to backends that are speedproxies too.
+    cascade_purge: bool = False
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """Maps a path prefix (and optionally a Host) to an upstream group."""
 
@@ -101,6 +149,7 @@ class RouteConfig:
     protocols: ProtocolBalancers = field(default_factory=ProtocolBalancers)
     #: Filters run on this route's requests and responses, in order.
     filters: Tuple[FilterConfig, ...] = ()
+    cache: RouteCacheConfig = field(default_factory=RouteCacheConfig)
 
 
 @dataclass(frozen=True)
@@ -203,6 +252,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     backends: Mapping[str, Tuple[BackendConfig, ...]] = field(default_factory=_default_backends)
     routing: Mapping[str, RouteConfig] = field(default_factory=_default_routing)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     #: The file this config was read from, if any.
     source: Optional[str] = None
 

@@ -17,11 +17,11 @@ from typing import Any, Union
 __all__ = ["describe_value", "format_duration", "format_size", "parse_duration", "parse_size"]
 
 _NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"
-_DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h)")
-_DURATION = re.compile(rf"(?:{_NUMBER}(?:ms|s|m|h))+")
+_DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
+_DURATION = re.compile(rf"(?:{_NUMBER}(?:ms|s|m|h|d))+")
 _BARE_NUMBER = re.compile(_NUMBER)
 #: Unit -> seconds; milliseconds divide so that ``250ms`` is exactly ``0.25``.
-_SECONDS = {"h": 3600, "m": 60, "s": 1}
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 _SIZE = re.compile(rf"({_NUMBER})([a-z]*)")
 _SIZE_UNITS = {"": 1, "b": 1}

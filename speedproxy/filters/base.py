@@ -18,15 +18,23 @@ class Filter:
 
     #: Set to True when :meth:`response_body` must see the body.
     wants_body = False
+    #: Set to True when :meth:`response_body` may change the body's length.
+    rewrites_body = False
 
     def request(self, request: "FilterRequest") -> object:
         return None
 
-    def response_head(self, request: "FilterRequest", response: "FilterResponse") -> None:
+    def response_head(self, request: "FilterRequest", response: "FilterResponse") -> object:
         return None
 
     def response_body(self, request: "FilterRequest", data: bytes) -> bytes:
         return data
 
     def response_end(self, request: "FilterRequest") -> Optional[bytes]:
+        return None
+
+    def error(self, request: "FilterRequest", status: int) -> object:
+        return None
+
+    def finished(self, request: "FilterRequest", complete: bool) -> None:
         return None

@@ -7,9 +7,9 @@ from typing import Any, Optional, Sequence, Union
 from twisted.internet.defer import Deferred
 
 from speedproxy.filters.interface import IFilter
-from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse, SharedResponse
 
-RequestOutcome = Union[None, LocalResponse, Deferred]
+RequestOutcome = Union[None, LocalResponse, SharedResponse, Deferred]
 
 
 class FilterChain:
@@ -20,14 +20,16 @@ class FilterChain:
     to first, so the filter nearest the backend sees the response first.
     """
 
-    __slots__ = ("filters", "_reversed", "_body_filters", "wants_body")
+    __slots__ = ("filters", "_reversed", "_body_filters", "wants_body", "rewrites_body")
 
     def __init__(self, filters: Sequence[IFilter]) -> None:
         self.filters = tuple(filters)
         self._reversed = tuple(reversed(self.filters))
         self._body_filters = tuple(f for f in self._reversed if getattr(f, "wants_body", False))
-        #: Some filter must see the body: no zero-copy, chunked to the client.
+        #: Some filter must see the body: no zero-copy.
         self.wants_body = bool(self._body_filters)
+        #: Some filter may change the body's length: chunked to the client.
+        self.rewrites_body = any(getattr(f, "rewrites_body", False) for f in self._body_filters)
 
     def request(self, request: FilterRequest, start: int = 0) -> RequestOutcome:
         """Run the request hooks from filter ``start`` on.
@@ -40,7 +42,7 @@ class FilterChain:
             result = filters[index].request(request)
             if result is None:
                 continue
-            if isinstance(result, LocalResponse):
+            if isinstance(result, (LocalResponse, SharedResponse)):
                 return result
             if isinstance(result, Deferred):
                 return result.addCallback(self._resume, request, index)
@@ -53,16 +55,32 @@ class FilterChain:
     def _resume(self, result: Any, request: FilterRequest, index: int) -> RequestOutcome:
         if result is None:
             return self.request(request, index + 1)
-        if isinstance(result, LocalResponse):
+        if isinstance(result, (LocalResponse, SharedResponse)):
             return result
         raise TypeError(
             f"filter {type(self.filters[index]).__name__}.request's Deferred fired with "
             f"{type(result).__name__}, expected None or a LocalResponse"
         )
 
-    def response_head(self, request: FilterRequest, response: FilterResponse) -> None:
+    def response_head(self, request: FilterRequest, response: FilterResponse) -> Optional[LocalResponse]:
+        """Run the head hooks; the first replacement answer ends them."""
         for item in self._reversed:
-            item.response_head(request, response)
+            replacement = item.response_head(request, response)
+            if replacement is not None:
+                return replacement
+        return None
+
+    def error(self, request: FilterRequest, status: int) -> Optional[LocalResponse]:
+        """Ask the filters for an answer instead of an error; the first one wins."""
+        for item in self._reversed:
+            replacement = item.error(request, status)
+            if replacement is not None:
+                return replacement
+        return None
+
+    def finished(self, request: FilterRequest, complete: bool) -> None:
+        for item in self.filters:
+            item.finished(request, complete)
 
     def response_body(self, request: FilterRequest, data: bytes) -> bytes:
         for item in self._body_filters:

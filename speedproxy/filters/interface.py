@@ -17,7 +17,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
 
-    from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+    from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse, SharedResponse
 
 
 class FilterOptionsError(ValueError):
@@ -65,22 +65,42 @@ class IFilter(Interface):
     wants_body = Attribute(
         "True if :meth:`response_body` must see the body (no zero-copy relay then)."
     )
+    rewrites_body = Attribute(
+        "True if :meth:`response_body` may change the body's length (sent chunked then)."
+    )
 
-    def request(request: "FilterRequest") -> "Union[None, LocalResponse, Deferred]":
+    def request(request: "FilterRequest") -> "Union[None, LocalResponse, SharedResponse, Deferred]":
         """Look at (and maybe change) a request before a backend is chosen.
 
         Return ``None`` to go on, a :class:`LocalResponse` to answer it
-        here (no backend is asked), or a ``Deferred`` firing with either.
+        here (no backend is asked), a :class:`SharedResponse` to have it
+        answered by a response that is already coming for another request
+        (coalescing), or a ``Deferred`` firing with one of those.
         """
 
-    def response_head(request: "FilterRequest", response: "FilterResponse") -> None:
-        """Look at (and maybe change) the backend's response head."""
+    def response_head(request: "FilterRequest", response: "FilterResponse") -> "Optional[LocalResponse]":
+        """Look at (and maybe change) the backend's response head.
+
+        Return a :class:`LocalResponse` to send it instead of the backend's
+        answer (a 304 that refreshed a stored response, a stale response
+        instead of a 5xx); the backend's body still goes through
+        :meth:`response_body` and :meth:`response_end`, and is not sent.
+        """
 
     def response_body(request: "FilterRequest", data: bytes) -> bytes:
         """Return the piece of body to send on (maybe changed, maybe empty)."""
 
     def response_end(request: "FilterRequest") -> Optional[bytes]:
         """The body is complete; return bytes to append, if any."""
+
+    def error(request: "FilterRequest", status: int) -> "Optional[LocalResponse]":
+        """No backend answer (``status`` is the 502/503/504 about to be sent).
+
+        Return a :class:`LocalResponse` to send instead (stale-if-error).
+        """
+
+    def finished(request: "FilterRequest", complete: bool) -> None:
+        """The request is over; ``complete``: a backend's response was relayed whole."""
 
 
 class FilterContext:

@@ -154,7 +154,7 @@ class LocalResponse:
     the proxy; ``headers`` are ``(name, value)`` strings.
     """
 
-    __slots__ = ("status", "headers", "body", "reason")
+    __slots__ = ("status", "headers", "body", "reason", "block")
 
     def __init__(
         self,
@@ -163,6 +163,7 @@ class LocalResponse:
         body: bytes = b"",
         reason: Optional[str] = None,
     ) -> None:
+        self.block = b""
         if not 200 <= status <= 599:
             raise ValueError(f"a local response needs a final status (200-599), got {status}")
         if not isinstance(body, bytes):
@@ -174,3 +175,46 @@ class LocalResponse:
                 raise ValueError(f"a local response cannot set the {name.decode()!r} header")
         self.body = body
         self.reason = reason
+
+    @classmethod
+    def prebuilt(cls, status: int, reason: Optional[str], block: bytes, body: bytes) -> "LocalResponse":
+        """A response whose header lines are already serialised (``block``, each
+        line ending in CRLF, no framing fields): the cache's hit path."""
+        response = cls.__new__(cls)
+        response.status = status
+        response.headers = []
+        response.block = block
+        response.body = body
+        response.reason = reason
+        return response
+
+
+class SharedResponse:
+    """A response already coming for another request, that this one may share.
+
+    A request filter returns one (request coalescing); the proxy then calls
+    :meth:`attach` with the request's exchange, and the source feeds it the
+    response as the other request receives it: ``response_head(head,
+    no_body)``, ``response_body(data)``, ``response_done(False)``.  A source
+    that cannot serve it after all calls ``exchange.go_to_backend()``; one
+    that fails half-way calls ``exchange.shared_response_failed()``.
+    """
+
+    def attach(self, exchange: "Exchange") -> None:
+        raise NotImplementedError
+
+    def detach(self, exchange: "Exchange") -> None:
+        """The exchange ended (its client went away): stop feeding it."""
+
+
+class LocalBody:
+    """A local response body read from a file (a large disk hit), sent without copying."""
+
+    __slots__ = ("fd", "offset", "length", "keep")
+
+    def __init__(self, fd: int, offset: int, length: int, keep: Any = None) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        #: Held while the body is sent (the owner of ``fd``).
+        self.keep = keep

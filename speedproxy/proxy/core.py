@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -21,9 +21,11 @@ from speedproxy.proxy.upstream import ConnectionPool
 from speedproxy.routing import Route, Router, build_routes
 from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
 from speedproxy.stats.shared import SharedView
+from speedproxy.cache.memory import UseCounter
 from speedproxy.upstreams import RetryBudget, UpstreamGroup, build_groups
 
 if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.cache.tiers import CacheTiers
     from speedproxy.upstreams import Backend
     from speedproxy.proxy.client import ClientConnection
     from speedproxy.proxy.exchange import Exchange
@@ -77,6 +79,13 @@ class ProxyCore:
         #: ``server.slow_request_threshold`` (set by the request tracker).
         self.on_slow_request: Optional[Callable[["Exchange", int, float], None]] = None
         self.slow_threshold = float("inf")
+        #: The worker's cache tiers (``None`` until a route enables its cache).
+        self.cache: Optional["CacheTiers"] = None
+        #: Origin responses being shared per cache key (request coalescing).
+        self.cache_fills: Dict[bytes, Any] = {}
+        #: Keys being refreshed in the background (stale-while-revalidate).
+        self.cache_refreshing: Set[bytes] = set()
+        self.cache_uses = UseCounter()
         if shared is None:
             # Serving in one process: a private segment with one slot.
             segment = StatsSegment.anonymous(
@@ -106,7 +115,8 @@ class ProxyCore:
         self.server: ServerConfig = server
         self.resolver = ClientAddressResolver(server.trusted_proxies, server.real_ip_header)
         self.groups = build_groups(config.backends, self.groups)
-        self.routes = build_routes(config.routing, self.groups, self.routes, self.reactor)
+        self._apply_cache(config)
+        self.routes = build_routes(config.routing, self.groups, self.routes, self.reactor, self)
         self.router = Router(self.routes)
         self.retries = server.retries
         self.slow_threshold = server.slow_request_threshold
@@ -167,6 +177,17 @@ class ProxyCore:
         group.update_panic()  # type: ignore[union-attr]
         return True
 
+    def _apply_cache(self, config: Config) -> None:
+        """Open the cache tiers when a route caches; follow ``cache:`` changes."""
+        wanted = any(route.cache.enabled for route in config.routing.values())
+        if self.cache is None:
+            if wanted:
+                from speedproxy.cache.tiers import CacheTiers
+
+                self.cache = CacheTiers(config.cache)
+        else:
+            self.cache.apply_config(config.cache)
+
     def housekeeping(self, now: float) -> None:
         """Every sweep: passive health verdicts, shared with the other workers."""
         shared = self.shared
@@ -183,6 +204,12 @@ class ProxyCore:
                 self._report_panic(group)
         if self.access_log is not None:
             self.access_log.flush()
+        cache = self.cache
+        if cache is not None:
+            report = getattr(self.stats, "cache_memory", None)
+            if report is not None:
+                memory = cache.memory
+                report(memory.bytes, len(memory), memory.evictions)
 
     def _report_panic(self, group: UpstreamGroup) -> None:
         """Export a group's new panic state; log it from one worker only."""
@@ -231,6 +258,8 @@ class ProxyCore:
         self.pool.close_idle()
         if self.access_log is not None:
             self.access_log.close()
+        if self.cache is not None:
+            self.cache.close()
 
     # -- bookkeeping used by connections -------------------------------------
 

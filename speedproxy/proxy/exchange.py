@@ -8,7 +8,7 @@ from twisted.python.failure import Failure
 
 from twisted.logger import Logger
 
-from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse, SharedResponse
 from speedproxy.proxy.forwarding import client_response_head, local_response, upstream_request_head
 from speedproxy.proxy.http1 import LAST_CHUNK, RequestHead, ResponseHead
 from speedproxy.proxy.splicing import nothing_queued
@@ -77,6 +77,10 @@ class Exchange:
         "tunnel",
         "operator_cut",
         "filtered",
+        "view",
+        "source",
+        "_replaced",
+        "_complete",
         "waiting",
         "queued_at",
         "queue_time",
@@ -129,8 +133,17 @@ class Exchange:
         self.tunnel = False
         #: The backend connection was cut on purpose (admin ``disconnect``).
         self.operator_cut = False
-        #: What the route's filters see of this request (``None``: no filters).
+        #: What the route's filters see of this request while their response
+        #: hooks run (``None``: no filters, or their hooks are done).
         self.filtered: Optional[FilterRequest] = None
+        #: The same, kept to the end (for the ``finished`` hook).
+        self.view: Optional[FilterRequest] = None
+        #: The shared response this request follows (coalescing), if any.
+        self.source: Optional[SharedResponse] = None
+        #: A filter answered instead of the backend's response head.
+        self._replaced = False
+        #: A backend's response was relayed whole.
+        self._complete = False
         #: The backlog this request waits in for a backend slot, if any.
         self.waiting: Optional["Backlog"] = None
         #: Clock time it started waiting (-1: never queued); ``queue_time``
@@ -160,7 +173,7 @@ class Exchange:
         if chain is None:
             self._connect()
             return
-        self.filtered = filtered = FilterRequest(self)
+        self.filtered = self.view = filtered = FilterRequest(self)
         try:
             outcome = chain.request(filtered)
         except Exception:
@@ -170,19 +183,40 @@ class Exchange:
             self._connect()
         elif isinstance(outcome, LocalResponse):
             self.respond_locally(outcome)
+        elif isinstance(outcome, SharedResponse):
+            self.source = outcome
+            outcome.attach(self)
         else:
             outcome.addCallbacks(self._filtered_request, self._filter_failed)
 
     # -- filters -----------------------------------------------------------------
 
-    def _filtered_request(self, outcome: Optional[LocalResponse]) -> None:
+    def _filtered_request(self, outcome: "Optional[LocalResponse | SharedResponse]") -> None:
         """A request filter that answered later has decided."""
         if self.finished:
             return
         if outcome is None:
             self._connect()
+        elif isinstance(outcome, SharedResponse):
+            self.source = outcome
+            outcome.attach(self)
         else:
             self.respond_locally(outcome)
+
+    def go_to_backend(self) -> None:
+        """The shared response this request waited for cannot serve it: ask a backend."""
+        self.source = None
+        if not self.finished and not self.response_started:
+            self._connect()
+
+    def shared_response_failed(self) -> None:
+        """The shared response broke off after its head reached this client."""
+        self.source = None
+        if not self.finished:
+            if self.committed:
+                self._abort_client()
+            else:
+                self.fail(502, "bad_gateway", "the backend's response broke off")
 
     def _filter_failed(self, failure: Failure) -> None:
         """A filter raised: 500 for this request, logged; the worker goes on."""
@@ -209,6 +243,10 @@ class Exchange:
             return
         if self.waiting is not None:
             self._leave_queue()
+        self._write_local(response)
+        self._finish()
+
+    def _write_local(self, response: LocalResponse) -> None:
         self.status = response.status
         self.response_started = True
         keep_alive = self._keep_alive and self.body_done and not self.client.closing
@@ -223,11 +261,12 @@ class Exchange:
             server_tag=self.core.server_tag,
             keep_alive=keep_alive,
             head_only=head_only,
+            block=response.block,
         )
         self.head_bytes = len(data) - (0 if head_only else len(response.body))
         self.bytes_sent = 0 if head_only else len(response.body)
+        self._head = b""
         self.client.write(data)
-        self._finish()
 
     def _connect(self) -> None:
         balanced = self.balanced
@@ -448,11 +487,20 @@ class Exchange:
         if filtered is not None:
             chain = self.route.filters  # type: ignore[union-attr]
             try:
-                chain.response_head(filtered, FilterResponse(response))  # type: ignore[union-attr]
+                replacement = chain.response_head(filtered, FilterResponse(response))  # type: ignore[union-attr]
             except Exception:
                 self._filter_failed(Failure())
                 return
-            if chain.wants_body and response.content_length is not None and not no_body:  # type: ignore[union-attr]
+            if replacement is not None:
+                # A filter answers instead; the backend's body still goes
+                # through the body hooks (a cache fill), then is dropped.
+                self._replaced = True
+                self.response_started = True
+                if self.backend is not None:
+                    self.backend.record_response_time(self.core.clock.seconds() - self.upstream_started)
+                self._write_local(replacement)
+                return
+            if chain.rewrites_body and response.content_length is not None and not no_body:  # type: ignore[union-attr]
                 response.content_length = None  # the body may change: chunked
         self.response_started = True
         self.status = response.status
@@ -514,6 +562,8 @@ class Exchange:
             except Exception:
                 self._filter_failed(Failure())
                 return
+            if self._replaced:
+                return
         size = len(data)
         if not size:
             return
@@ -541,7 +591,7 @@ class Exchange:
         if self._to_client != _TO_CLIENT_RAW or self.finished:
             return None
         filtered = self.filtered
-        if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
+        if filtered is not None and (self._replaced or self.route.filters.wants_body):  # type: ignore[union-attr]
             return None
         client = self.client
         if not client.plain or client._write_paused:
@@ -565,8 +615,9 @@ class Exchange:
                 self._filter_failed(Failure())
                 return
             self.filtered = None  # the body filters are done: relay the tail as is
-            if tail:
+            if tail and not self._replaced:
                 self.response_body(tail)
+        self._complete = True
         connection = self.upstream
         self.upstream = None
         head = self._head
@@ -692,6 +743,21 @@ class Exchange:
             connection.abort()
         self._release_backend(False)
         self.core.log_exchange(self, 499)
+        self._filters_finished()
+
+    def _filters_finished(self) -> None:
+        """Tell the filters (and a shared response) that this request is over."""
+        source = self.source
+        if source is not None:
+            self.source = None
+            source.detach(self)
+        view = self.view
+        if view is not None:
+            self.view = None
+            try:
+                self.route.filters.finished(view, self._complete)  # type: ignore[union-attr]
+            except Exception:
+                _log.failure("filter on route {route} failed when the request ended", route=self.route.name)  # type: ignore[union-attr]
 
     # -- ending ------------------------------------------------------------
 
@@ -711,6 +777,18 @@ class Exchange:
         if self.committed:
             self._abort_client()
             return
+        filtered = self.filtered
+        if filtered is not None and status >= 500 and not self._replaced:
+            try:
+                replacement = self.route.filters.error(filtered, status)  # type: ignore[union-attr]
+            except Exception:
+                _log.failure("filter on route {route} failed on an error", route=self.route.name)  # type: ignore[union-attr]
+                replacement = None
+            if replacement is not None:  # e.g. a stale response (stale-if-error)
+                self._head = b""
+                self._write_local(replacement)
+                self._finish()
+                return
         self._head = b""  # a held-back backend head is replaced by the error
         self.status = status
         self.response_started = True
@@ -730,9 +808,13 @@ class Exchange:
         self._keep_alive = False
         self.finished = True
         self.core.log_exchange(self, self.status)
+        if self.view is not None or self.source is not None:
+            self._filters_finished()
         self.client.exchange_finished(self, False, abort=True)
 
     def _finish(self) -> None:
         self.finished = True
         self.core.log_exchange(self, self.status)
+        if self.view is not None or self.source is not None:
+            self._filters_finished()
         self.client.exchange_finished(self, self._keep_alive)

@@ -227,11 +227,15 @@ def local_response(
     server_tag: bytes,
     keep_alive: bool,
     head_only: bool,
+    block: bytes = b"",
+    length: Optional[int] = None,
 ) -> bytes:
     """Serialise a whole response given by a filter (a cache hit, a 429...).
 
-    ``headers`` are ``(name, value)`` bytes without framing fields; the body
-    is sent with ``Content-Length`` (left out for ``HEAD``).
+    ``headers`` are ``(name, value)`` bytes without framing fields, and
+    ``block`` header lines already serialised; the body is sent with
+    ``Content-Length`` (``length`` when the body follows separately; left
+    out for ``HEAD``, 204 and 304, whose length fields are kept as given).
     """
     if reason is not None:
         phrase = reason.encode("latin-1")
@@ -240,16 +244,17 @@ def local_response(
             phrase = HTTPStatus(status).phrase.encode("latin-1")
         except ValueError:
             phrase = b"Status"
-    out = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, phrase), block]
     for name, value in headers:
         out += (name, b": ", value, b"\r\n")
+    bodyless = status == 204 or status == 304
     out += (
         server_tag,
         b"X-Request-Id: ",
         request_id,
-        b"\r\nContent-Length: %d\r\n" % len(body),
+        b"\r\n" if bodyless else b"\r\nContent-Length: %d\r\n" % (len(body) if length is None else length),
         b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
     )
-    if not head_only and status not in (204, 304):
+    if not head_only and not bodyless:
         out.append(body)
     return b"".join(out)

@@ -73,6 +73,7 @@ PLUGIN = textwrap.dedent(
         """Answers later (a Deferred), and replaces the body by its SHA-256."""
 
         wants_body = True
+        rewrites_body = True
 
         def __init__(self, reactor):
             self.reactor = reactor

@@ -1,0 +1,535 @@
+"""The HTTP cache of a route, as a filter on its chain (RFC 9111 shared cache).
+
+Request side: a fresh stored response answers at once (``Cache-Status:
+speedproxy; hit``), a stale one is revalidated (or served while a
+background refresh runs, RFC 5861), and a miss either joins the origin
+response already coming for the key (:class:`~speedproxy.cache.fill.Fill`)
+or becomes that response's leader.  Response side: a storable response is
+stored as it streams to the client and to every request waiting for it; a
+304 freshens the stored response; an error may be answered with a stale
+one (stale-if-error).  Unsafe methods invalidate what they touch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from speedproxy.cache import policy
+from speedproxy.cache.entry import CachedObject
+from speedproxy.cache.fill import Fill, set_cache_status
+from speedproxy.cache.fetch import fetch
+from speedproxy.cache.keys import vary_names, variant_key
+from speedproxy.config.model import RouteCacheConfig
+from speedproxy.filters.base import Filter
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.proxy.core import ProxyCore
+    from speedproxy.proxy.exchange import Exchange
+
+log = Logger(namespace="speedproxy.cache")
+
+# Results counted per route (speedproxy_cache_requests_total{result}).
+HIT, MISS, STALE, REVALIDATED, BYPASS = range(5)
+
+_CONDITIONALS = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since")
+_UNSAFE_KEEP = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+# Roles of a request in view.state["role"].
+_LEADER, _FOLLOWER, _BYPASS, _INVALIDATE, _WAITING = "leader", "follower", "bypass", "invalidate", "waiting"
+
+#: Seconds between looks at the disk tier while another worker fetches a key.
+WAIT_POLL = 0.02
+
+
+def _has_conditionals(lowered: List[bytes]) -> bool:
+    for name in _CONDITIONALS:
+        if name in lowered:
+            return True
+    return False
+
+
+class CacheFilter(Filter):
+    """The cache of one route in one worker."""
+
+    wants_body = True
+    rewrites_body = False
+
+    def __init__(self, core: "ProxyCore", route: str, settings: RouteCacheConfig) -> None:
+        self.core = core
+        self.route = route
+        self.settings = settings
+        key = settings.key
+        self._query = key.query if isinstance(key.query, str) else frozenset(name.encode() for name in key.query)
+        self._ignore = frozenset(name.encode() for name in key.ignore_query)
+        self._headers = tuple(name.lower().encode() for name in key.headers)
+
+    # -- keys and counters ----------------------------------------------------------
+
+    def key_for(self, exchange: "Exchange") -> bytes:
+        request = exchange.request
+        return policy.cache_key(
+            request.host,
+            request.path,
+            request.query,
+            scheme=exchange.client.scheme,
+            query_mode=self._query,
+            ignore_query=self._ignore,
+            header_names=self._headers,
+            request_headers=request.headers,
+            lowered=request.lowered,
+        )
+
+    def _count(self, exchange: "Exchange", result: int) -> None:
+        route = exchange.route
+        counter = getattr(self.core.stats, "cache_result", None)
+        if counter is not None and route is not None:
+            counter(route.stats_index, result)
+
+    # -- request side ---------------------------------------------------------------
+
+    def request(self, view: FilterRequest) -> Any:
+        exchange: "Exchange" = view._exchange  # the filter is part of the data path
+        request = exchange.request
+        method = request.method
+        state = view.state
+        core = self.core
+        tiers = core.cache
+        if tiers is None:
+            return None
+        if method != b"GET" and method != b"HEAD":
+            if method not in _UNSAFE_KEEP:
+                state["role"] = _INVALIDATE
+                state["key"] = self.key_for(exchange)
+            else:
+                state["role"] = _BYPASS
+                state["fwd"] = b"method"
+            self._count(exchange, BYPASS)
+            return None
+        directives = policy.request_directives(request.headers, request.lowered)
+        if directives.no_store:
+            state["role"] = _BYPASS
+            state["fwd"] = b"request"
+            self._count(exchange, BYPASS)
+            return None
+        key = self.key_for(exchange)
+        now = core.clock.seconds()
+        entry = tiers.lookup(key, request.headers, request.lowered)
+        state["key"] = key
+        state["directives"] = directives
+        if entry is not None:
+            outcome, ttl = policy.evaluate(entry.policy, directives, now)
+            if outcome == policy.FRESH:
+                self._count(exchange, HIT)
+                return self.answer(exchange, entry, now, policy.cache_status(True, ttl=ttl))
+            if outcome == policy.STALE_SERVABLE:
+                self._count(exchange, STALE)
+                return self.answer(exchange, entry, now, policy.cache_status(True, ttl=ttl, detail=b"max-stale"))
+            if outcome == policy.STALE_REVALIDATE:
+                self._count(exchange, STALE)
+                self.refresh(exchange, entry)
+                return self.answer(
+                    exchange, entry, now, policy.cache_status(True, ttl=ttl, detail=b"stale-while-revalidate")
+                )
+            # MUST_REVALIDATE
+            if directives.only_if_cached:
+                self._count(exchange, MISS)
+                return _gateway_timeout("only-if-cached: the stored response is stale")
+            state["stale"] = entry
+        elif directives.only_if_cached:
+            self._count(exchange, MISS)
+            return _gateway_timeout("only-if-cached: nothing stored for this request")
+        if method == b"HEAD" or (b"range" in request.lowered and entry is None):
+            # Not a fill: a HEAD has no body to store; a range of a missing
+            # object goes to the origin as asked.
+            state["role"] = _BYPASS
+            state["fwd"] = b"miss"
+            self._count(exchange, MISS)
+            return None
+        fills = core.cache_fills
+        fill = fills.get(key)
+        if fill is not None and entry is None:
+            state["role"] = _FOLLOWER
+            self._count(exchange, MISS)
+            return fill
+        if entry is not None:
+            self._ask_with_validators(exchange, entry)
+        else:
+            self._count(exchange, MISS)
+            if self.settings.min_uses > 1 and core.cache_uses.add(key) < self.settings.min_uses:
+                state["role"] = _BYPASS
+                state["fwd"] = b"miss"
+                state["detail"] = b"min-uses"
+                return None
+            locks = tiers.locks
+            if locks is not None:
+                if not locks.acquire(key):
+                    # Another worker of this host is fetching it: wait for
+                    # it on the disk tier (and let local requests join us).
+                    state["fill"] = Fill(fills, key, core.config.cache.max_object_size)
+                    state["role"] = _WAITING
+                    return self._wait_for_other_worker(view, key, now)
+                state["locked"] = True
+        self._lead(view, now)
+        return None
+
+    def _lead(self, view: FilterRequest, now: float) -> None:
+        """This request asks the origin for its key; others may follow it."""
+        state = view.state
+        exchange: "Exchange" = view._exchange
+        core = self.core
+        state["role"] = _LEADER
+        state["request_time"] = now
+        if "fill" not in state:
+            state["fill"] = Fill(core.cache_fills, state["key"], core.config.cache.max_object_size)
+        counter = getattr(core.stats, "origin_request", None)
+        if counter is not None and exchange.route is not None:
+            counter(exchange.route.stats_index)
+
+    def _wait_for_other_worker(self, view: FilterRequest, key: bytes, now: float) -> "Deferred[Optional[LocalResponse]]":
+        """Poll the disk tier until the other worker's response is stored there,
+        or its lock is free (it did not store one): then fetch it ourselves."""
+        core = self.core
+        exchange: "Exchange" = view._exchange
+        state = view.state
+        tiers = core.cache
+        locks = tiers.locks  # type: ignore[union-attr]
+        request = exchange.request
+        fill: Fill = state["fill"]
+        deadline = now + core.server.upstream_connect_timeout + core.server.upstream_read_timeout
+        waited: "Deferred[Optional[LocalResponse]]" = Deferred()
+
+        def found(entry: CachedObject) -> None:
+            at = core.clock.seconds()
+            outcome, ttl = policy.evaluate(entry.policy, state["directives"], at)
+            value = policy.cache_status(True, ttl=ttl, collapsed=True)
+            state["role"] = None
+            fill.deliver(lambda other: self.answer(other, entry, at, value))
+            waited.callback(self.answer(exchange, entry, at, value))
+
+        def poll() -> None:
+            if exchange.finished:
+                state["role"] = None
+                fill.failed()
+                waited.callback(None)
+                return
+            entry = tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
+            if entry is not None:
+                found(entry)
+                return
+            if locks.acquire(key):
+                entry = tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
+                if entry is not None:
+                    locks.release(key)
+                    found(entry)
+                    return
+                state["locked"] = True
+            elif core.clock.seconds() < deadline:
+                core.reactor.callLater(WAIT_POLL, poll)
+                return
+            self._lead(view, core.clock.seconds())
+            waited.callback(None)
+
+        core.reactor.callLater(WAIT_POLL, poll)
+        return waited
+
+    def _ask_with_validators(self, exchange: "Exchange", entry: CachedObject) -> None:
+        """Revalidate: the request goes on with the stored response's validators."""
+        request = exchange.request
+        validators = policy.validators(entry.headers, entry.lowered)
+        if not validators:
+            return
+        keep = [index for index, name in enumerate(request.lowered) if name not in _CONDITIONALS]
+        request.headers = [request.headers[index] for index in keep] + list(validators)
+        request.lowered = [request.lowered[index] for index in keep] + [name.lower() for name, _ in validators]
+
+    def refresh(self, exchange: "Exchange", entry: CachedObject) -> None:
+        """Refresh a stale entry in the background, once at a time per key."""
+        core = self.core
+        key = entry.key + b"\n" + entry.variant
+        refreshing: Set[bytes] = core.cache_refreshing
+        if key in refreshing:
+            return
+        refreshing.add(key)
+        request = exchange.request
+        headers: List[Tuple[bytes, bytes]] = [(b"Cache-Control", b"no-cache")]
+        wanted = set(entry.vary) | set(self._headers)
+        for (name, value), lname in zip(request.headers, request.lowered):
+            if lname in wanted:
+                headers.append((name, value))
+        target = request.path + request.query
+        done = fetch(core, request.host, target, headers)
+        done.addBoth(lambda result: refreshing.discard(key) or result)
+        done.addErrback(lambda failure: log.failure("cache: background refresh failed", failure))
+
+    # -- answers from the cache ---------------------------------------------------
+
+    def answer(
+        self, exchange: "Exchange", entry: CachedObject, now: float, status_value: bytes
+    ) -> LocalResponse:
+        """The stored response as an answer to this request (304, 206, 416 or whole)."""
+        request = exchange.request
+        age = policy.current_age(entry.policy.initial_age, entry.policy.response_time, now)
+        extra = b"Age: " + policy.age_header(age) + b"\r\nCache-Status: " + status_value + b"\r\n"
+        lowered = request.lowered
+        if _has_conditionals(lowered):
+            verdict = policy.evaluate_conditionals(
+                request.method, request.headers, lowered, entry.headers, entry.lowered, entry.status
+            )
+            if verdict == 304:
+                fields = policy.not_modified_headers(entry.headers, entry.lowered)
+                block = b"".join(b"%s: %s\r\n" % pair for pair in fields)
+                return LocalResponse.prebuilt(304, None, block + extra, b"")
+            if verdict == 412:
+                return LocalResponse.prebuilt(412, None, extra, b"")
+        if b"range" in lowered:
+            body = entry.body
+            ranges = policy.range_request(
+                request.method, request.headers, lowered, entry.headers, entry.lowered, len(body), entry.status
+            )
+            if ranges is policy.UNSATISFIABLE:
+                block = b"Content-Range: " + policy.unsatisfied_range(len(body)) + b"\r\n"
+                return LocalResponse.prebuilt(416, None, block + extra, b"")
+            if ranges:
+                return self._partial(entry, ranges, extra)
+        return LocalResponse.prebuilt(entry.status, entry.reason.decode("latin-1"), entry.block + extra, entry.body)
+
+    def _partial(self, entry: CachedObject, ranges: List[Tuple[int, int]], extra: bytes) -> LocalResponse:
+        body = entry.body
+        length = len(body)
+        base = b"".join(
+            b"%s: %s\r\n" % pair
+            for pair, name in zip(entry.headers, entry.lowered)
+            if name not in (b"content-type", b"content-range", b"content-length", b"age", b"cache-status")
+        )
+        if len(ranges) == 1:
+            first, last = ranges[0]
+            content_type = entry.header(b"content-type")
+            block = base + (b"Content-Type: " + content_type + b"\r\n" if content_type else b"")
+            block += b"Content-Range: " + policy.content_range(first, last, length) + b"\r\n"
+            return LocalResponse.prebuilt(206, None, block + extra, body[first : last + 1])
+        content_type, parts, closing, _ = policy.multipart_byteranges(
+            ranges, length, entry.header(b"content-type"), policy.make_boundary()
+        )
+        pieces = []
+        for head, first, last in parts:
+            pieces += (head, body[first : last + 1])
+        pieces.append(closing)
+        block = base + b"Content-Type: " + content_type + b"\r\n"
+        return LocalResponse.prebuilt(206, None, block + extra, b"".join(pieces))
+
+    # -- response side ----------------------------------------------------------------
+
+    def response_head(self, view: FilterRequest, response: FilterResponse) -> Optional[LocalResponse]:
+        state = view.state
+        role = state.get("role")
+        if role is None:
+            return None
+        exchange: "Exchange" = view._exchange
+        head = response._head
+        if role == _FOLLOWER:
+            return None  # its Cache-Status came with the shared head
+        if role == _INVALIDATE:
+            self._invalidate(exchange, state["key"], head.status, head.headers, head.lowered)
+            return None
+        if role == _BYPASS:
+            detail = state.get("detail")
+            set_cache_status(head, policy.cache_status(False, fwd=state.get("fwd", b"bypass"), fwd_status=head.status, detail=detail))
+            return None
+        fill: Fill = state["fill"]
+        now = self.core.clock.seconds()
+        request = exchange.request
+        stale: Optional[CachedObject] = state.get("stale")
+        status = head.status
+        if stale is not None:
+            if status == 304:
+                return self._revalidated(exchange, state, stale, head, now)
+            if status in policy.ERROR_STATUSES and policy.stale_on_error(stale.policy, state["directives"], now):
+                state["role"] = None
+                self._count(exchange, STALE)
+                value = policy.cache_status(True, fwd=b"stale", fwd_status=status, detail=b"stale-if-error")
+                fill.deliver(lambda other: self.answer(other, stale, now, value))
+                return self.answer(exchange, stale, now, value)
+        ok, reason = policy.storable(
+            request.method,
+            status,
+            request.headers,
+            request.lowered,
+            head.headers,
+            head.lowered,
+            has_authorization=b"authorization" in request.lowered,
+            heuristic_allowed_by_config=self.settings.default_ttl > 0,
+        )
+        fwd = b"stale" if stale is not None else b"miss"
+        if ok and head.content_length is not None and head.content_length > self.core.config.cache.max_object_size:
+            ok, reason = False, "size"
+        if ok and status == 206:
+            ok, reason = False, "partial"
+        if not ok:
+            state["role"] = None
+            fill.release()
+            set_cache_status(head, policy.cache_status(False, fwd=fwd, fwd_status=status, detail=reason or None))
+            return None
+        names = vary_names(head.headers, head.lowered) or ()
+        state["storing"] = True
+        state["chunks"] = []
+        state["size"] = 0
+        state["vary"] = names
+        state["variant"] = variant_key(names, request.headers, request.lowered) if names else b""
+        state["head"] = (status, head.reason, list(head.headers), list(head.lowered))
+        shared = policy.cache_status(False, fwd=fwd, fwd_status=status, collapsed=True)
+        fill.head_arrived(head, request.method == b"HEAD", shared)
+        set_cache_status(head, policy.cache_status(False, fwd=fwd, fwd_status=status, stored=True))
+        return None
+
+    def _revalidated(
+        self, exchange: "Exchange", state: Dict[str, Any], stale: CachedObject, head: Any, now: float
+    ) -> LocalResponse:
+        """A 304 to our validators: freshen the stored response and serve it."""
+        state["role"] = None
+        headers, lowered = policy.freshen_headers(stale.headers, stale.lowered, head.headers, head.lowered, now)
+        stale.set_headers(headers, lowered)
+        stale.policy = policy.stored_policy(
+            stale.status,
+            headers,
+            lowered,
+            state["request_time"],
+            now,
+            default_ttl=self.settings.default_ttl,
+            stale_while_revalidate=self.settings.stale_while_revalidate,
+            stale_if_error=self.settings.stale_if_error,
+            heuristic_allowed=self.settings.default_ttl > 0,
+        )
+        self.core.cache.refresh(stale)  # type: ignore[union-attr]
+        self._count(exchange, REVALIDATED)
+        ttl = stale.policy.lifetime - policy.current_age(stale.policy.initial_age, now, now)
+        value = policy.cache_status(True, fwd=b"stale", fwd_status=304, ttl=ttl)
+        state["fill"].deliver(lambda other: self.answer(other, stale, now, value))
+        return self.answer(exchange, stale, now, value)
+
+    def response_body(self, view: FilterRequest, data: bytes) -> bytes:
+        state = view.state
+        if state.get("storing"):
+            size = state["size"] + len(data)
+            if size > self.core.config.cache.max_object_size:
+                state["storing"] = False
+                state["chunks"] = []
+            else:
+                state["size"] = size
+                state["chunks"].append(data)
+            state["fill"].body_arrived(data)
+        return data
+
+    def response_end(self, view: FilterRequest) -> Optional[bytes]:
+        state = view.state
+        if state.get("role") != _LEADER:
+            return None
+        fill: Fill = state["fill"]
+        if state.get("storing"):
+            state["storing"] = False
+            exchange: "Exchange" = view._exchange
+            status, reason, headers, lowered = state["head"]
+            now = self.core.clock.seconds()
+            stored_headers, stored_lowered = policy.storage_headers(headers, lowered)
+            entry = CachedObject(
+                state["key"],
+                state["variant"],
+                state["vary"],
+                status,
+                reason,
+                stored_headers,
+                stored_lowered,
+                b"".join(state["chunks"]),
+                policy.stored_policy(
+                    status,
+                    headers,
+                    lowered,
+                    state["request_time"],
+                    now,
+                    default_ttl=self.settings.default_ttl,
+                    stale_while_revalidate=self.settings.stale_while_revalidate,
+                    stale_if_error=self.settings.stale_if_error,
+                    heuristic_allowed=self.settings.default_ttl > 0,
+                ),
+                state["request_time"],
+            )
+            state["chunks"] = []
+            state["stored"] = True
+            try:
+                self.core.cache.store(entry)  # type: ignore[union-attr]
+            except Exception:
+                log.failure("cache: storing {key!r} failed", key=state["key"])
+        state["role"] = None
+        fill.completed()
+        return None
+
+    def error(self, view: FilterRequest, status: int) -> Optional[LocalResponse]:
+        state = view.state
+        if state.get("role") != _LEADER:
+            return None
+        fill: Fill = state["fill"]
+        stale: Optional[CachedObject] = state.get("stale")
+        now = self.core.clock.seconds()
+        state["role"] = None
+        if stale is not None and policy.stale_on_error(stale.policy, state["directives"], now):
+            exchange: "Exchange" = view._exchange
+            self._count(exchange, STALE)
+            value = policy.cache_status(True, fwd=b"stale", detail=b"stale-if-error")
+            fill.deliver(lambda other: self.answer(other, stale, now, value))
+            return self.answer(exchange, stale, now, value)
+        fill.failed()
+        return None
+
+    def finished(self, view: FilterRequest, complete: bool) -> None:
+        state = view.state
+        fill: Optional[Fill] = state.get("fill")
+        if fill is not None and state.get("role") in (_LEADER, _WAITING):
+            state["role"] = None
+            fill.failed()  # the leader's response broke off: followers go on alone
+        if state.get("locked"):
+            state["locked"] = False
+            self._unlock(state["key"], state.get("stored", False))
+
+    def _unlock(self, key: bytes, stored: bool) -> None:
+        """Let other workers fetch ``key`` again, once what we stored is on disk."""
+        core = self.core
+        tiers = core.cache
+        if tiers is None or tiers.locks is None:
+            return
+        locks = tiers.locks
+        disk = tiers.disk
+        if stored and disk is not None:
+            reactor = core.reactor
+            if disk.when_committed(lambda: reactor.callFromThread(locks.release, key)):
+                return
+        locks.release(key)
+
+    # -- invalidation -------------------------------------------------------------------
+
+    def _invalidate(self, exchange: "Exchange", key: bytes, status: int, headers: Any, lowered: Any) -> None:
+        """RFC 9111 4.4: an unsafe request that succeeded invalidates its target."""
+        if not policy.invalidates(exchange.request.method, status):
+            return
+        request = exchange.request
+        tiers = self.core.cache
+        if tiers is None:
+            return
+        keys = [key]
+        for target in policy.invalidation_targets(request.host, exchange.client.scheme, headers, lowered, request.target):
+            path, _, query = target.partition(b"?")
+            keys.append(
+                policy.cache_key(request.host, path, query, scheme=exchange.client.scheme, query_mode=self._query, ignore_query=self._ignore)
+            )
+        for item in keys:
+            tiers.purge(item)
+        announce = getattr(self.core, "announce_invalidation", None)
+        if announce is not None:
+            announce(keys)
+
+
+def _gateway_timeout(detail: str) -> LocalResponse:
+    body = b'{"error": "gateway_timeout", "detail": "%s"}\n' % detail.encode()
+    return LocalResponse(504, [("Content-Type", "application/json"), ("Cache-Status", "speedproxy; fwd=miss; detail=only-if-cached")], body)

@@ -1,0 +1,234 @@
+"""The cache of one worker: its memory tier and the host's disk tier.
+
+Lookups try memory first, then disk (a disk hit is promoted to memory when
+it fits); stores go to both.  Keys are the primary cache keys of
+:func:`speedproxy.cache.keys.cache_key` (``scheme://host/path?query``);
+responses that vary keep a :class:`VaryMarker` under the primary key and
+one object per variant under ``(key, variant)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from speedproxy.cache.entry import CachedObject, VaryMarker
+from speedproxy.cache.keys import variant_key
+from speedproxy.cache.locks import FillLocks
+from speedproxy.cache.memory import MemoryTier
+from speedproxy.config.model import CacheConfig
+
+Headers = List[Tuple[bytes, bytes]]
+Stored = Union[CachedObject, VaryMarker]
+
+log = Logger(namespace="speedproxy.cache")
+
+#: Objects at most this large are promoted from disk to memory on a hit.
+PROMOTE_LIMIT = 4 * 1024 * 1024
+
+
+class ICacheStore(Interface):
+    """What the cache filter and the admin API need of a worker's cache."""
+
+    def lookup(key: bytes, headers: Headers, lowered: List[bytes]) -> Optional[CachedObject]:
+        """The stored response for a request (its variant), or ``None``."""
+
+    def store(entry: CachedObject) -> None:
+        """Keep a complete response (memory and disk)."""
+
+    def purge(key: bytes) -> int:
+        """Drop every variant stored under a primary key; return how many."""
+
+    def purge_prefix(prefix: bytes) -> int:
+        """Drop every object whose key starts with ``prefix``."""
+
+    def clear(tier: str) -> int:
+        """Drop everything from ``memory``, ``disk`` or ``all``."""
+
+    def info() -> Dict[str, Any]:
+        """Entries, bytes and hit counters per tier."""
+
+
+@implementer(ICacheStore)
+class CacheTiers:
+    """Memory tier (per worker) in front of the disk tier (per host)."""
+
+    def __init__(self, config: CacheConfig, disk_factory: Optional[Callable[[CacheConfig], Any]] = None) -> None:
+        self.config = config
+        self.memory: MemoryTier[Stored] = MemoryTier(config.memory_size)
+        self.disk: Any = None
+        self._disk_factory = disk_factory or _open_disk
+        self.hits = {"memory": 0, "disk": 0}
+        self.misses = 0
+        self.stores = 0
+        #: Which worker of the host fetches a key (with a disk tier only).
+        self.locks: Optional[FillLocks] = None
+        if config.disk_path:
+            self._open_disk(config)
+
+    def _open_disk(self, config: CacheConfig) -> None:
+        self.disk = self._disk_factory(config)
+        self.locks = FillLocks(os.path.join(config.disk_path, "fills.lock"))
+
+    def apply_config(self, config: CacheConfig) -> None:
+        """Follow a new ``cache:`` section (sizes now; a new disk path reopens)."""
+        old = self.config
+        self.config = config
+        self.memory.resize(config.memory_size)
+        if (config.disk_path, config.disk_size) != (old.disk_path, old.disk_size):
+            self.close()
+            if config.disk_path:
+                self._open_disk(config)
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
+        if self.locks is not None:
+            self.locks.close()
+            self.locks = None
+
+    # -- the data path ---------------------------------------------------------------
+
+    def lookup(self, key: bytes, headers: Headers, lowered: List[bytes]) -> Optional[CachedObject]:
+        found = self._get(key, b"")
+        if isinstance(found, VaryMarker):
+            found = self._get(key, variant_key(found.names, headers, lowered))
+            if isinstance(found, VaryMarker):
+                found = None
+        if found is None:
+            self.misses += 1
+        return found
+
+    def _get(self, key: bytes, variant: bytes) -> Optional[Stored]:
+        memory_key = (key, variant) if variant else key
+        found = self.memory.get(memory_key)
+        if found is not None:
+            self.hits["memory"] += 1
+            return found
+        disk = self.disk
+        if disk is None:
+            return None
+        entry = disk.get(key, variant)
+        if entry is None:
+            return None
+        with entry:
+            marker = VaryMarker.from_meta(entry.meta)
+            if marker is not None:
+                self.memory.put(memory_key, marker, len(key) + 100)
+                return marker
+            if entry.length > PROMOTE_LIMIT:
+                # TODO(sendfile): large disk hits are read whole for now.
+                body = entry.read_body()
+            else:
+                body = entry.read_body()
+        stored = CachedObject.from_meta(key, variant, entry.meta, body)
+        if stored is None:
+            return None
+        self.hits["disk"] += 1
+        if stored.size <= PROMOTE_LIMIT:
+            self.memory.put(memory_key, stored, stored.size)
+        return stored
+
+    def store(self, entry: CachedObject) -> None:
+        self.stores += 1
+        key = entry.key
+        if entry.vary:
+            marker = VaryMarker(entry.vary)
+            self.memory.put(key, marker, len(key) + 100)
+            self.memory.put((key, entry.variant), entry, entry.size)
+        else:
+            self.memory.remove(key)  # an old marker, if the response stopped varying
+            self.memory.put(key, entry, entry.size)
+        disk = self.disk
+        if disk is not None and len(entry.body) <= self.config.max_object_size:
+            try:
+                if entry.vary:
+                    disk.put(key, b"", marker.meta(), b"")
+                disk.put(key, entry.variant, entry.meta(), entry.body)
+            except Exception:  # the disk tier never stops proxying
+                log.failure("cache: storing {key!r} on disk failed", key=key)
+
+    def refresh(self, entry: CachedObject) -> None:
+        """A stored object's head changed (revalidated): write it back."""
+        self.store(entry)
+
+    # -- purging and listing ----------------------------------------------------
+
+    def purge(self, key: bytes) -> int:
+        count = self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
+        if self.disk is not None:
+            count = max(count, self.disk.delete(key) or 0)
+        return count
+
+    def purge_prefix(self, prefix: bytes) -> int:
+        count = self.memory.remove_where(
+            lambda item: (item[0] if isinstance(item, tuple) else item).startswith(prefix)  # type: ignore[union-attr]
+        )
+        if self.disk is not None:
+            count = max(count, self.disk.delete_prefix(prefix))
+        return count
+
+    def clear(self, tier: str = "all") -> int:
+        count = 0
+        if tier in ("memory", "all"):
+            count += self.memory.clear()
+        if tier in ("disk", "all") and self.disk is not None:
+            count += self.disk.clear()
+        return count
+
+    def keys(self, prefix: bytes = b"", limit: int = 100) -> List[bytes]:
+        found: List[bytes] = []
+        for item in self.memory.keys():
+            key = item[0] if isinstance(item, tuple) else item
+            if key.startswith(prefix) and key not in found:  # type: ignore[union-attr]
+                found.append(key)  # type: ignore[arg-type]
+                if len(found) >= limit:
+                    return found
+        if self.disk is not None:
+            for key in self.disk.keys(prefix, limit):
+                if key not in found:
+                    found.append(key)
+                    if len(found) >= limit:
+                        break
+        return found
+
+    def search(self, text: bytes, limit: int = 100) -> List[bytes]:
+        found = [key for key in self.keys(b"", 100000) if text in key][:limit]
+        if self.disk is not None and len(found) < limit:
+            for key in self.disk.search(text, limit):
+                if key not in found:
+                    found.append(key)
+                    if len(found) >= limit:
+                        break
+        return found
+
+    def info(self) -> Dict[str, Any]:
+        memory = self.memory
+        result: Dict[str, Any] = {
+            "memory": {
+                "entries": len(memory),
+                "bytes": memory.bytes,
+                "max_bytes": memory.max_bytes,
+                "evictions": memory.evictions,
+                "hits": self.hits["memory"],
+            },
+            "misses": self.misses,
+            "stores": self.stores,
+        }
+        if self.disk is not None:
+            disk = dict(self.disk.info())
+            disk["hits"] = self.hits["disk"]
+            result["disk"] = disk
+        return result
+
+
+def _open_disk(config: CacheConfig) -> Any:
+    from speedproxy.cache.disk import DiskStore
+
+    store = DiskStore(config.disk_path, config.disk_size, max_object_size=config.max_object_size)
+    store.open()
+    return store
