@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--cache-hit", action="store_true", help="measure a memory cache hit instead")
+    parser.add_argument("--cached-route", action="store_true", help="cache on, but every response a miss (no-store)")
     args = parser.parse_args()
 
     from twisted.internet.address import IPv4Address
@@ -30,10 +32,11 @@ def main() -> None:
     from speedproxy.proxy.core import ProxyCore
     from speedproxy.proxy.server import ProxyServerFactory
 
+    cache = ", cache: {enabled: true}" if args.cache_hit or args.cached_route else ""
     config = parse_config(
         "server: {access_log: 'off'}\n"
         "backends: {default: [{id: b1, host: 127.0.0.1, port: 8081}]}\n"
-        "routing: {default: {path: /, upstream: default, load_balancer: round_robin}}\n"
+        "routing: {default: {path: /, upstream: default, load_balancer: round_robin%s}}\n" % cache
     )
     reactor = MemoryReactorClock()
     core = ProxyCore(reactor, config)
@@ -48,7 +51,8 @@ def main() -> None:
         b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 12:00:00 GMT\r\n"
         b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n"
         b"Last-Modified: Mon, 23 Nov 2026 11:00:00 GMT\r\nConnection: keep-alive\r\n"
-        b'ETag: "abc-400"\r\nAccept-Ranges: bytes\r\n\r\n' % len(body)
+        b'ETag: "abc-400"\r\nAccept-Ranges: bytes\r\n%s\r\n'
+        % (len(body), b"Cache-Control: max-age=86400\r\n" if args.cache_hit else b"Cache-Control: no-store\r\n" if args.cached_route else b"")
     ) + body
 
     client.dataReceived(request)
@@ -69,6 +73,19 @@ def main() -> None:
             client_transport.clear()
             upstream_transport.clear()
         return (time.perf_counter() - started) / count * 1e6
+
+    def hits(count: int) -> float:
+        client_transport.clear()
+        started = time.perf_counter()
+        for _ in range(count):
+            client.dataReceived(request)
+            client_transport.clear()
+        return (time.perf_counter() - started) / count * 1e6
+
+    if args.cache_hit:
+        client.dataReceived(request)
+        assert b"Cache-Status: speedproxy; hit" in client_transport.value(), client_transport.value()[:400]
+        cycle = hits  # noqa: F811
 
     cycle(2000)
     gc.collect()

@@ -2,7 +2,10 @@
 
 Example line::
 
-    127.0.0.1 - - [23/Nov/2026:11:05:47 +0000] "GET / HTTP/1.1" 200 1024 "-" "curl/8.0" rt=0.002 upstream=127.0.0.1:8081 rid=ab12-1
+    127.0.0.1 - - [23/Nov/2026:11:05:47 +0000] "GET / HTTP/1.1" 200 1024 "-" "curl/8.0" rt=0.002 upstream=127.0.0.1:8081 trace=4bf92f3577b34da6a3ce929d0e0e4736 rid=ab12-1
+
+``trace=`` is the request's W3C trace id (the client's ``traceparent``, or
+the trace the proxy started); a request refused before it was parsed has none.
 
 A request that waited for a backend slot (every backend at ``max_conn``) also
 has ``qt=`` after ``rt=``: the seconds it spent in the queue (part of ``rt``)::
@@ -12,8 +15,10 @@ has ``qt=`` after ``rt=``: the seconds it spent in the queue (part of ``rt``)::
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import IO, Callable, Optional
+from typing import Callable, List, Optional
 
 from zope.interface import Interface, implementer
 
@@ -66,8 +71,16 @@ class AccessLogFormatter:
         upstream: str,
         request_id: bytes,
         queued: Optional[float] = None,
+        host: bytes = b"",
+        trace: bytes = b"",
     ) -> str:
-        """One line; ``queued``: seconds spent waiting for a backend slot, if it waited."""
+        """One line; ``queued``: seconds spent waiting for a backend slot, if it waited.
+
+        ``host`` is not part of the combined format (the JSON one has it).
+        ``trace`` (the W3C trace id) is written as ``trace=`` between
+        ``upstream=`` and ``rid=``, which stays last."""
+        if trace:
+            upstream = (upstream or "-") + " trace=" + trace.decode("ascii")
         if queued is not None:
             return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f qt=%.3f upstream=%s rid=%s' % (
                 client_ip,
@@ -100,52 +113,199 @@ class AccessLogFormatter:
         )
 
 
-@implementer(IAccessLog)
-class TwistedLogAccessLog:
-    """Sends lines to twistd's log (the default)."""
+#: Buffered access log bytes that trigger a write before the next sweep.
+FLUSH_SIZE = 64 * 1024
+
+
+class JsonAccessLogFormatter(AccessLogFormatter):
+    """Formats one JSON object per line (``server.access_log_format: json``)."""
+
+    def format(  # type: ignore[override]
+        self,
+        client_ip: str,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        status: int,
+        size: int,
+        referer: Optional[bytes],
+        user_agent: Optional[bytes],
+        seconds: float,
+        upstream: str,
+        request_id: bytes,
+        queued: Optional[float] = None,
+        host: bytes = b"",
+        trace: bytes = b"",
+    ) -> str:
+        record = {
+            "time": self.iso_time(),
+            "client": client_ip,
+            "method": method.decode("latin-1"),
+            "host": host.decode("latin-1"),
+            "target": target.decode("latin-1"),
+            "version": version.decode("latin-1"),
+            "status": status,
+            "bytes": size,
+            "referer": referer.decode("latin-1") if referer else None,
+            "user_agent": user_agent.decode("latin-1") if user_agent else None,
+            "rt": round(seconds, 6),
+            "upstream": upstream or None,
+            "rid": request_id.decode("ascii"),
+        }
+        if queued is not None:
+            record["qt"] = round(queued, 6)
+        if trace:
+            record["trace_id"] = trace.decode("ascii")
+        return json.dumps(record, separators=(",", ":"))
+
+    def iso_time(self) -> str:
+        now = self._wall_clock()
+        second = int(now)
+        if second != self._iso_second:
+            self._iso_second = second
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return "%s.%03dZ" % (self._iso, int((now - second) * 1000))
+
+    _iso_second = -1
+    _iso = ""
+
+
+def formatter_for(style: str) -> AccessLogFormatter:
+    """The formatter of a ``server.access_log_format`` (``combined`` or ``json``)."""
+    return JsonAccessLogFormatter() if style == "json" else AccessLogFormatter()
+
+
+class _Buffered:
+    """Lines are kept in memory and written together: by the worker's sweep
+    (every 0.25 s), when 64 KiB have piled up, and on close, so a line costs a
+    list append rather than a write."""
 
     def __init__(self) -> None:
+        self._lines: List[str] = []
+        self._size = 0
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if self._size >= FLUSH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines = []
+            self._size = 0
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.flush()
+
+    def reopen(self) -> None:
+        """Reopen the destination (log rotation); nothing buffered is lost."""
+        self.flush()
+
+
+@implementer(IAccessLog)
+class TwistedLogAccessLog(_Buffered):
+    """Sends lines to twistd's log (``access_log: "-"``), one event per batch.
+
+    A batch of lines is one log event, so in a twistd log file the lines
+    after the first of a batch are indented with a tab (each keeps its own
+    timestamp in the line).  For log processing, write to a file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         from twisted.logger import Logger
 
         self._log = Logger(namespace="speedproxy.access")
 
-    def write(self, line: str) -> None:
-        self._log.info("{line}", line=line)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def _emit(self, text: str) -> None:
+        self._log.info("{lines}", lines=text[:-1])
 
 
 @implementer(IAccessLog)
-class FileAccessLog:
-    """Appends lines to a file, buffered and flushed by the worker's sweep."""
+class FileAccessLog(_Buffered):
+    """Appends lines to a file; each write holds whole lines (``O_APPEND``),
+    so the workers sharing one file never tear each other's lines."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
-        self._file: IO[str] = open(path, "a", buffering=64 * 1024, encoding="utf-8")
+        self._fd = self._open()
 
-    def write(self, line: str) -> None:
-        self._file.write(line + "\n")
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def flush(self) -> None:
-        self._file.flush()
+    def _emit(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        while data:
+            try:
+                written = os.write(self._fd, data)
+            except InterruptedError:
+                continue
+            except OSError:
+                return  # a full disk loses the lines, never the request
+            data = data[written:]
 
     def close(self) -> None:
-        self._file.close()
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def reopen(self) -> None:
-        """Reopen the file (log rotation)."""
-        self._file.close()
-        self._file = open(self.path, "a", buffering=64 * 1024, encoding="utf-8")
+        """Reopen the file (after logrotate moved it): flush to the old one first."""
+        self.flush()
+        try:
+            fd = self._open()
+        except OSError:
+            return  # keep writing to the old file rather than lose lines
+        os.close(self._fd)
+        self._fd = fd
 
 
-def open_access_log(setting: str) -> Optional[IAccessLog]:
-    """Return the access log for a ``server.access_log`` setting (None: off)."""
+@implementer(IAccessLog)
+class PipeAccessLog(_Buffered):
+    """A worker's access log going to twistd's log through the master.
+
+    Batches of lines are written to a pipe the master reads
+    (:data:`ACCESS_LOG_FD`); the master logs each batch as one event.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def _emit(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        while data:
+            try:
+                written = os.write(self._fd, data)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            data = data[written:]
+
+
+#: The file descriptor on which a worker sends its access log to the master.
+ACCESS_LOG_FD = 5
+
+
+def open_access_log(setting: str, pipe: Optional[int] = None) -> Optional[IAccessLog]:
+    """Return the access log for a ``server.access_log`` setting (None: off).
+
+    ``pipe``: in a worker process, the descriptor that leads to the master's
+    twistd log (used for ``-``).
+    """
     if setting == "off":
         return None
     if setting in ("-", ""):
+        if pipe is not None:
+            return PipeAccessLog(pipe)
         return TwistedLogAccessLog()
     return FileAccessLog(setting)

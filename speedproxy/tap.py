@@ -93,7 +93,14 @@ class ReloadOnHangup(Service):
         self._previous = signal.signal(
             signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
         )
+        signal.signal(signal.SIGUSR1, lambda *_: self.reactor.callFromThread(self._reopen_logs))
         self.reactor.callWhenRunning(self._install_stop_handlers)
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): reopen the access log file."""
+        core = getattr(self.worker, "core", None)
+        if core is not None:
+            core.reopen_access_log()
 
     def _install_stop_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)

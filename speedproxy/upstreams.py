@@ -46,6 +46,15 @@ class Backend:
     #: Passive health: out of rotation until this clock time (0: in).
     down_until: float = 0.0
 
+    #: Whether this backend's answers carry ``X-Speedproxy`` (it is a
+    #: speedproxy too: a cache in front of ours, see ``cache.cascade_purge``),
+    #: the version it announced, when it was last seen (clock time, 0.0:
+    #: never) and how many answers showed it.
+    is_speedproxy: bool = False
+    version: str = ""
+    last_checked: float = 0.0
+    check_count: int = 0
+
     #: Index of this backend in the shared stats segment (-1: none).
     stats_index: int = -1
     #: The worker's view of the stats segment, for counts across workers.
@@ -128,6 +137,13 @@ class Backend:
         """Would this backend take a request once it has a free slot?"""
         config = self.config
         return bool(config.active and self.healthy and config.weight > 0 and (panic or not self.down_until))
+
+    def saw_speedproxy(self, version: str, now: float) -> None:
+        """An answer of this backend carried ``X-Speedproxy: <version>``."""
+        self.is_speedproxy = True
+        self.version = version
+        self.last_checked = now
+        self.check_count += 1
 
     # -- passive health (circuit breaker) --------------------------------------
 

@@ -20,6 +20,7 @@ from speedproxy.admin.changes import (
     add_backend,
     backend_summary,
     find_backend,
+    mask_backend,
     remove_backend,
     require_text,
     update_backend,
@@ -39,12 +40,30 @@ def _runtime(reports: Iterable[Mapping[str, Any]], upstream: str, backend_id: st
     if not states:
         return {"workers": 0}
     ewmas = [state["ewma_response_ms"] for state in states if state["ewma_response_ms"]]
-    return {
+    runtime = {
         "workers": len(states),
         "healthy_in_workers": sum(1 for state in states if state["healthy"]),
         "in_flight": sum(state["in_flight"] for state in states),
         "ewma_response_ms": round(sum(ewmas) / len(ewmas), 3) if ewmas else 0.0,
         "reported_load": max(state["reported_load"] for state in states),
+    }
+    runtime.update(speedproxy_seen(states))
+    return runtime
+
+
+def speedproxy_seen(states: List[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Whether a backend is a speedproxy, merged over the workers' views.
+
+    Any worker that saw ``X-Speedproxy`` on its answers makes it one; the
+    version is the one seen last, the count is over every worker.
+    """
+    seen = [state for state in states if state.get("is_speedproxy")]
+    latest = max(seen, key=lambda state: state.get("last_checked", 0.0), default=None)
+    return {
+        "is_speedproxy": latest is not None,
+        "version": latest.get("speedproxy_version", "") if latest is not None else None,
+        "last_checked": latest.get("last_checked") if latest is not None else None,
+        "check_count": sum(state.get("check_count", 0) for state in states),
     }
 
 
@@ -70,7 +89,7 @@ def backend_rows(
         for entry in members:
             if backend_id is not None and entry["id"] != backend_id:
                 continue
-            row = dict(entry)
+            row = mask_backend(dict(entry))
             runtime = _runtime(reports, name, entry["id"])
             checked = health.get((name, entry["id"]), True)
             in_workers = runtime.get("healthy_in_workers", runtime["workers"])

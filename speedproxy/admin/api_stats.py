@@ -285,6 +285,11 @@ class UpstreamResource(APIResource):
                             "failures": row.get("stats", {}).get("failures", 0),
                             "avg_response_ms": row.get("stats", {}).get("avg_response_ms", 0.0),
                             "reported_load": row["runtime"].get("reported_load", 0.0),
+                            # Is it a speedproxy too (X-Speedproxy on its answers)?
+                            "is_speedproxy": row["runtime"].get("is_speedproxy", False),
+                            "version": row["runtime"].get("version"),
+                            "last_checked": row["runtime"].get("last_checked"),
+                            "check_count": row["runtime"].get("check_count", 0),
                         }
                         for row in group
                     ],

@@ -8,7 +8,9 @@ method.  Lines go to the twisted logger under the namespace
     audit time=2025-01-01T12:00:00.000Z peer=127.0.0.1 method=POST
       path=/api/v1/backends/add outcome=allowed status=200
 
-(on one line).  ``outcome`` is ``allowed`` (2xx), ``failed`` (the call was
+(on one line), followed by ``note=...`` when the call acted on something its
+path does not show (``note="url=http://host/x"`` for a purge, the purge
+path ``via=`` of a cascaded one).  ``outcome`` is ``allowed`` (2xx), ``failed`` (the call was
 authorised but answered 4xx/5xx), ``denied`` (401, with ``reason=missing_key``
 or ``reason=wrong_key``) or ``aborted`` (the client went away first).  The
 key itself is never logged, and query parameters that look like secrets are
@@ -52,7 +54,23 @@ def should_audit(method: bytes, status: int) -> bool:
     return method.upper() not in SAFE_METHODS or status == 401
 
 
-def audit_line(request: Any, status: int, reason: Optional[str] = None, aborted: bool = False) -> Optional[str]:
+def _note(request: Any, note: Optional[str]) -> Optional[str]:
+    """The call's note plus, for a cascaded purge, the nodes it came through."""
+    headers = getattr(request, "requestHeaders", None)
+    via = headers.getRawHeaders(b"X-Speedproxy-Purge-Path") if headers is not None else None
+    parts = [note] if note else []
+    if via:
+        parts.append("via=" + ",".join(value.decode("latin-1") for value in via).replace(" ", ""))
+    if not parts:
+        return None
+    text = " ".join(parts)
+    text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text)[:1000]
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def audit_line(
+    request: Any, status: int, reason: Optional[str] = None, aborted: bool = False, note: Optional[str] = None
+) -> Optional[str]:
     """Write the audit line for a finished ``request`` if it needs one; return it."""
     method = (request.method or b"-").upper()
     if not aborted and not should_audit(method, status):
@@ -77,5 +95,8 @@ def audit_line(request: Any, status: int, reason: Optional[str] = None, aborted:
     )
     if reason:
         text += f" reason={reason}"
+    quoted = _note(request, note)
+    if quoted:
+        text += f" note={quoted}"
     log.info("{line}", line=text)
     return text

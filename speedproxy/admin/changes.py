@@ -38,7 +38,37 @@ def masked_mapping(config: Config) -> Dict[str, Any]:
     data = config_to_mapping(config)
     if data["admin"].get("api_key"):
         data["admin"]["api_key"] = MASK
+    for members in data.get("backends", {}).values():
+        for entry in members:
+            mask_backend(entry)
     return data
+
+
+def mask_backend(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """Mask a backend's secret (``admin_api_key``, for ``cache.cascade_purge``) in place."""
+    if entry.get("admin_api_key"):
+        entry["admin_api_key"] = MASK
+    return entry
+
+
+def _unmask_backends(data: Dict[str, Any], current: Config) -> None:
+    """A backend ``admin_api_key`` sent back as :data:`MASK` keeps its current key."""
+    backends = data.get("backends")
+    if not isinstance(backends, dict):
+        return
+    for upstream, members in backends.items():
+        if not isinstance(members, list):
+            continue
+        known = {backend.id: backend for backend in current.backends.get(upstream, ())}
+        for position, entry in enumerate(members):
+            if isinstance(entry, dict) and entry.get("admin_api_key") == MASK:
+                backend = known.get(entry.get("id"))  # type: ignore[arg-type]
+                if backend is None or not getattr(backend, "admin_api_key", ""):
+                    raise bad_request(
+                        "no key is set for this backend, so the mask cannot stand for it",
+                        f"backends.{upstream}[{position}].admin_api_key",
+                    )
+                entry["admin_api_key"] = backend.admin_api_key
 
 
 _MISSING = re.compile(r"^missing required key '([^']+)'")
@@ -106,6 +136,7 @@ def config_from_body(body: Mapping[str, Any], current: Config) -> Config:
             admin["api_key"] = current.admin.api_key
     elif isinstance(admin, dict) and admin.get("api_key") == MASK:
         raise bad_request("admin.api_key: no key is set, so the mask cannot stand for it", "admin.api_key")
+    _unmask_backends(data, current)
     return validate(data, current)
 
 
@@ -199,7 +230,7 @@ def remove_backend(config: Config, upstream: str, backend_id: str) -> Config:
 def backend_summary(config: Config, upstream: str, backend_id: str) -> Dict[str, Any]:
     """One backend of ``config`` laid out like the file."""
     _, position = find_backend(config, upstream, backend_id)
-    return config_to_mapping(config)["backends"][upstream][position]
+    return mask_backend(config_to_mapping(config)["backends"][upstream][position])
 
 
 # -- writing the file back ----------------------------------------------------------------

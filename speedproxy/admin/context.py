@@ -37,6 +37,10 @@ class AdminControl(Protocol):
     config_path: Optional[str]
     started_at: float
     mode: str
+    #: The way to the caches of every serving process: ``each(action,
+    #: **arguments)`` (one row per process), ``slots()``, ``warm(slot, url)``
+    #: and ``disk_info()`` (see :mod:`speedproxy.admin.cache_worker`).
+    cache_fanout: Any
 
     def state(self) -> Dict[str, Any]:
         """``config``, ``index``, ``workers``, ``restarts``, ``config_version``, ``backend_up``."""
@@ -44,8 +48,8 @@ class AdminControl(Protocol):
     def stats_snapshot(self) -> Dict[str, Any]:
         """Everything behind ``/stats``."""
 
-    def metrics_text(self) -> bytes:
-        """Prometheus text."""
+    def metrics_text(self, cache_disk: Optional[Dict[str, Any]] = None) -> bytes:
+        """Prometheus text (``cache_disk``: the disk cache tier's figures, when known)."""
 
     def update_config(self, make: Callable[[Config], Config]) -> Deferred:
         """Apply ``make(current)`` everywhere, serialised; fires with the new version."""

@@ -4,6 +4,7 @@ Paths (see README.rst, "Admin API")::
 
     /health /status /stats /upstream /metrics            open
     /config /cache/{info,keys,search,clear}               TMDB proxy
+    /api/v1/cache/{purge,warmup[/<id>]}
     /api/v1/config[/reload-ssl]                           SpeedMimi
     /api/v1/backends[/add,/update,/remove,/disconnect]
     /api/v1/stats/{server,backend}  /api/v1/report
@@ -37,6 +38,8 @@ from speedproxy.admin.api_cache import (
     CacheKeysResource,
     CacheSearchResource,
 )
+from speedproxy.admin.api_cache_purge import CachePurgeResource
+from speedproxy.admin.api_cache_warmup import WarmupResource
 from speedproxy.admin.api_config import ConfigResource, ReloadSSLResource, TMDBConfigResource
 from speedproxy.admin.api_performance import (
     ActiveRequestsResource,
@@ -58,6 +61,9 @@ from speedproxy.admin.api_stats import (
 )
 from speedproxy.admin.audit import audit_line
 from speedproxy.admin.auth import HEADER
+from speedproxy.admin.cache_warmup import WarmupJobs
+from speedproxy.admin.cache_worker import fanout_of
+from speedproxy.admin.cascade import Cascade
 from speedproxy.admin.context import AdminContext
 from speedproxy.admin.json_resource import APIError, Namespace, NotFoundResource
 from speedproxy.admin.stats import MetricsResource, StatsResource
@@ -77,6 +83,10 @@ class AdminRoot(Resource):
         super().__init__()
         api = api if api is not None else AdminContext(control)
         self.api = api
+        #: Forwards purges and clears to upstream speedproxies (cache.cascade_purge).
+        self.cascade = Cascade(api.clock, admin_port=lambda: control.admin_port.getHost().port)
+        #: Cache warm-up jobs, in this process's memory.
+        self.warmups = WarmupJobs(lambda: fanout_of(control), api.clock)
         for name, child in {
             b"health": HealthResource(api),
             b"status": StatusResource(api),
@@ -89,7 +99,7 @@ class AdminRoot(Resource):
                     b"info": CacheInfoResource(api),
                     b"keys": CacheKeysResource(api),
                     b"search": CacheSearchResource(api),
-                    b"clear": CacheClearResource(api),
+                    b"clear": CacheClearResource(api, self.cascade),
                 }
             ),
         }.items():
@@ -120,6 +130,12 @@ class AdminRoot(Resource):
                 b"stats": _namespace({b"server": ServerStatsResource(api), b"backend": BackendStatsResource(api)}),
                 b"report": ReportResource(api),
                 b"performance": performance,
+                b"cache": _namespace(
+                    {
+                        b"purge": CachePurgeResource(api, self.cascade),
+                        b"warmup": WarmupResource(api, self.warmups),
+                    }
+                ),
             }
         )
         self.putChild(b"api", _namespace({b"v1": v1}))
@@ -142,6 +158,8 @@ class AdminRequest(Request):
     _body_received = 0
     #: Why the key was refused (``missing_key`` / ``wrong_key``), for the audit line.
     audit_reason: Optional[str] = None
+    #: What the call acted on when the path does not say (a purged URL), for the audit line.
+    audit_note: Optional[str] = None
 
     def _body_limit(self) -> int:
         site = getattr(self.channel, "site", None)
@@ -201,8 +219,13 @@ class AdminSite(Site):
     def getResourceFor(self, request: Any) -> Resource:
         finished = request.notifyFinish()
         finished.addCallbacks(
-            lambda _: audit_line(request, request.code, getattr(request, "audit_reason", None)),
-            lambda _: audit_line(request, request.code, getattr(request, "audit_reason", None), aborted=True),
+            lambda _: audit_line(
+                request, request.code, getattr(request, "audit_reason", None), note=getattr(request, "audit_note", None)
+            ),
+            lambda _: audit_line(
+                request, request.code, getattr(request, "audit_reason", None), aborted=True,
+                note=getattr(request, "audit_note", None),
+            ),
         )
         return super().getResourceFor(request)
 

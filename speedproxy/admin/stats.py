@@ -1,4 +1,9 @@
-"""``/stats`` and ``/metrics`` (open: monitoring needs no key)."""
+"""``/stats`` and ``/metrics`` (open: monitoring needs no key).
+
+``/metrics`` reads the stats segment; the disk cache tier's size, shared
+by the workers, is asked of one worker at scrape time (at most 2 s; left
+out when it does not answer).
+"""
 
 from __future__ import annotations
 
@@ -32,5 +37,12 @@ class MetricsResource(JSONResource):
         self.control = control
 
     def json_GET(self, request: Request) -> Any:
+        """The segment's figures, and the disk tier's (asked of one worker) when there is one."""
         request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
-        return 200, self.control.metrics_text()
+        control = self.control
+        fanout = getattr(control, "cache_fanout", None)
+        if fanout is None or not getattr(getattr(control.config, "cache", None), "disk_path", ""):
+            return 200, control.metrics_text()
+        return fanout.disk_info().addCallback(
+            lambda disk: (200, control.metrics_text(cache_disk=disk) if disk else control.metrics_text())
+        )

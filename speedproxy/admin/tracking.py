@@ -152,6 +152,11 @@ def _backend_state(backend: "Backend") -> Dict[str, Any]:
         "failures": backend.failures,
         "ewma_response_ms": round(backend.ewma_response_time * 1000.0, 3),
         "reported_load": backend.reported_load,
+        # A speedproxy in front of ours (its answers carry X-Speedproxy).
+        "is_speedproxy": backend.is_speedproxy,
+        "speedproxy_version": backend.version,
+        "last_checked": round(backend.last_checked, 3),
+        "check_count": backend.check_count,
     }
 
 

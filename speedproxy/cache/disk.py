@@ -44,6 +44,7 @@ forking, never before.
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import os
@@ -177,6 +178,9 @@ class DiskStore(DiskAdmin):
         self._touch_lock = threading.Lock()
         self._verified: Set[Tuple[int, int]] = set()
         self._pending = 0
+        #: Purges so far, and the recent ones (see DiskAdmin.purged_since).
+        self.purge_epoch = 0
+        self._purges: "collections.deque" = collections.deque(maxlen=4096)
         self._pending_lock = threading.Lock()
 
     # -- life cycle ------------------------------------------------------------
@@ -501,10 +505,12 @@ class DiskStore(DiskAdmin):
         crc: int,
         verified: int,
     ) -> Optional[DiskEntry]:
-        if verified != self.generation:
-            if self._bg is not None:
-                self._bg.request_verify(key, variant, pack, offset)
-            return None
+        if verified != self.generation and self._bg is not None:
+            # Its data was fsync'ed before it was indexed, so a crash cannot
+            # have torn it: serve it now (header and length are checked
+            # below) and verify the checksum against media damage in the
+            # background, dropping it if that fails.
+            self._bg.request_verify(key, variant, pack, offset)
         path = self._pack_path(pack)
         if path is None:
             return None
@@ -561,7 +567,7 @@ class DiskStore(DiskAdmin):
         if not self._accepting(key, variant, len(body)):
             return
         nbytes = len(key) + len(variant) + len(meta) + len(body)
-        self._submit((PUT, bytes(key), bytes(variant), bytes(meta), bytes(body), nbytes), nbytes)
+        self._submit((PUT, bytes(key), bytes(variant), bytes(meta), bytes(body), nbytes, self.purge_epoch), nbytes)
 
     def begin(self, key: bytes, variant: bytes, meta: bytes) -> Writer:
         """A :class:`Writer` for an object whose body comes in pieces."""

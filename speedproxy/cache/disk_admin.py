@@ -96,19 +96,38 @@ class DiskAdmin:
             except Exception:
                 pass
 
+    def _note_purge(self, test) -> None:  # type: ignore[no-untyped-def]
+        """Writes queued before this purge and matching ``test(key, variant)``
+        are dropped instead of committed (a purge must stick)."""
+        with self._pending_lock:
+            self.purge_epoch += 1
+            self._purges.append((self.purge_epoch, test))
+
+    def purged_since(self, epoch: int, key: bytes, variant: bytes) -> bool:
+        """Was ``key``/``variant`` purged after a write queued at ``epoch``?"""
+        if epoch >= self.purge_epoch:
+            return False
+        with self._pending_lock:
+            purges = list(self._purges)
+        return any(when > epoch and test(key, variant) for when, test in purges)
+
     def delete(self, key: bytes, variant: Optional[bytes] = None) -> int:
         """Delete one variant, or every variant of ``key``; the number deleted."""
         if variant is None:
+            self._note_purge(lambda k, v: k == key)
             return self._delete("key = ?", (key,))
+        self._note_purge(lambda k, v: k == key and v == variant)
         return self._delete("key = ? AND variant = ?", (key, variant))
 
     def delete_prefix(self, prefix: bytes) -> int:
         """Delete every object whose key starts with ``prefix``; the number deleted."""
+        self._note_purge(lambda k, v: k.startswith(prefix))
         where, params = ix.prefix_range(prefix)
         return self._delete(where, params)
 
     def clear(self) -> int:
         """Delete everything; the number of objects deleted.  Files go in the background."""
+        self._note_purge(lambda k, v: True)
         if not self._open:
             return 0
         try:

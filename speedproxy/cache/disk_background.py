@@ -217,12 +217,17 @@ class Background(Maintenance, threading.Thread):
         store = self.store
         batch = Batch()
         placed: List[Tuple[PackFile, list]] = []
+        epochs: dict = {}
+        placed_epochs: List[int] = []
         now = int(time.time())
         gen = store.generation
         try:
             for item in items:
                 if item[0] == PUT:
-                    _, key, variant, meta, body, _n = item
+                    _, key, variant, meta, body, _n, epoch = item
+                    if store.purged_since(epoch, key, variant):
+                        continue  # purged while it waited: never make it visible
+                    epochs[id(item)] = epoch
                     record, crc = encode_record(key, variant, meta, body)
                     row = [key, variant, 0, 0, len(record), len(meta), len(body), crc, 0, 0, now]
                     if len(record) >= store.pack_threshold:
@@ -242,6 +247,7 @@ class Background(Maintenance, threading.Thread):
                     batch.large.append(pack)
                     row = [key, variant, 0, 0, pack.pending, mlen, blen, crc, 1, gen, now]
                 placed.append((pack, row))
+                placed_epochs.append(epochs.get(id(item), store.purge_epoch))
         except BaseException:
             self._abandon(batch)
             for item in items:  # files of writers not reached: nobody else deletes them
@@ -251,7 +257,11 @@ class Background(Maintenance, threading.Thread):
 
         def apply(conn: sqlite3.Connection) -> None:
             rows = []
-            for pack, row in placed:
+            for (pack, row), epoch in zip(placed, placed_epochs):
+                # Checked again inside the transaction: a purge noted before
+                # its DELETE ran either deleted this row already or is seen here.
+                if store.purged_since(epoch, row[0], row[1]):
+                    continue
                 row[2] = pack.id
                 rows.append(tuple(row))
             ix.store_entries(conn, rows)

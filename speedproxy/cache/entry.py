@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import List, Optional, Tuple
+import os
+from typing import Any, List, Optional, Tuple
 
 from speedproxy.cache.conditional import first_value
 from speedproxy.cache.policy import StoredPolicy
@@ -38,6 +39,7 @@ class CachedObject:
         "block",
         "size",
         "request_time",
+        "file",
     )
 
     def __init__(
@@ -61,6 +63,8 @@ class CachedObject:
         self.body = body
         self.policy = policy
         self.request_time = request_time
+        #: The open disk entry holding a large body (``body`` is then empty).
+        self.file: Optional[Any] = None
         self.set_headers(headers, lowered)
 
     def set_headers(self, headers: Headers, lowered: List[bytes]) -> None:
@@ -71,6 +75,21 @@ class CachedObject:
             b"%s: %s\r\n" % pair for pair, name in zip(headers, lowered) if name not in _PER_ANSWER
         )
         self.size = len(self.body) + len(self.block) + len(self.key) + 200
+
+    @property
+    def length(self) -> int:
+        """The body's length, wherever it is."""
+        file = self.file
+        return file.length if file is not None else len(self.body)
+
+    def read_body(self, first: int = 0, last: Optional[int] = None) -> bytes:
+        """Bytes ``first..last`` (inclusive) of the body."""
+        file = self.file
+        if last is None:
+            last = self.length - 1
+        if file is None:
+            return self.body[first : last + 1]
+        return os.pread(file.fd, last + 1 - first, file.offset + first)
 
     def header(self, name: bytes) -> Optional[bytes]:
         return first_value(self.headers, self.lowered, name)

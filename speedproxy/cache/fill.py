@@ -46,6 +46,7 @@ def copy_head(head: ResponseHead) -> ResponseHead:
     copy.connection_tokens = head.connection_tokens
     copy.streaming = head.streaming
     copy.upgrade = None
+    copy.speedproxy = head.speedproxy
     return copy
 
 

@@ -24,7 +24,7 @@ from speedproxy.cache.fetch import fetch
 from speedproxy.cache.keys import vary_names, variant_key
 from speedproxy.config.model import RouteCacheConfig
 from speedproxy.filters.base import Filter
-from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalBody, LocalResponse
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.core import ProxyCore
@@ -139,6 +139,8 @@ class CacheFilter(Filter):
                 self._count(exchange, MISS)
                 return _gateway_timeout("only-if-cached: the stored response is stale")
             state["stale"] = entry
+            # RFC 9211: "request" when the client's directives forced it.
+            state["fwd"] = b"request" if ttl > 0 and not entry.policy.no_cache else b"stale"
         elif directives.only_if_cached:
             self._count(exchange, MISS)
             return _gateway_timeout("only-if-cached: nothing stored for this request")
@@ -156,7 +158,7 @@ class CacheFilter(Filter):
             self._count(exchange, MISS)
             return fill
         if entry is not None:
-            self._ask_with_validators(exchange, entry)
+            self._ask_with_validators(exchange, entry, state)
         else:
             self._count(exchange, MISS)
             if self.settings.min_uses > 1 and core.cache_uses.add(key) < self.settings.min_uses:
@@ -236,12 +238,17 @@ class CacheFilter(Filter):
         core.reactor.callLater(WAIT_POLL, poll)
         return waited
 
-    def _ask_with_validators(self, exchange: "Exchange", entry: CachedObject) -> None:
-        """Revalidate: the request goes on with the stored response's validators."""
+    def _ask_with_validators(self, exchange: "Exchange", entry: CachedObject, state: Dict[str, Any]) -> None:
+        """Revalidate: the request goes on with the stored response's validators.
+
+        The client's own head is kept aside: its conditionals (if any) are
+        answered from the refreshed response, never the cache's own.
+        """
         request = exchange.request
         validators = policy.validators(entry.headers, entry.lowered)
         if not validators:
             return
+        state["client_head"] = (request.headers, request.lowered)
         keep = [index for index, name in enumerate(request.lowered) if name not in _CONDITIONALS]
         request.headers = [request.headers[index] for index in keep] + list(validators)
         request.lowered = [request.lowered[index] for index in keep] + [name.lower() for name, _ in validators]
@@ -268,16 +275,25 @@ class CacheFilter(Filter):
     # -- answers from the cache ---------------------------------------------------
 
     def answer(
-        self, exchange: "Exchange", entry: CachedObject, now: float, status_value: bytes
+        self,
+        exchange: "Exchange",
+        entry: CachedObject,
+        now: float,
+        status_value: bytes,
+        client_head: Optional[Tuple[Any, List[bytes]]] = None,
     ) -> LocalResponse:
-        """The stored response as an answer to this request (304, 206, 416 or whole)."""
+        """The stored response as an answer to this request (304, 206, 416 or whole).
+
+        ``client_head``: the request's fields as the client sent them, when
+        the cache changed them (revalidation).
+        """
         request = exchange.request
         age = policy.current_age(entry.policy.initial_age, entry.policy.response_time, now)
         extra = b"Age: " + policy.age_header(age) + b"\r\nCache-Status: " + status_value + b"\r\n"
-        lowered = request.lowered
+        headers, lowered = client_head if client_head is not None else (request.headers, request.lowered)
         if _has_conditionals(lowered):
             verdict = policy.evaluate_conditionals(
-                request.method, request.headers, lowered, entry.headers, entry.lowered, entry.status
+                request.method, headers, lowered, entry.headers, entry.lowered, entry.status
             )
             if verdict == 304:
                 fields = policy.not_modified_headers(entry.headers, entry.lowered)
@@ -286,20 +302,23 @@ class CacheFilter(Filter):
             if verdict == 412:
                 return LocalResponse.prebuilt(412, None, extra, b"")
         if b"range" in lowered:
-            body = entry.body
+            length = entry.length
             ranges = policy.range_request(
-                request.method, request.headers, lowered, entry.headers, entry.lowered, len(body), entry.status
+                request.method, headers, lowered, entry.headers, entry.lowered, length, entry.status
             )
             if ranges is policy.UNSATISFIABLE:
-                block = b"Content-Range: " + policy.unsatisfied_range(len(body)) + b"\r\n"
+                block = b"Content-Range: " + policy.unsatisfied_range(length) + b"\r\n"
                 return LocalResponse.prebuilt(416, None, block + extra, b"")
             if ranges:
                 return self._partial(entry, ranges, extra)
-        return LocalResponse.prebuilt(entry.status, entry.reason.decode("latin-1"), entry.block + extra, entry.body)
+        response = LocalResponse.prebuilt(entry.status, entry.reason.decode("latin-1"), entry.block + extra, entry.body)
+        file = entry.file
+        if file is not None:
+            response.file = LocalBody(file.fd, file.offset, file.length, file)
+        return response
 
     def _partial(self, entry: CachedObject, ranges: List[Tuple[int, int]], extra: bytes) -> LocalResponse:
-        body = entry.body
-        length = len(body)
+        length = entry.length
         base = b"".join(
             b"%s: %s\r\n" % pair
             for pair, name in zip(entry.headers, entry.lowered)
@@ -310,13 +329,13 @@ class CacheFilter(Filter):
             content_type = entry.header(b"content-type")
             block = base + (b"Content-Type: " + content_type + b"\r\n" if content_type else b"")
             block += b"Content-Range: " + policy.content_range(first, last, length) + b"\r\n"
-            return LocalResponse.prebuilt(206, None, block + extra, body[first : last + 1])
+            return LocalResponse.prebuilt(206, None, block + extra, entry.read_body(first, last))
         content_type, parts, closing, _ = policy.multipart_byteranges(
             ranges, length, entry.header(b"content-type"), policy.make_boundary()
         )
         pieces = []
         for head, first, last in parts:
-            pieces += (head, body[first : last + 1])
+            pieces += (head, entry.read_body(first, last))
         pieces.append(closing)
         block = base + b"Content-Type: " + content_type + b"\r\n"
         return LocalResponse.prebuilt(206, None, block + extra, b"".join(pieces))
@@ -331,8 +350,20 @@ class CacheFilter(Filter):
         exchange: "Exchange" = view._exchange
         head = response._head
         if role == _FOLLOWER:
-            return None  # its Cache-Status came with the shared head
+            if exchange.source is None:
+                # Released to the origin (the shared response was not storable):
+                # say why this one is not stored either.
+                request = exchange.request
+                ok, reason = policy.storable(
+                    request.method, head.status, request.headers, request.lowered, head.headers, head.lowered,
+                    has_authorization=b"authorization" in request.lowered,
+                    heuristic_allowed_by_config=self.settings.default_ttl > 0,
+                )
+                detail = (reason or None) if not ok else b"released"
+                set_cache_status(head, policy.cache_status(False, fwd=b"miss", fwd_status=head.status, detail=detail))
+            return None  # else its Cache-Status came with the shared head
         if role == _INVALIDATE:
+            set_cache_status(head, policy.cache_status(False, fwd=b"method", fwd_status=head.status))
             self._invalidate(exchange, state["key"], head.status, head.headers, head.lowered)
             return None
         if role == _BYPASS:
@@ -352,7 +383,7 @@ class CacheFilter(Filter):
                 self._count(exchange, STALE)
                 value = policy.cache_status(True, fwd=b"stale", fwd_status=status, detail=b"stale-if-error")
                 fill.deliver(lambda other: self.answer(other, stale, now, value))
-                return self.answer(exchange, stale, now, value)
+                return self.answer(exchange, stale, now, value, state.get("client_head"))
         ok, reason = policy.storable(
             request.method,
             status,
@@ -363,7 +394,7 @@ class CacheFilter(Filter):
             has_authorization=b"authorization" in request.lowered,
             heuristic_allowed_by_config=self.settings.default_ttl > 0,
         )
-        fwd = b"stale" if stale is not None else b"miss"
+        fwd = state.get("fwd", b"stale") if stale is not None else b"miss"
         if ok and head.content_length is not None and head.content_length > self.core.config.cache.max_object_size:
             ok, reason = False, "size"
         if ok and status == 206:
@@ -406,9 +437,9 @@ class CacheFilter(Filter):
         self.core.cache.refresh(stale)  # type: ignore[union-attr]
         self._count(exchange, REVALIDATED)
         ttl = stale.policy.lifetime - policy.current_age(stale.policy.initial_age, now, now)
-        value = policy.cache_status(True, fwd=b"stale", fwd_status=304, ttl=ttl)
+        value = policy.cache_status(True, fwd=state.get("fwd", b"stale"), fwd_status=304, ttl=ttl)
         state["fill"].deliver(lambda other: self.answer(other, stale, now, value))
-        return self.answer(exchange, stale, now, value)
+        return self.answer(exchange, stale, now, value, state.get("client_head"))
 
     def response_body(self, view: FilterRequest, data: bytes) -> bytes:
         state = view.state
@@ -468,6 +499,9 @@ class CacheFilter(Filter):
 
     def error(self, view: FilterRequest, status: int) -> Optional[LocalResponse]:
         state = view.state
+        view.error_headers = b"Cache-Status: " + policy.cache_status(
+            False, fwd=state.get("fwd", b"miss") if state.get("role") is not None else b"bypass", detail=b"error"
+        ) + b"\r\n"
         if state.get("role") != _LEADER:
             return None
         fill: Fill = state["fill"]

@@ -115,16 +115,23 @@ class CacheTiers:
         entry = disk.get(key, variant)
         if entry is None:
             return None
+        marker = VaryMarker.from_meta(entry.meta)
+        if marker is not None:
+            entry.close()
+            self.memory.put(memory_key, marker, len(key) + 100)
+            return marker
+        if entry.fd is not None and (entry.length > PROMOTE_LIMIT or entry.length > self.memory.max_bytes):
+            # A large object stays on disk: its body goes out with sendfile(2)
+            # (the entry keeps the file open until then).
+            stored = CachedObject.from_meta(key, variant, entry.meta, b"")
+            if stored is None:
+                entry.close()
+                return None
+            stored.file = entry
+            self.hits["disk"] += 1
+            return stored
         with entry:
-            marker = VaryMarker.from_meta(entry.meta)
-            if marker is not None:
-                self.memory.put(memory_key, marker, len(key) + 100)
-                return marker
-            if entry.length > PROMOTE_LIMIT:
-                # TODO(sendfile): large disk hits are read whole for now.
-                body = entry.read_body()
-            else:
-                body = entry.read_body()
+            body = entry.read_body()
         stored = CachedObject.from_meta(key, variant, entry.meta, body)
         if stored is None:
             return None
@@ -157,6 +164,10 @@ class CacheTiers:
         self.store(entry)
 
     # -- purging and listing ----------------------------------------------------
+
+    def drop_from_memory(self, key: bytes) -> int:
+        """Drop every variant of ``key`` from this worker's memory tier only."""
+        return self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
 
     def purge(self, key: bytes) -> int:
         count = self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))

@@ -40,6 +40,7 @@ from speedproxy.config.model import (
     RouteConfig,
     ServerConfig,
     SSLConfig,
+    TracingConfig,
 )
 from speedproxy.config.units import (
     describe_value,
@@ -322,6 +323,26 @@ def _workers(problems: _Problems, val: _Val, path: str) -> Optional[int]:
     return value
 
 
+def _cpu_affinity(problems: _Problems, val: _Val, path: str) -> Any:
+    """``off`` (also YAML's unquoted ``off``, a boolean), ``auto`` or a list of CPU numbers."""
+    value = val.value
+    if value is False or value in ("off", "auto"):
+        return "off" if value is False else value
+    if value == []:
+        raise ValueError('an empty list pins nothing: write "off"')
+    if not isinstance(value, list):
+        raise ValueError(f'expected "off", "auto" or a list of CPU numbers like [0, 1], got {describe_value(value)}')
+    cpus = []
+    for index, item in enumerate(value):
+        if isinstance(item.value, bool) or not isinstance(item.value, int) or item.value < 0:
+            problems.add(item.line, f"{path}[{index}]", f"expected a CPU number >= 0, got {describe_value(item.value)}")
+        else:
+            cpus.append(item.value)
+    if len(cpus) != len(value):
+        raise _Reported
+    return tuple(cpus)
+
+
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -556,6 +577,31 @@ def _http_url(problems: _Problems, val: _Val, path: str) -> str:
     return text.rstrip("/")
 
 
+def _otlp_endpoint(problems: _Problems, val: _Val, path: str) -> str:
+    """An OTLP/HTTP collector URL, or empty (no export); needs the ``otel`` extra."""
+    from urllib.parse import urlsplit
+
+    text = _text(val).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query or parts.fragment:
+        raise ValueError(f'expected an OTLP/HTTP URL such as "http://collector:4318", got {describe_value(text)}')
+    from speedproxy.tracing import otel_missing
+
+    missing = otel_missing()
+    if missing is not None:
+        raise ValueError(
+            f"tracing needs the OpenTelemetry SDK, which is not installed (no module {missing!r}): "
+            "pip install 'speedproxy[otel]'"
+        )
+    return text
+
+
 def _protocols(problems: _Problems, val: _Val, path: str) -> ProtocolBalancers:
     return _section(problems, val, path, ProtocolBalancers, _PROTOCOL_FIELDS)
 
@@ -580,6 +626,7 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "real_ip_header": _header_name,
     "trusted_proxies": _networks,
     "access_log": _string(non_empty=True),
+    "access_log_format": _choice(("combined", "json"), "access log format"),
     "shutdown_grace": _duration(positive=False),
     "slow_request_threshold": _POSITIVE_DURATION,
     "retries": _integer(0, 10),
@@ -594,6 +641,7 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "panic_threshold": _percent(optional=False),
     "queue_timeout": _duration(positive=False),
     "queue_size": _integer(0),
+    "cpu_affinity": _cpu_affinity,
 }
 _SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
 _ADMIN_FIELDS: Dict[str, Converter] = {
@@ -659,11 +707,16 @@ _CACHE_FIELDS: Dict[str, Converter] = {
     "max_object_size": _size(1),
     "cascade_purge": _boolean,
 }
+_TRACING_FIELDS: Dict[str, Converter] = {
+    "otlp_endpoint": _otlp_endpoint,
+    "service_name": _string(non_empty=True),
+    "sample_ratio": _fraction,
+}
 _FILTER_FIELDS: Dict[str, Converter] = {"name": _string(non_empty=True), "options": lambda problems, val, path: None}
-_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing", "cache")
+_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing", "cache", "tracing")
 
 #: Float fields that are plain numbers; every other float field is a duration.
-_FRACTION_FIELDS = ("retry_budget", "panic_threshold")
+_FRACTION_FIELDS = ("retry_budget", "panic_threshold", "sample_ratio")
 
 #: Size fields of ServerConfig.
 _SIZE_FIELDS = ("max_header_size", "max_body_size", "max_request_line")
@@ -794,6 +847,7 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
     ssl = _section(problems, section.get("ssl"), "ssl", SSLConfig, _SSL_FIELDS)
     admin = _section(problems, section.get("admin"), "admin", AdminConfig, _ADMIN_FIELDS)
     cache = _section(problems, section.get("cache"), "cache", CacheConfig, _CACHE_FIELDS)
+    tracing = _section(problems, section.get("tracing"), "tracing", TracingConfig, _TRACING_FIELDS)
     if ssl.enabled:
         for key in ("cert_file", "key_file"):
             if not getattr(ssl, key):
@@ -831,7 +885,7 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
             server = dataclasses.replace(server, access_log=_resolve(base_dir, server.access_log))
         if cache.disk_path:
             cache = dataclasses.replace(cache, disk_path=_resolve(base_dir, cache.disk_path))
-    return Config(server=server, ssl=ssl, admin=admin, backends=backends, routing=routing, cache=cache)
+    return Config(server=server, ssl=ssl, admin=admin, backends=backends, routing=routing, cache=cache, tracing=tracing)
 
 
 # -- public API -------------------------------------------------------------------------
@@ -952,6 +1006,8 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
         for key in ("memory_size", "disk_size", "max_object_size"):
             cache[key] = format_size(cache[key])
         result["cache"] = cache
+    if config.tracing != TracingConfig():
+        result["tracing"] = _dump(config.tracing)
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
+from typing import Union
 
 #: Balancer names an operator may use in ``routing.*.load_balancer``.
 BALANCER_NAMES = (
@@ -177,6 +178,8 @@ class ServerConfig:
     trusted_proxies: Tuple[str, ...] = ("127.0.0.1/32", "10.0.0.0/8")
     #: ``-`` logs to twistd's log, ``off`` disables, anything else is a file path.
     access_log: str = "-"
+    #: ``combined`` (nginx's, plus rt/qt/upstream/rid) or ``json`` (one object a line).
+    access_log_format: str = "combined"
     shutdown_grace: float = 30.0
     #: Requests slower than this are logged and listed by the admin API
     #: (``/api/v1/performance/slow-requests``).
@@ -213,6 +216,10 @@ class ServerConfig:
     queue_timeout: float = 5.0
     #: Requests waiting per upstream group and worker (beyond it: 503 at once).
     queue_size: int = 1000
+    #: Pin worker processes to CPUs: ``off``, ``auto`` (worker N on the N-th
+    #: CPU the master may use) or CPU numbers, one per worker, cycled
+    #: (:mod:`speedproxy.master.affinity`).
+    cpu_affinity: Union[str, Tuple[int, ...]] = "off"
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,23 @@ class AdminConfig:
     max_body_size: int = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry spans of proxied requests (the ``speedproxy[otel]`` extra).
+
+    W3C ``traceparent``/``tracestate`` are forwarded whatever is set here;
+    spans are exported only when ``otlp_endpoint`` is set.
+    """
+
+    #: OTLP/HTTP collector URL (``http://collector:4318``; ``/v1/traces`` is
+    #: added when no path is given); empty: no spans are exported.
+    otlp_endpoint: str = ""
+    service_name: str = "speedproxy"
+    #: Share of new traces sampled (0..1); a client's ``traceparent``
+    #: decides for its own trace (its ``sampled`` flag).
+    sample_ratio: float = 1.0
+
+
 def _default_backends() -> Mapping[str, Tuple[BackendConfig, ...]]:
     return {"default": (BackendConfig(id="backend1", host="127.0.0.1", port=8081),)}
 
@@ -253,6 +277,7 @@ class Config:
     backends: Mapping[str, Tuple[BackendConfig, ...]] = field(default_factory=_default_backends)
     routing: Mapping[str, RouteConfig] = field(default_factory=_default_routing)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     #: The file this config was read from, if any.
     source: Optional[str] = None
 

@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred
 
+from speedproxy.filters.base import Filter
 from speedproxy.filters.interface import IFilter
 from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse, SharedResponse
 
@@ -20,7 +21,7 @@ class FilterChain:
     to first, so the filter nearest the backend sees the response first.
     """
 
-    __slots__ = ("filters", "_reversed", "_body_filters", "wants_body", "rewrites_body")
+    __slots__ = ("filters", "_reversed", "_body_filters", "_finishers", "wants_body", "rewrites_body")
 
     def __init__(self, filters: Sequence[IFilter]) -> None:
         self.filters = tuple(filters)
@@ -30,6 +31,8 @@ class FilterChain:
         self.wants_body = bool(self._body_filters)
         #: Some filter may change the body's length: chunked to the client.
         self.rewrites_body = any(getattr(f, "rewrites_body", False) for f in self._body_filters)
+        #: Filters with a ``finished`` hook of their own (the base one does nothing).
+        self._finishers = tuple(f for f in self.filters if getattr(type(f), "finished", None) is not Filter.finished)
 
     def request(self, request: FilterRequest, start: int = 0) -> RequestOutcome:
         """Run the request hooks from filter ``start`` on.
@@ -79,7 +82,7 @@ class FilterChain:
         return None
 
     def finished(self, request: FilterRequest, complete: bool) -> None:
-        for item in self.filters:
+        for item in self._finishers:
             item.finished(request, complete)
 
     def response_body(self, request: FilterRequest, data: bytes) -> bytes:

@@ -83,11 +83,13 @@ class FilterRequest(_Fields):
     request hook to its response hooks.
     """
 
-    __slots__ = ("_exchange", "state")
+    __slots__ = ("_exchange", "state", "error_headers")
 
     def __init__(self, exchange: "Exchange") -> None:
         self._exchange = exchange
         self.state: Dict[str, Any] = {}
+        #: Header lines (CRLF-terminated) added to the proxy's own error answer.
+        self.error_headers = b""
 
     def _lists(self) -> Tuple[List[Tuple[bytes, bytes]], List[bytes]]:
         request = self._exchange.request
@@ -154,7 +156,7 @@ class LocalResponse:
     the proxy; ``headers`` are ``(name, value)`` strings.
     """
 
-    __slots__ = ("status", "headers", "body", "reason", "block")
+    __slots__ = ("status", "headers", "body", "reason", "block", "file")
 
     def __init__(
         self,
@@ -164,6 +166,8 @@ class LocalResponse:
         reason: Optional[str] = None,
     ) -> None:
         self.block = b""
+        #: A body sent from a file instead of ``body`` (:class:`LocalBody`).
+        self.file: Optional[LocalBody] = None
         if not 200 <= status <= 599:
             raise ValueError(f"a local response needs a final status (200-599), got {status}")
         if not isinstance(body, bytes):
@@ -186,6 +190,7 @@ class LocalResponse:
         response.block = block
         response.body = body
         response.reason = reason
+        response.file = None
         return response
 
 

@@ -60,6 +60,23 @@ class Ready(amp.Command):
     response: List[Any] = []
 
 
+class Invalidated(amp.Command):
+    """Worker → master: these cache keys were invalidated (an unsafe method
+    succeeded); the master tells every worker to drop them from memory."""
+
+    arguments = [(b"keys", amp.ListOf(amp.String()))]
+    response: List[Any] = []
+    requiresAnswer = False
+
+
+class DropKeys(amp.Command):
+    """Master → worker: drop these keys (all variants) from the memory tier."""
+
+    arguments = [(b"keys", amp.ListOf(amp.String()))]
+    response: List[Any] = []
+    requiresAnswer = False
+
+
 class Shutdown(amp.Command):
     """Master → worker: stop accepting, drain for ``grace`` seconds, exit 0."""
 
@@ -129,3 +146,63 @@ class ReloadTLS(amp.Command):
     arguments: List[Any] = []
     response = [(b"certificate", JSONValue())]
     errors = {TLSRefused: b"TLS_REFUSED"}
+
+
+# -- the cache (see speedproxy.admin.cache_worker for what a worker does) -----------
+
+
+class CacheRefused(Exception):
+    """A worker cannot carry out a cache action with these arguments (a bad URL...)."""
+
+
+class PurgeCache(amp.Command):
+    """Master → worker: drop cached objects from the worker's memory tier and the disk tier.
+
+    Exactly one of ``url`` (every variant stored for it, by every cached
+    route) and ``prefix`` (every key, ``scheme://host/path?query``, starting
+    with it).  The answer is how many objects this worker dropped.
+    """
+
+    arguments = [(b"url", amp.Unicode(optional=True)), (b"prefix", amp.Unicode(optional=True))]
+    response = [(b"purged", amp.Integer())]
+    errors = {CacheRefused: b"CACHE_REFUSED"}
+
+
+class ClearCache(amp.Command):
+    """Master → worker: drop everything from tier ``memory``, ``disk`` or ``all``."""
+
+    arguments = [(b"tier", amp.Unicode())]
+    response = [(b"cleared", amp.Integer())]
+    errors = {CacheRefused: b"CACHE_REFUSED"}
+
+
+class CacheInfo(amp.Command):
+    """Master → worker: entries, bytes and counters of its tiers (see ``CacheTiers.info``)."""
+
+    arguments: List[Any] = []
+    response = [(b"info", JSONValue())]
+
+
+class CacheKeys(amp.Command):
+    """Master → worker: up to ``limit`` stored keys starting with ``prefix``."""
+
+    arguments = [(b"prefix", amp.Unicode()), (b"limit", amp.Integer())]
+    response = [(b"keys", JSONValue())]
+
+
+class SearchCache(amp.Command):
+    """Master → worker: up to ``limit`` stored keys containing ``text``."""
+
+    arguments = [(b"text", amp.Unicode()), (b"limit", amp.Integer())]
+    response = [(b"keys", JSONValue())]
+
+
+class WarmCache(amp.Command):
+    """Master → worker: fetch ``url`` through its route, filling the cache.
+
+    The answer is the origin's status, or none when no route matches.
+    """
+
+    arguments = [(b"url", amp.Unicode())]
+    response = [(b"status", amp.Integer(optional=True))]
+    errors = {CacheRefused: b"CACHE_REFUSED"}

@@ -32,14 +32,19 @@ from speedproxy.config.model import restart_required
 from speedproxy.master.control import (
     ApplyConfig,
     DisconnectBackend,
+    DropKeys,
     Inspect,
+    Invalidated,
     Ready,
     ReloadTLS,
     SetBackendState,
     SetReportedLoad,
     Shutdown,
 )
+from speedproxy.master.cache_fanout import MasterCacheFanout
+from speedproxy.master.affinity import pinner
 from speedproxy.master.environment import last_level_cache, worker_environment
+from speedproxy.accesslog import ACCESS_LOG_FD
 from speedproxy.master.listeners import ADMIN_KEY, PROXY_KEY, Listener, bind_all, parse_listen
 from speedproxy.stats.prometheus import SegmentCollector, render_metrics
 from speedproxy.stats.reader import StatsReader
@@ -58,6 +63,7 @@ from speedproxy.tls import (
 log = Logger(namespace="speedproxy.master")
 #: Lines the workers print, relayed into the master's log.
 worker_log = Logger(namespace="speedproxy.worker")
+access_log = Logger(namespace="speedproxy.access")
 
 #: A worker that lived at least this long resets the respawn backoff.
 STABLE_AFTER = 10.0
@@ -91,6 +97,14 @@ class MasterControl(amp.AMP):
         self.master.worker_ready(self.handle, pid, version)
         return {}
 
+    @Invalidated.responder
+    def invalidated(self, keys: List[bytes]) -> dict:
+        """One worker invalidated keys: every worker drops them from memory."""
+        for handle in self.master.workers.values():
+            if handle.control is not None:
+                handle.control.callRemote(DropKeys, keys=keys)
+        return {}
+
 
 class WorkerProcess(ProcessProtocol):
     """Relays a worker's output to the master's log and reports its exit."""
@@ -101,13 +115,24 @@ class WorkerProcess(ProcessProtocol):
         self._partial = {1: b"", 2: b""}
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        text = self._partial.get(fd, b"") + data
+        if fd == ACCESS_LOG_FD:
+            self._access_lines(data)
+            return
+        text = self._partial.get(fd, b"") + data  # (stdout/stderr)
         *lines, self._partial[fd] = text.split(b"\n")
         for line in lines:
             if line:
                 worker_log.info(
                     "[worker {slot}] {line}", slot=self.handle.slot, line=line.decode("utf-8", "replace")
                 )
+
+    def _access_lines(self, data: bytes) -> None:
+        """A worker's access log batch: one event for the whole batch."""
+        text = self._partial.get(ACCESS_LOG_FD, b"") + data
+        cut = text.rfind(b"\n")
+        self._partial[ACCESS_LOG_FD] = text[cut + 1 :]
+        if cut >= 0:
+            access_log.info("{lines}", lines=text[:cut].decode("utf-8", "replace"))
 
     def processEnded(self, reason: Failure) -> None:
         self.master.worker_exited(self.handle, reason)
@@ -184,6 +209,8 @@ class MasterService(Service):
         self.certificate: Optional[LoadedCertificate] = None
         self._pypy = platform.python_implementation() == "PyPy"
         self._cache_bytes = last_level_cache() if self._pypy else None
+        #: The admin API's way to the workers' caches.
+        self.cache_fanout = MasterCacheFanout(self)
 
     # -- start ---------------------------------------------------------------
 
@@ -264,8 +291,18 @@ class MasterService(Service):
     def _install_signals(self) -> None:
         self._signals_installed = True
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        signal.signal(signal.SIGUSR1, self._on_reopen_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+
+    def _on_reopen_signal(self, signum: int, frame: Any) -> None:
+        """SIGUSR1 (logrotate): every worker reopens its access log file."""
+        for handle in self.workers.values():
+            if handle.pid:
+                try:
+                    os.kill(handle.pid, signal.SIGUSR1)
+                except OSError:
+                    pass
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         if self.stopping:
@@ -299,12 +336,15 @@ class MasterService(Service):
                 sys.executable,
                 argv,
                 env=worker_environment(os.environ, self._pypy, self._cache_bytes),
-                childFDs={0: "w", 1: "r", 2: "r", 3: self.listener.fileno(), 4: child.fileno()},
+                childFDs={
+                    0: "w", 1: "r", 2: "r", 3: self.listener.fileno(), 4: child.fileno(), ACCESS_LOG_FD: "r"
+                },
             )
         finally:
             child.close()
         handle.process = process
         handle.pid = process.pid
+        pinner.pin(handle.slot, process.pid, self.config.server.cpu_affinity)  # server.cpu_affinity
         handle.started = self.reactor.seconds()
         self.segment.reset_slot(handle.slot, process.pid, int(time.time()))
 
@@ -508,6 +548,8 @@ class MasterService(Service):
                         )
                     )
             self._resize(worker_count(config))
+            if config.server.cpu_affinity != old.server.cpu_affinity:
+                pinner.repin([(h.slot, h.pid) for h in self.workers.values()], config.server.cpu_affinity)
             if self.health is not None:
                 self.health.update(config.backends)
             return version
@@ -566,9 +608,10 @@ class MasterService(Service):
             },
         )
 
-    def metrics_text(self) -> bytes:
+    def metrics_text(self, cache_disk: Optional[Dict[str, Any]] = None) -> bytes:
+        """Prometheus text; ``cache_disk``: the disk tier's figures, if known."""
         assert self.reader is not None
-        return render_metrics(SegmentCollector(self.reader, self.state))
+        return render_metrics(SegmentCollector(self.reader, self.state, cache_disk))
 
     def broadcast(self, command: Any, **arguments: Any) -> Deferred:
         """Send one command to every live worker; fires with their answers."""

@@ -159,6 +159,11 @@ class ClientConnection(Protocol):
     def stopProducing(self) -> None:
         pass
 
+    def body_blocked(self, blocked: bool) -> None:
+        """A body sent past Twisted's buffer (sendfile) waits for the client, or goes on."""
+        self._write_paused = blocked
+        self.deadline = self.core.clock.seconds() + self.core.server.write_timeout if blocked else 0.0
+
     # -- reading -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -324,10 +329,11 @@ class ClientConnection(Protocol):
         request_id: bytes,
         keep_alive: bool,
         head_only: bool = False,
+        extra: bytes = b"",
     ) -> int:
         """Write a JSON error response; return the body size."""
         data = error_response(
-            status, code, detail, request_id, self.core.server_tag, keep_alive, head_only
+            status, code, detail, request_id, self.core.server_tag, keep_alive, head_only, extra
         )
         self.write(data)
         return len(data)

@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from speedproxy import __version__
-from speedproxy.accesslog import AccessLogFormatter, IAccessLog
+from speedproxy.accesslog import AccessLogFormatter, IAccessLog, JsonAccessLogFormatter, open_access_log
 from speedproxy.config.model import Config, ServerConfig
 from speedproxy.panic import describe as describe_panic, group_threshold
 from speedproxy.proxy.backlog import Backlog
@@ -22,6 +22,7 @@ from speedproxy.routing import Route, Router, build_routes
 from speedproxy.stats.segment import StatsIndex, StatsSegment, layout_for
 from speedproxy.stats.shared import SharedView
 from speedproxy.cache.memory import UseCounter
+from speedproxy.tracing import apply_tracing
 from speedproxy.upstreams import RetryBudget, UpstreamGroup, build_groups
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +64,9 @@ class ProxyCore:
             max_idle=server.upstream_keepalive,
         )
         self.access_log = access_log
+        #: Opens the access log of a ``server.access_log`` setting (on reload).
+        self.open_access_log: Callable[[str], Optional[IAccessLog]] = open_access_log
+        self._access_log_setting = config.server.access_log
         self._pipes: Optional[PipePool] = None
         self._formatter = AccessLogFormatter()
         self.server_tag = b"X-Speedproxy: %s\r\nVia: 1.1 speedproxy\r\n" % __version__.encode()
@@ -86,6 +90,9 @@ class ProxyCore:
         #: Keys being refreshed in the background (stale-while-revalidate).
         self.cache_refreshing: Set[bytes] = set()
         self.cache_uses = UseCounter()
+        #: Called with cache keys an unsafe request invalidated here, so the
+        #: other workers drop them too (set by the worker process).
+        self.announce_invalidation: Optional[Callable[[List[bytes]], None]] = None
         if shared is None:
             # Serving in one process: a private segment with one slot.
             segment = StatsSegment.anonymous(
@@ -95,6 +102,10 @@ class ProxyCore:
         self.shared = shared
         self.stats = shared.writer
         self.stats_index = stats_index
+        #: Span recorder (``None``: no span export) and new trace ids, set
+        #: from ``config.tracing`` by :func:`speedproxy.tracing.apply_tracing`.
+        self.tracer: Optional[Any] = None
+        self.trace_ids: Any = None
         self.apply_config(config, stats_index)
 
     def apply_config(self, config: Config, stats_index: Optional[StatsIndex] = None) -> None:
@@ -120,6 +131,12 @@ class ProxyCore:
         self.router = Router(self.routes)
         self.retries = server.retries
         self.slow_threshold = server.slow_request_threshold
+        apply_tracing(self, config.tracing)
+        if server.access_log != getattr(self, "_access_log_setting", server.access_log):
+            self._switch_access_log(server.access_log)
+        wanted = JsonAccessLogFormatter if server.access_log_format == "json" else AccessLogFormatter
+        if type(self._formatter) is not wanted:
+            self._formatter = wanted()
         for name, group in self.groups.items():
             if group.retry_budget.ratio != server.retry_budget:
                 group.retry_budget = RetryBudget(server.retry_budget)
@@ -176,6 +193,25 @@ class ProxyCore:
             backend.consecutive_failures = 0
         group.update_panic()  # type: ignore[union-attr]
         return True
+
+    def _switch_access_log(self, setting: str) -> None:
+        """A reload named another access log: flush and close the old one first."""
+        try:
+            new = self.open_access_log(setting)
+        except OSError as error:
+            _log.error("access log {setting!r} cannot be opened ({error}); keeping the old one", setting=setting, error=error)
+            return
+        old, self.access_log = self.access_log, new
+        self._access_log_setting = setting
+        if old is not None:
+            old.close()
+
+    def reopen_access_log(self) -> None:
+        """SIGUSR1 (logrotate): reopen the access log file; no line is lost."""
+        log = self.access_log
+        reopen = getattr(log, "reopen", None)
+        if reopen is not None:
+            reopen()
 
     def _apply_cache(self, config: Config) -> None:
         """Open the cache tiers when a route caches; follow ``cache:`` changes."""
@@ -260,6 +296,8 @@ class ProxyCore:
             self.access_log.close()
         if self.cache is not None:
             self.cache.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
     # -- bookkeeping used by connections -------------------------------------
 
@@ -312,6 +350,8 @@ class ProxyCore:
         )
         if seconds >= self.slow_threshold and self.on_slow_request is not None:
             self.on_slow_request(exchange, status, seconds)
+        if self.tracer is not None:
+            self.tracer.record(exchange, status, exchange.started + seconds)
         log = self.access_log
         if log is None:
             return
@@ -330,6 +370,8 @@ class ProxyCore:
                 backend.config.address if backend is not None else "-",
                 exchange.request_id,
                 exchange.queue_time if exchange.queued_at >= 0.0 else None,
+                request.host,
+                exchange.trace_id,
             )
         )
 

@@ -40,8 +40,12 @@ def error_response(
     server_tag: bytes,
     keep_alive: bool,
     head_only: bool = False,
+    extra: bytes = b"",
 ) -> bytes:
-    """Return a whole HTTP/1.1 error response, head and body."""
+    """Return a whole HTTP/1.1 error response, head and body.
+
+    ``extra``: more header lines, each ending in CRLF (e.g. a filter's ``Cache-Status``).
+    """
     body = error_body(code, detail, request_id)
     head = b"".join(
         (
@@ -49,6 +53,7 @@ def error_response(
             b"Content-Type: application/json\r\n",
             b"Content-Length: %d\r\n" % len(body),
             b"Cache-Control: no-store\r\n",
+            extra,
             server_tag,
             b"X-Request-Id: ",
             request_id,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional
+import os
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from twisted.python.failure import Failure
 
 from twisted.logger import Logger
 
-from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse, SharedResponse
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalBody, LocalResponse, SharedResponse
+from speedproxy.proxy.sendfile import SendFile
 from speedproxy.proxy.forwarding import client_response_head, local_response, upstream_request_head
 from speedproxy.proxy.http1 import LAST_CHUNK, RequestHead, ResponseHead
 from speedproxy.proxy.splicing import nothing_queued
+from speedproxy.tracing.context import cache_status_of_local, header_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.backlog import Backlog
@@ -81,9 +84,14 @@ class Exchange:
         "source",
         "_replaced",
         "_complete",
+        "sending",
         "waiting",
         "queued_at",
         "queue_time",
+        "trace_id",
+        "span_id",
+        "trace_flags",
+        "cache_status",
     )
 
     def __init__(
@@ -144,11 +152,18 @@ class Exchange:
         self._replaced = False
         #: A backend's response was relayed whole.
         self._complete = False
+        #: A local body being sent from a file (sendfile), if any.
+        self.sending: Optional[SendFile] = None
         #: The backlog this request waits in for a backend slot, if any.
         self.waiting: Optional["Backlog"] = None
         #: Clock time it started waiting (-1: never queued); ``queue_time``
         #: is set to the seconds it waited once it leaves the queue.
         self.queued_at = -1.0
+        #: W3C trace context: ``trace_id`` (the client's trace or a new one),
+        #: ``span_id`` (this hop's, the parent id forwarded) and
+        #: ``trace_flags`` (:mod:`speedproxy.tracing.context`);
+        #: ``cache_status`` is only set while tracing exports spans.
+        core.trace_ids.start(self, request)
 
     # -- choosing a backend ----------------------------------------------
 
@@ -243,15 +258,68 @@ class Exchange:
             return
         if self.waiting is not None:
             self._leave_queue()
+        body = response.file
+        if body is not None and self.request.method != b"HEAD" and self.client.plain:
+            transport = self.client.transport
+            if SendFile.possible(transport):
+                self._send_file(response, body, transport)
+                return
         self._write_local(response)
         self._finish()
 
-    def _write_local(self, response: LocalResponse) -> None:
+    def _send_file(self, response: LocalResponse, body: LocalBody, transport: Any) -> None:
+        """Send a local response whose body is a file region with sendfile(2)."""
+        if self.core.tracer is not None:
+            self.cache_status = cache_status_of_local(response)
         self.status = response.status
         self.response_started = True
         keep_alive = self._keep_alive and self.body_done and not self.client.closing
         self._keep_alive = keep_alive
+        head = local_response(
+            response.status,
+            response.reason,
+            response.headers,
+            b"",
+            request_id=self.request_id,
+            server_tag=self.core.server_tag,
+            keep_alive=keep_alive,
+            head_only=True,
+            block=response.block,
+            length=body.length,
+        )
+        self.head_bytes = len(head)
+        self.bytes_sent = body.length
+        self._head = b""
+        client = self.client
+        self.sending = SendFile(
+            transport, head, body.fd, body.offset, body.length, body.keep, self._file_sent, client.body_blocked
+        )
+        self.sending.start()
+
+    def _file_sent(self) -> None:
+        self.sending = None
+        if not self.finished:
+            self._finish()
+
+    def _write_local(self, response: LocalResponse) -> None:
+        if self.core.tracer is not None:
+            self.cache_status = cache_status_of_local(response)
         head_only = self.request.method == b"HEAD"
+        length: Optional[int] = None
+        file = response.file
+        if file is not None:
+            # No sendfile here (TLS, queued bytes, HEAD): copy the region.
+            length = file.length
+            if not head_only:
+                response.body = os.pread(file.fd, file.length, file.offset)
+            close = getattr(file.keep, "close", None)
+            if close is not None:
+                close()
+            response.file = None
+        self.status = response.status
+        self.response_started = True
+        keep_alive = self._keep_alive and self.body_done and not self.client.closing
+        self._keep_alive = keep_alive
         data = local_response(
             response.status,
             response.reason,
@@ -262,6 +330,7 @@ class Exchange:
             keep_alive=keep_alive,
             head_only=head_only,
             block=response.block,
+            length=length,
         )
         self.head_bytes = len(data) - (0 if head_only else len(response.body))
         self.bytes_sent = 0 if head_only else len(response.body)
@@ -402,6 +471,8 @@ class Exchange:
             upgrade=self.upgrade,
             lowered=request.lowered,
             default_host=b"" if request.host else connection.backend.config.address.encode("ascii"),
+            trace=(self.trace_id, self.span_id, self.trace_flags),
+            drop_tracestate=request.traceparent is None and request.tracestate is not None,
         )
         self.head_sent = True
         if self.pending:
@@ -502,6 +573,8 @@ class Exchange:
                 return
             if chain.rewrites_body and response.content_length is not None and not no_body:  # type: ignore[union-attr]
                 response.content_length = None  # the body may change: chunked
+            if self.core.tracer is not None:
+                self.cache_status = header_value(response.headers, response.lowered, b"cache-status")
         self.response_started = True
         self.status = response.status
         backend = self.backend
@@ -512,6 +585,8 @@ class Exchange:
                 backend.record_5xx(now)
             elif backend.consecutive_failures:
                 backend.consecutive_failures = 0  # passive health: it answers
+            if response.speedproxy is not None:  # a nested speedproxy
+                backend.saw_speedproxy(response.speedproxy.decode("latin-1"), now)
         if response.streaming or self.request.event_stream:
             # Server-sent events: no read timeout while events keep coming,
             # only the stream's own idle timeout.
@@ -737,6 +812,10 @@ class Exchange:
         self.finished = True
         if self.waiting is not None:
             self._leave_queue()
+        sending = self.sending
+        if sending is not None:
+            self.sending = None
+            sending.cancel()
         connection = self.upstream
         self.upstream = None
         if connection is not None:
@@ -794,8 +873,15 @@ class Exchange:
         self.response_started = True
         keep_alive = self._keep_alive and self.body_done and not self.client.closing
         self._keep_alive = keep_alive
+        view = self.view
         self.bytes_sent = self.client.send_error(
-            status, code, detail, self.request_id, keep_alive, self.request.method == b"HEAD"
+            status,
+            code,
+            detail,
+            self.request_id,
+            keep_alive,
+            self.request.method == b"HEAD",
+            view.error_headers if view is not None else b"",
         )
         self._finish()
 

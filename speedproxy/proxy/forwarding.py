@@ -32,7 +32,10 @@ _REPLACED_UPSTREAM = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-request-id",
+    b"traceparent",
 }
+#: The same, and ``tracestate`` (dropped with an invalid or absent ``traceparent``).
+_REPLACED_UPSTREAM_NO_STATE = _REPLACED_UPSTREAM | {b"tracestate"}
 #: Fields a ``Connection`` token cannot remove.
 _KEPT = frozenset({b"host"})
 
@@ -120,6 +123,8 @@ def upstream_request_head(
     upgrade: Optional[bytes] = None,
     lowered: Optional[List[bytes]] = None,
     default_host: bytes = b"",
+    trace: Optional[Tuple[bytes, bytes, bytes]] = None,
+    drop_tracestate: bool = False,
 ) -> bytes:
     """Serialise the request head sent to a backend.
 
@@ -133,8 +138,13 @@ def upstream_request_head(
 
     ``framing`` is the already-formatted body framing field line(s), for
     example ``b"Content-Length: 12\\r\\n"`` or ``b""``.
+
+    ``trace`` (trace id, this hop's span id, flags: hex digits, see
+    :mod:`speedproxy.tracing.context`) is sent as ``traceparent`` instead of
+    the client's; ``drop_tracestate`` drops the client's ``tracestate`` too
+    (its ``traceparent`` was invalid or absent).
     """
-    drop = _REPLACED_UPSTREAM
+    drop = _REPLACED_UPSTREAM_NO_STATE if drop_tracestate else _REPLACED_UPSTREAM
     if connection_tokens:
         # Connection cannot make the proxy drop Host: the backend must see
         # the host the request was routed on.
@@ -171,8 +181,11 @@ def upstream_request_head(
         b"\r\nX-Request-Id: ",
         request_id,
         b"\r\n",
-        framing,
     )
+    if trace is not None:
+        out += (b"traceparent: 00-", trace[0], b"-", trace[1], b"-", trace[2], b"\r\n", framing)
+    else:
+        out.append(framing)
     if upgrade is not None:
         out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     out.append(b"\r\n")

@@ -68,6 +68,8 @@ class RequestHead:
         "event_stream",
         "request_id",
         "raw_size",
+        "traceparent",
+        "tracestate",
     )
 
     method: bytes
@@ -95,6 +97,11 @@ class RequestHead:
     #: The client's ``X-Request-Id``, unvalidated.
     request_id: Optional[bytes]
     raw_size: int
+    #: The client's W3C ``traceparent`` (unvalidated; ``b""`` when sent twice),
+    #: set to ``None`` once found invalid (:mod:`speedproxy.tracing.context`).
+    traceparent: Optional[bytes]
+    #: The client's ``tracestate`` (several fields joined with ``,``).
+    tracestate: Optional[bytes]
 
     @property
     def has_body(self) -> bool:
@@ -119,10 +126,13 @@ _REQUEST_FIELDS = frozenset(
         b"upgrade",
         b"x-request-id",
         b"accept",
+        b"traceparent",
+        b"tracestate",
     }
 )
 _RESPONSE_FIELDS = frozenset(
     {
+        b"x-speedproxy",
         b"content-type",
         b"x-accel-buffering",
         b"upgrade",
@@ -345,6 +355,8 @@ def parse_request_head(head: bytes, max_line: int = 0) -> RequestHead:
     expect: Optional[bytes] = None
     upgrade: Optional[bytes] = None
     request_id: Optional[bytes] = None
+    traceparent: Optional[bytes] = None
+    tracestate: Optional[bytes] = None
     event_stream = False
     for lname, value in special:
         if lname == b"host":
@@ -370,6 +382,10 @@ def parse_request_head(head: bytes, max_line: int = 0) -> RequestHead:
         elif lname == b"x-request-id":
             if request_id is None:
                 request_id = value
+        elif lname == b"traceparent":
+            traceparent = b"" if traceparent is not None else value  # two: invalid
+        elif lname == b"tracestate":
+            tracestate = value if tracestate is None else tracestate + b"," + value
         elif b"text/event-stream" in value.lower():  # accept
             event_stream = True
     if transfer_encoding is not None:
@@ -413,6 +429,8 @@ def parse_request_head(head: bytes, max_line: int = 0) -> RequestHead:
     # method Upgrade is dropped as the hop-by-hop field it is.
     request.upgrade = upgrade if b"upgrade" in connection and method == b"GET" else None
     request.request_id = request_id
+    request.traceparent = traceparent
+    request.tracestate = tracestate
     request.event_stream = event_stream
     return request
 
@@ -432,6 +450,7 @@ class ResponseHead:
         "connection_tokens",
         "streaming",
         "upgrade",
+        "speedproxy",
     )
 
     version: bytes
@@ -448,6 +467,8 @@ class ResponseHead:
     streaming: bool
     #: The ``Upgrade`` value of a 101 answer.
     upgrade: Optional[bytes]
+    #: ``X-Speedproxy`` of a backend that is a speedproxy too (nested proxies).
+    speedproxy: Optional[bytes]
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
@@ -478,6 +499,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
     connection: Tuple[bytes, ...] = ()
     streaming = False
     upgrade: Optional[bytes] = None
+    speedproxy: Optional[bytes] = None
     for lname, value in special:
         if lname == b"content-length":
             if _DIGITS.match(value) is None or (
@@ -496,6 +518,8 @@ def parse_response_head(head: bytes) -> ResponseHead:
         elif lname == b"x-accel-buffering":
             if value.lower() == b"no":
                 streaming = True
+        elif lname == b"x-speedproxy":
+            speedproxy = value
         else:  # upgrade
             upgrade = value
     if chunked:
@@ -507,6 +531,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
     response.content_length = content_length
     response.streaming = streaming
     response.upgrade = upgrade
+    response.speedproxy = speedproxy
     response.chunked = chunked
     response.connection_tokens = connection
     if version == b"HTTP/1.1":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Mapping
+from typing import Any, Callable, Iterator, List, Mapping, Optional
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -24,6 +24,7 @@ from speedproxy.stats.segment import (
     B_RESPONSES,
     BYTES_IN,
     BYTES_OUT,
+    CACHE_RESULTS,
     CLIENTS_TOTAL,
     HIST_BASE,
     LATENCY_BUCKETS,
@@ -42,11 +43,19 @@ class SegmentCollector:
     ``state`` returns the master's current view: ``config``, ``index``,
     ``workers`` (list of dicts with ``slot``), ``restarts``,
     ``config_version`` and ``backend_up`` (``{(upstream, id): bool}``).
+    ``cache_disk``: the disk tier's figures (``bytes``, ``entries``,
+    ``evictions``: its ``info()``) when there is one, read by the caller.
     """
 
-    def __init__(self, reader: StatsReader, state: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        reader: StatsReader,
+        state: Callable[[], Mapping[str, Any]],
+        cache_disk: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         self.reader = reader
         self.state = state
+        self.cache_disk = cache_disk
 
     def collect(self) -> Iterator[Metric]:
         state = self.state()
@@ -158,6 +167,44 @@ class SegmentCollector:
             weight.add_metric(key, backend.weight)
         yield from (active, b_requests, b_failures, b_latency, b_responses, up, weight)
         yield from self._upstreams(reader, config, index, slots, total)
+        yield from self._cache(reader, config, index, total)
+
+    def _cache(self, reader: StatsReader, config: Any, index: StatsIndex, total: List[int]) -> Iterator[Metric]:
+        """Cache lookups by route and result, origin requests, and the tiers' size."""
+        results = CounterMetricFamily(
+            "speedproxy_cache_requests",
+            "Cache lookups of cached routes, by result (hit, miss, stale, revalidated, bypass).",
+            labels=["route", "result"],
+        )
+        origin = CounterMetricFamily(
+            "speedproxy_origin_requests",
+            "Requests cached routes sent to the origin (misses, revalidations, bypasses).",
+            labels=["route"],
+        )
+        for name, route, word in reader.route_cache_words(config, index):
+            counts = reader.cache_counts(total, word)
+            if not (getattr(getattr(route, "cache", None), "enabled", False) or any(counts.values())):
+                continue
+            for result in CACHE_RESULTS:
+                results.add_metric([name, result], counts[result])
+            origin.add_metric([name], counts["origin_requests"])
+        yield from (results, origin)
+        memory = reader.memory_tier(total)
+        labels = ["tier"]
+        size = GaugeMetricFamily("speedproxy_cache_bytes", "Bytes the cache tier holds (memory: all workers).", labels=labels)
+        objects = GaugeMetricFamily("speedproxy_cache_objects", "Objects the cache tier holds.", labels=labels)
+        evictions = CounterMetricFamily(
+            "speedproxy_cache_evictions", "Objects evicted to make room.", labels=labels
+        )
+        size.add_metric(["memory"], memory["bytes"])
+        objects.add_metric(["memory"], memory["objects"])
+        evictions.add_metric(["memory"], memory["evictions"])
+        disk = self.cache_disk
+        if disk:
+            size.add_metric(["disk"], disk.get("bytes", 0))
+            objects.add_metric(["disk"], disk.get("entries", 0))
+            evictions.add_metric(["disk"], disk.get("evictions", 0))
+        yield from (size, objects, evictions)
 
     @staticmethod
     def _upstreams(

@@ -16,12 +16,18 @@ from speedproxy.stats.segment import (
     BACKEND_WORDS,
     BYTES_IN,
     BYTES_OUT,
+    C_MEMORY_BYTES,
+    C_MEMORY_EVICTIONS,
+    C_MEMORY_OBJECTS,
+    CACHE_RESULTS,
     CLIENTS_TOTAL,
     HIST_BASE,
     LATENCY_BUCKETS,
     LATENCY_SUM_US,
     PID,
+    RC_ORIGIN,
     REQUESTS,
+    ROUTE_CACHE_WORDS,
     ROUTE_WORDS,
     STARTED,
     STATUS_BASE,
@@ -91,6 +97,52 @@ class StatsReader:
             if idx is not None:
                 yield name, route, base + idx * ROUTE_WORDS
 
+    def route_cache_words(self, config: Config, index: StatsIndex) -> Iterator[Tuple[str, RouteConfig, int]]:
+        """``(name, route, first cache word)`` of every configured route with a slot."""
+        base = self.layout.route_cache_base
+        for name, route in config.routing.items():
+            idx = index.routes.get(name)
+            if idx is not None and idx < self.layout.routes:
+                yield name, route, base + idx * ROUTE_CACHE_WORDS
+
+    def memory_tier(self, values: Sequence[int]) -> Dict[str, int]:
+        """The memory tier figures of one slot or of the totals (summed over workers)."""
+        base = self.layout.cache_base
+        return {
+            "bytes": values[base + C_MEMORY_BYTES],
+            "objects": values[base + C_MEMORY_OBJECTS],
+            "evictions": values[base + C_MEMORY_EVICTIONS],
+        }
+
+    @staticmethod
+    def cache_counts(total: Sequence[int], word: int) -> Dict[str, int]:
+        """Lookups by result and origin requests of one route (``word``: its first cache word)."""
+        counts = {name: total[word + i] for i, name in enumerate(CACHE_RESULTS)}
+        counts["origin_requests"] = total[word + RC_ORIGIN]
+        return counts
+
+    def cache_summary(self, config: Config, index: StatsIndex, total: Sequence[int]) -> Dict[str, Any]:
+        """``/stats``' ``cache``: memory tier over all workers, lookups by result over all routes."""
+        results = {name: 0 for name in CACHE_RESULTS}
+        origin = 0
+        base = self.layout.route_cache_base
+        # Every route that ever had an index, removed ones too: never goes backwards.
+        for idx in index.routes.values():
+            if idx >= self.layout.routes:
+                continue
+            word = base + idx * ROUTE_CACHE_WORDS
+            for i, name in enumerate(CACHE_RESULTS):
+                results[name] += total[word + i]
+            origin += total[word + RC_ORIGIN]
+        lookups = sum(results.values()) - results["bypass"]
+        served = results["hit"] + results["stale"] + results["revalidated"]
+        return {
+            "memory": self.memory_tier(total),
+            "requests": results,
+            "origin_requests": origin,
+            "hit_ratio": round(served / lookups, 4) if lookups else 0.0,
+        }
+
     def retire(self, slot: int) -> None:
         """Fold a finished worker's counters in and zero its slot."""
         values = self.segment.read_slot(slot)
@@ -144,6 +196,7 @@ class StatsReader:
             slot = info["slot"]
             row = dict(info)
             row.update(summary(slots[slot]))
+            row["cache_memory"] = self.memory_tier(slots[slot])
             worker_rows.append(row)
         backends = []
         for upstream, backend, word in self.backend_words(config, index):
@@ -171,6 +224,14 @@ class StatsReader:
             }
             for name, route, word in self.route_words(config, index)
         ]
+        # Cache figures of the routes that cache (or did: counts never vanish).
+        cache_words = {name: (route, word) for name, route, word in self.route_cache_words(config, index)}
+        for row in routes:
+            route, word = cache_words.get(row["route"], (None, None))
+            if word is not None:
+                counts = self.cache_counts(total, word)
+                if getattr(getattr(route, "cache", None), "enabled", False) or any(counts.values()):
+                    row["cache"] = counts
         result: Dict[str, Any] = {
             "totals": summary(total),
             "latency_histogram": self.histogram(total),
@@ -178,6 +239,7 @@ class StatsReader:
             "backends": backends,
             "routes": routes,
             "upstreams": self.upstream_rows(config, index, slots, total),
+            "cache": self.cache_summary(config, index, total),
         }
         if extra:
             result.update(extra)

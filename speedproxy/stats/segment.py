@@ -11,6 +11,12 @@ value.  Each slot starts with a ``generation`` that the master bumps when it
 gives the slot to a new worker (after folding the old worker's counters into
 its retired totals), so a reader that sees the generation change while it
 copies a slot knows the copy is stale and takes it again.
+
+Slot layout (version 3): the fixed words, then per route (requests by status
+class), per backend, per upstream group, and last the cache words: the
+worker's memory tier (bytes and objects now, evictions so far) followed by
+per route cache results (hit, miss, stale, revalidated, bypass) and origin
+requests.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from speedproxy.config.model import Config
 
 MAGIC = 0x5350_5354_4154_5331  # "SPSTATS1"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER_WORDS = 16
 
 #: Upper bounds (seconds) of the latency histogram buckets; +Inf is implied.
@@ -61,6 +67,17 @@ BACKEND_WORDS = 6
 U_QUEUE, U_PANIC, U_QUEUED, U_QUEUE_FULL, U_QUEUE_TIMEOUTS = range(5)
 UPSTREAM_WORDS = 5
 
+# Cache words of a worker, at the start of the cache region: the memory
+# tier's bytes and objects now (gauges) and its evictions so far (counter).
+C_MEMORY_BYTES, C_MEMORY_OBJECTS, C_MEMORY_EVICTIONS = range(3)
+CACHE_WORDS = 3
+#: Per-route cache words: lookups by result (the order of
+#: :data:`CACHE_RESULTS`), then requests sent to the origin.
+CACHE_RESULTS = ("hit", "miss", "stale", "revalidated", "bypass")
+CACHE_HIT, CACHE_MISS, CACHE_STALE, CACHE_REVALIDATED, CACHE_BYPASS = range(5)
+RC_ORIGIN = len(CACHE_RESULTS)
+ROUTE_CACHE_WORDS = RC_ORIGIN + 1
+
 #: Gauges are not folded into retired totals when a worker goes away.
 GAUGE_WORDS = frozenset({ACTIVE_CLIENTS, ACTIVE_UPSTREAM})
 
@@ -88,8 +105,18 @@ class Layout:
         return self.backend_base + self.backends * BACKEND_WORDS
 
     @property
-    def slot_words(self) -> int:
+    def cache_base(self) -> int:
+        """The worker's cache words (:data:`C_MEMORY_BYTES` ...)."""
         return self.upstream_base + self.upstreams * UPSTREAM_WORDS
+
+    @property
+    def route_cache_base(self) -> int:
+        """Per-route cache words, :data:`ROUTE_CACHE_WORDS` per route."""
+        return self.cache_base + CACHE_WORDS
+
+    @property
+    def slot_words(self) -> int:
+        return self.route_cache_base + self.routes * ROUTE_CACHE_WORDS
 
     @property
     def total_words(self) -> int:
@@ -101,6 +128,9 @@ class Layout:
     def is_gauge(self, word: int) -> bool:
         if word in GAUGE_WORDS:
             return True
+        cache = self.cache_base
+        if word >= cache:
+            return word - cache in (C_MEMORY_BYTES, C_MEMORY_OBJECTS)
         upstreams = self.upstream_base
         if word >= upstreams:
             return (word - upstreams) % UPSTREAM_WORDS in (U_QUEUE, U_PANIC)
@@ -206,7 +236,10 @@ class StatsSegment:
 class SlotWriter:
     """What a worker's data path updates, one word at a time."""
 
-    __slots__ = ("words", "base", "route_base", "backend_base", "upstream_base", "hist_base", "status_base")
+    __slots__ = (
+        "words", "base", "route_base", "backend_base", "upstream_base", "hist_base", "status_base",
+        "cache_base", "route_cache_base",
+    )
 
     def __init__(self, segment: StatsSegment, slot: int) -> None:
         layout = segment.layout
@@ -217,6 +250,8 @@ class SlotWriter:
         self.upstream_base = self.base + layout.upstream_base
         self.hist_base = self.base + HIST_BASE
         self.status_base = self.base + STATUS_BASE
+        self.cache_base = self.base + layout.cache_base
+        self.route_cache_base = self.base + layout.route_cache_base
 
     def add(self, word: int, amount: int = 1) -> None:
         self.words[self.base + word] += amount
@@ -243,6 +278,27 @@ class SlotWriter:
             backend_word = self.backend_base + backend * BACKEND_WORDS
             words[backend_word + B_RESPONSES] += 1
             words[backend_word + B_LATENCY_SUM_US] += micros
+
+    def cache_result(self, route: int, result: int) -> None:
+        """Count one cache lookup of route ``route`` ending in ``result``
+        (:data:`CACHE_HIT`, :data:`CACHE_MISS`, :data:`CACHE_STALE`,
+        :data:`CACHE_REVALIDATED` or :data:`CACHE_BYPASS`)."""
+        if route >= 0 and 0 <= result < RC_ORIGIN:
+            self.words[self.route_cache_base + route * ROUTE_CACHE_WORDS + result] += 1
+
+    def origin_request(self, route: int) -> None:
+        """Count one request a cached route sent to the origin (miss, revalidation, bypass)."""
+        if route >= 0:
+            self.words[self.route_cache_base + route * ROUTE_CACHE_WORDS + RC_ORIGIN] += 1
+
+    def cache_memory(self, size: int, objects: int, evictions: int) -> None:
+        """Publish this worker's memory tier: bytes and objects held now,
+        evictions since the worker started (a running total, not a delta)."""
+        words = self.words
+        base = self.cache_base
+        words[base + C_MEMORY_BYTES] = size
+        words[base + C_MEMORY_OBJECTS] = objects
+        words[base + C_MEMORY_EVICTIONS] = evictions
 
     def backend_word(self, backend: int, word: int) -> int:
         """Absolute index of one per-backend word of this slot."""

@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from speedproxy.accesslog import open_access_log
+from speedproxy.accesslog import ACCESS_LOG_FD, open_access_log
 from speedproxy.admin.tracking import (
     RemovedBackends,
     RequestTracker,
@@ -28,18 +28,29 @@ from speedproxy.admin.tracking import (
     inspect_core,
     set_reported_load,
 )
+from speedproxy.admin.cache_worker import CacheActions
+from speedproxy.cache.control import CacheActionError
 from speedproxy.config import ConfigError, config_from_mapping
 from speedproxy.master.control import (
     ApplyConfig,
+    CacheInfo,
+    CacheKeys,
+    CacheRefused,
+    ClearCache,
     ConfigRefused,
     DisconnectBackend,
+    DropKeys,
     Inspect,
+    Invalidated,
+    PurgeCache,
     Ready,
     ReloadTLS,
+    SearchCache,
     SetBackendState,
     SetReportedLoad,
     Shutdown,
     TLSRefused,
+    WarmCache,
 )
 from speedproxy.proxy.core import ProxyCore
 from speedproxy.proxy.server import ProxyServerFactory
@@ -58,6 +69,15 @@ class WorkerControl(amp.AMP):
     def __init__(self, worker: "Worker") -> None:
         super().__init__()
         self.worker = worker
+
+    @DropKeys.responder
+    def drop_keys(self, keys: List[bytes]) -> dict:
+        core = self.worker.core
+        cache = core.cache if core is not None else None
+        if cache is not None:
+            for key in keys:
+                cache.drop_from_memory(key)
+        return {}
 
     @ApplyConfig.responder
     def apply_config(self, config: Any, version: int, stats_index: Any) -> dict:
@@ -96,6 +116,42 @@ class WorkerControl(amp.AMP):
         except TLSConfigError as error:
             raise TLSRefused(str(error))
 
+    # -- the cache (see speedproxy.admin.cache_worker) ---------------------------
+
+    @PurgeCache.responder
+    def purge_cache(self, url: Optional[str] = None, prefix: Optional[str] = None) -> dict:
+        try:
+            return {"purged": self.worker.cache.purge(url=url, prefix=prefix)}
+        except CacheActionError as error:
+            raise CacheRefused(str(error))
+
+    @ClearCache.responder
+    def clear_cache(self, tier: str) -> dict:
+        try:
+            return {"cleared": self.worker.cache.clear(tier)}
+        except CacheActionError as error:
+            raise CacheRefused(str(error))
+
+    @CacheInfo.responder
+    def cache_info(self) -> dict:
+        return {"info": self.worker.cache.info()}
+
+    @CacheKeys.responder
+    def cache_keys(self, prefix: str, limit: int) -> dict:
+        return {"keys": self.worker.cache.keys(prefix, limit)}
+
+    @SearchCache.responder
+    def search_cache(self, text: str, limit: int) -> dict:
+        return {"keys": self.worker.cache.search(text, limit)}
+
+    @WarmCache.responder
+    def warm_cache(self, url: str) -> Any:
+        def refused(failure: Any) -> Any:
+            failure.trap(CacheActionError)
+            raise CacheRefused(failure.getErrorMessage())
+
+        return self.worker.cache.warm(url).addCallbacks(lambda status: {"status": status}, refused)
+
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self.worker.master_lost()
@@ -122,6 +178,8 @@ class Worker:
         self.accept_balancer: Optional[AcceptBalancer] = None
         #: The listener's certificate when ``ssl.enabled``.
         self.tls: Optional[ServerTLS] = None
+        #: What the master's cache commands run.
+        self.cache = CacheActions(lambda: self.core)
 
     def connect(self, control_fd: int) -> None:
         """Speak AMP on the inherited control socket."""
@@ -148,13 +206,16 @@ class Worker:
             # The certificate first: a first config whose files cannot be used
             # is refused before anything starts (the master then restarts us).
             tls = ServerTLS.from_files(ssl.cert_file, ssl.key_file) if ssl.enabled else None
+            pipe = access_log_pipe()
             self.core = ProxyCore(
                 self.reactor,
                 config,
-                open_access_log(config.server.access_log),
+                open_access_log(config.server.access_log, pipe),
                 shared=self.shared,
                 stats_index=index,
             )
+            self.core.open_access_log = lambda setting: open_access_log(setting, pipe)
+            self.core.announce_invalidation = self._announce_invalidation
             self.core.start()
             self.tracker = RequestTracker(self.core)
             scheme = b"https" if config.ssl.enabled else b"http"
@@ -182,6 +243,11 @@ class Worker:
             if new_certificate is not None and self.tls is not None:
                 self.tls.current = new_certificate
             self.version = version
+
+    def _announce_invalidation(self, keys: List[bytes]) -> None:
+        """Cache keys this worker invalidated: the master tells the other workers."""
+        if self.control is not None:
+            self.control.callRemote(Invalidated, keys=list(keys))
 
     def _ready(self) -> None:
         if self.control is not None:
@@ -242,6 +308,15 @@ class Worker:
                 self.reactor.stop()
 
 
+def access_log_pipe() -> Optional[int]:
+    """The pipe to the master's twistd log, when the master gave us one."""
+    try:
+        os.fstat(ACCESS_LOG_FD)
+    except OSError:
+        return None
+    return ACCESS_LOG_FD
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m speedproxy.worker``."""
     parser = argparse.ArgumentParser(prog="speedproxy-worker")
@@ -289,6 +364,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         grace = worker.core.server.shutdown_grace if worker.core is not None else 0.0
         reactor.callFromThread(worker.shutdown, grace)
 
+    def on_usr1(*_: Any) -> None:
+        if worker.core is not None:
+            reactor.callFromThread(worker.core.reopen_access_log)
+
     reactor.callWhenRunning(lambda: signal.signal(signal.SIGTERM, on_term))
+    signal.signal(signal.SIGUSR1, on_usr1)
     reactor.run(installSignalHandlers=False)
     return 0

@@ -65,6 +65,10 @@ class ProxyWorkerService(Service):
         self.tls: Optional[ServerTLS] = None
         self._listener = listener
         self._admin_listener = admin_listener
+        from speedproxy.admin.cache_worker import CacheActions, LocalCacheFanout
+
+        #: The admin API's way to this process's cache.
+        self.cache_fanout = LocalCacheFanout(CacheActions(lambda: self.core))
 
     @property
     def tls_listener(self) -> bool:
@@ -177,12 +181,12 @@ class ProxyWorkerService(Service):
             },
         )
 
-    def metrics_text(self) -> bytes:
+    def metrics_text(self, cache_disk: Optional[Dict[str, Any]] = None) -> bytes:
         from speedproxy.stats.prometheus import SegmentCollector, render_metrics
         from speedproxy.stats.reader import StatsReader
 
         assert self.core is not None
-        return render_metrics(SegmentCollector(StatsReader(self.core.shared.segment), self.state))
+        return render_metrics(SegmentCollector(StatsReader(self.core.shared.segment), self.state, cache_disk))
 
     def apply_config(self, config: Config) -> None:
         """Apply a new config to the running data path (listener unchanged).

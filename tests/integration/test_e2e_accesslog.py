@@ -74,3 +74,53 @@ def test_access_log_file_is_written_while_running(stack, proxy_factory, tmp_path
     proxy, origin, path = _file_proxy(stack, proxy_factory, tmp_path)
     _request(proxy, 4)
     wait_until(lambda: path.exists() and "/logged/4" in path.read_text(), 3.0, "the access log line in the file")
+
+
+def test_two_workers_share_a_file_whole_lines_none_lost_on_sigterm(stack, proxy_factory, tmp_path) -> None:
+    """Buffered lines of both workers reach the file whole, and SIGTERM loses none."""
+    origin = stack.backend()
+    path = tmp_path / "access.log"
+    proxy = proxy_factory(origin, access_log=str(path), workers=2)
+    total = 60
+    for number in range(total):
+        _request(proxy, number)
+    proxy.stop()  # SIGTERM: the workers flush on the way out
+    lines = path.read_text().splitlines()
+    assert len(lines) == total
+    assert all(LINE.match(line) for line in lines), lines[:3]
+    assert sorted(int(LINE.match(line).group("n")) for line in lines) == list(range(total))
+
+
+def test_sigusr1_reopens_the_file_without_losing_a_line(stack, proxy_factory, tmp_path) -> None:
+    import signal
+
+    origin = stack.backend()
+    path = tmp_path / "access.log"
+    proxy = proxy_factory(origin, access_log=str(path), workers=2)
+    for number in range(10):
+        _request(proxy, number)
+    rotated = tmp_path / "access.log.1"
+    path.rename(rotated)  # logrotate moves the file...
+    proxy.signal(signal.SIGUSR1)  # ...then postrotate: SIGUSR1 to the master
+    wait_until(path.exists, timeout=5.0, what="a new access.log after SIGUSR1")
+    for number in range(10, 20):
+        _request(proxy, number)
+    proxy.stop()
+    old = [int(LINE.match(line).group("n")) for line in rotated.read_text().splitlines()]
+    new = [int(LINE.match(line).group("n")) for line in path.read_text().splitlines()]
+    assert sorted(old + new) == list(range(20))
+    assert set(range(10, 20)) <= set(new)
+
+
+def test_json_lines(stack, proxy_factory, tmp_path) -> None:
+    import json
+
+    origin = stack.backend()
+    path = tmp_path / "access.json"
+    proxy = proxy_factory(origin, access_log=str(path), access_log_format="json")
+    _request(proxy, 7)
+    proxy.stop()
+    record = json.loads(path.read_text().splitlines()[0])
+    assert record["target"] == "/logged/7?q=1" and record["status"] == 200
+    assert record["host"] == "test.local" and record["user_agent"] == "e2e-agent/1.0"
+    assert record["upstream"] == f"127.0.0.1:{origin.port}"

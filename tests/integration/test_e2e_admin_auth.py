@@ -19,6 +19,7 @@ PROTECTED_GETS = [
     "/cache/info",
     "/cache/keys",
     "/cache/search?q=x",
+    "/api/v1/cache/warmup",
     "/api/v1/config",
     "/api/v1/backends",
     "/api/v1/stats/server",
@@ -42,6 +43,8 @@ PROTECTED_CHANGES = [
     ("POST", "/api/v1/backends/disconnect?upstream=default&backend_id=b0"),
     ("POST", "/api/v1/report"),
     ("POST", "/cache/clear?confirm=yes"),
+    ("POST", "/api/v1/cache/purge"),
+    ("POST", "/api/v1/cache/warmup"),
     ("PUT", "/api/v1/performance/alerts/thresholds"),
 ]
 

@@ -53,3 +53,10 @@ def test_secret_looking_query_parameters_are_masked() -> None:
     assert line is not None
     assert "abc" not in line and "=t " not in line
     assert "backend_id=b1" in line
+
+
+def test_a_note_says_what_the_path_does_not() -> None:
+    line = audit_line(FakeRequest(b"POST", b"/api/v1/cache/purge"), 200, note='url=http://h/a"b\nc')
+    assert line is not None
+    assert line.endswith('status=200 note="url=http://h/a\\"b?c"')
+    assert audit_line(FakeRequest(b"POST", b"/x"), 200, note=None).endswith("status=200")  # type: ignore[union-attr]

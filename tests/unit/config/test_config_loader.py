@@ -293,7 +293,7 @@ def test_duplicate_key_names_both_lines():
 
 def test_top_level_must_be_a_mapping():
     assert errors("- server\n") == [
-        "speedproxy.yaml:1: expected a mapping with keys server, ssl, admin, backends, routing, cache, got a list"
+        "speedproxy.yaml:1: expected a mapping with keys server, ssl, admin, backends, routing, cache, tracing, got a list"
     ]
 
 
@@ -742,7 +742,7 @@ def test_mapping_is_strict_about_strings():
 
 
 def test_mapping_shape_problems():
-    assert mapping_errors([1]) == ["<api>: expected a mapping with keys server, ssl, admin, backends, routing, cache, got a list"]
+    assert mapping_errors([1]) == ["<api>: expected a mapping with keys server, ssl, admin, backends, routing, cache, tracing, got a list"]
     assert mapping_errors({"server": {1: 2}}) == ["<api>: server: mapping keys must be strings, got 1"]
     assert mapping_errors({"server": {"port": object()}}) == ["<api>: server.port: expected an integer, got a object"]
 

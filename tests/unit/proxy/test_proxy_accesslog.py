@@ -147,11 +147,50 @@ def test_twisted_log_access_log() -> None:
         log = TwistedLogAccessLog()
         assert verifyObject(IAccessLog, log)
         log.write("a line")
+        log.write("another")
+        assert not [e for e in events if e.get("log_namespace") == "speedproxy.access"]  # buffered
         log.flush()
         log.close()
     finally:
         globalLogPublisher.removeObserver(events.append)
-    assert any(e.get("line") == "a line" and e.get("log_namespace") == "speedproxy.access" for e in events)
+    # One event per batch, not per line.
+    batches = [e["lines"] for e in events if e.get("log_namespace") == "speedproxy.access"]
+    assert batches == ["a line\nanother"]
+
+
+def test_file_access_log_writes_whole_lines_and_reopens(tmp_path) -> None:
+    path = tmp_path / "access.log"
+    log = FileAccessLog(str(path))
+    log.write("one")
+    assert path.read_text() == ""  # buffered until the sweep
+    log.flush()
+    assert path.read_text() == "one\n"
+    path.rename(tmp_path / "access.log.1")  # logrotate
+    log.write("two")
+    log.reopen()  # SIGUSR1: "two" goes to the old file, then the new one is used
+    log.write("three")
+    log.close()
+    assert (tmp_path / "access.log.1").read_text() == "one\ntwo\n"
+    assert path.read_text() == "three\n"
+
+
+def test_json_lines() -> None:
+    import json
+
+    from speedproxy.accesslog import JsonAccessLogFormatter
+
+    formatter = JsonAccessLogFormatter(lambda: 1764000000.25)
+    record = json.loads(
+        formatter.format(
+            "10.0.0.1", b"GET", b"/a?b", b"HTTP/1.1", 200, 12, None, b'ua "x"', 0.0021, "127.0.0.1:81",
+            b"r-1", queued=0.5, host=b"example.com",
+        )
+    )
+    assert record == {
+        "time": "2025-11-24T16:00:00.250Z", "client": "10.0.0.1", "method": "GET", "host": "example.com",
+        "target": "/a?b", "version": "HTTP/1.1", "status": 200, "bytes": 12, "referer": None,
+        "user_agent": 'ua "x"', "rt": 0.0021, "upstream": "127.0.0.1:81", "rid": "r-1", "qt": 0.5,
+    }
 
 
 def test_a_queued_request_has_qt_after_rt() -> None:

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from speedproxy.proxy.forwarding import sane_request_id, upstream_request_head
 from speedproxy.proxy.http1 import ProtocolError, RequestHead, check_partial_head, parse_request_head
 from speedproxy.proxy.paths import PathError, normalise_path
+from speedproxy.tracing.context import valid_traceparent
 from speedproxy.testing import InMemoryProxy
 
 Headers = List[Tuple[bytes, bytes]]
@@ -91,7 +92,10 @@ Outcome = Union[Forwarded, Refused]
 
 
 def speedproxy_forward(
-    raw: bytes, config: Config = Config(), new_request_id: Callable[[], bytes] = lambda: GENERATED_ID
+    raw: bytes,
+    config: Config = Config(),
+    new_request_id: Callable[[], bytes] = lambda: GENERATED_ID,
+    trace: Optional[Tuple[bytes, bytes, bytes]] = None,
 ) -> Outcome:
     """What speedproxy sends a backend for the client bytes ``raw`` (first request).
 
@@ -150,6 +154,8 @@ def speedproxy_forward(
         upgrade=upgrade,
         lowered=request.lowered,
         default_host=b"" if request.host else BACKEND_ADDRESS,
+        trace=trace,
+        drop_tracestate=not valid_traceparent(request.traceparent) and request.tracestate is not None,
     )
     return Forwarded(request, forwarded, buffer[end + 4 :])
 
@@ -828,7 +834,10 @@ def test_helper_is_what_the_proxy_sends(raw: bytes) -> None:
         return
     sent = proxy.accept().received()
     own_id = re.findall(rb"\r\nX-Request-Id: ([^\r]*)\r\n", sent)[-1]
-    outcome = speedproxy_forward(raw, Config(max_header_size=proxy.core.server.max_header_size), lambda: own_id)
+    own_trace = tuple(re.findall(rb"\r\ntraceparent: 00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\r\n", sent)[-1])
+    outcome = speedproxy_forward(
+        raw, Config(max_header_size=proxy.core.server.max_header_size), lambda: own_id, own_trace
+    )
     assert isinstance(outcome, Forwarded), outcome
     assert sent.startswith(outcome.head)
 

@@ -131,6 +131,11 @@ def test_the_rendered_text_parses_into_the_documented_families(segment: StatsSeg
         "speedproxy_upstream_queued": "counter",
         "speedproxy_upstream_queue_full": "counter",
         "speedproxy_upstream_queue_timeouts": "counter",
+        "speedproxy_cache_requests": "counter",
+        "speedproxy_origin_requests": "counter",
+        "speedproxy_cache_bytes": "gauge",
+        "speedproxy_cache_objects": "gauge",
+        "speedproxy_cache_evictions": "counter",
     }
 
 

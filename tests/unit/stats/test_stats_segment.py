@@ -21,6 +21,9 @@ from speedproxy.stats.segment import (
     BACKEND_WORDS,
     BYTES_IN,
     BYTES_OUT,
+    C_MEMORY_BYTES,
+    C_MEMORY_OBJECTS,
+    CACHE_WORDS,
     CLIENTS_TOTAL,
     FIXED_WORDS,
     GENERATION,
@@ -32,6 +35,7 @@ from speedproxy.stats.segment import (
     MAGIC,
     PID,
     REQUESTS,
+    ROUTE_CACHE_WORDS,
     ROUTE_WORDS,
     STARTED,
     STATUS_BASE,
@@ -64,10 +68,11 @@ def _slot(segment: StatsSegment, slot: int) -> List[int]:
 # -- layout ----------------------------------------------------------------------
 
 
-def test_fixed_words_are_the_cross_process_contract_of_layout_2() -> None:
+def test_fixed_words_are_the_cross_process_contract_of_layout_3() -> None:
     # Workers and the master agree on these offsets; moving any of them needs
-    # a new LAYOUT_VERSION (2: per-upstream words after the backends).
-    assert LAYOUT_VERSION == 2
+    # a new LAYOUT_VERSION (2: per-upstream words after the backends; 3: the
+    # cache words after those).
+    assert LAYOUT_VERSION == 3
     assert (GENERATION, PID, STARTED, REQUESTS) == (0, 1, 2, 3)
     assert STATUS_BASE == 10
     assert HIST_BASE == 15
@@ -78,9 +83,11 @@ def test_fixed_words_are_the_cross_process_contract_of_layout_2() -> None:
 def test_layout_offsets_place_routes_then_backends_after_the_fixed_words() -> None:
     assert LAYOUT.route_base == FIXED_WORDS
     assert LAYOUT.backend_base == FIXED_WORDS + 3 * ROUTE_WORDS == 44
-    assert LAYOUT.slot_words == 44 + 5 * BACKEND_WORDS == 74
-    assert LAYOUT.total_words == HEADER_WORDS + 4 * 74 == 312
-    assert [LAYOUT.slot_offset(slot) for slot in range(4)] == [16, 90, 164, 238]
+    assert LAYOUT.upstream_base == LAYOUT.cache_base == 44 + 5 * BACKEND_WORDS == 74
+    assert LAYOUT.route_cache_base == 74 + CACHE_WORDS
+    assert LAYOUT.slot_words == 77 + 3 * ROUTE_CACHE_WORDS == 95
+    assert LAYOUT.total_words == HEADER_WORDS + 4 * 95 == 396
+    assert [LAYOUT.slot_offset(slot) for slot in range(4)] == [16, 111, 206, 301]
 
 
 def test_only_active_counts_and_down_until_are_gauges() -> None:
@@ -90,7 +97,8 @@ def test_only_active_counts_and_down_until_are_gauges() -> None:
         for backend in range(5)
         for word in (B_ACTIVE, B_DOWN_UNTIL_MS)
     ]
-    assert gauges == sorted([ACTIVE_CLIENTS, ACTIVE_UPSTREAM] + backend_gauges)
+    cache_gauges = [LAYOUT.cache_base + C_MEMORY_BYTES, LAYOUT.cache_base + C_MEMORY_OBJECTS]
+    assert gauges == sorted([ACTIVE_CLIENTS, ACTIVE_UPSTREAM] + backend_gauges + cache_gauges)
 
 
 def test_layout_for_leaves_room_to_grow() -> None:
@@ -107,9 +115,9 @@ def test_layout_for_leaves_room_to_grow() -> None:
 def test_create_sizes_the_file_and_writes_the_header(tmp_path: Path) -> None:
     segment = _create(tmp_path)
     try:
-        assert os.path.getsize(tmp_path / "stats") == 312 * 8
-        assert segment.words[:6].tolist() == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 74]
-        assert segment.words[HEADER_WORDS:].tolist() == [0] * (4 * 74)
+        assert os.path.getsize(tmp_path / "stats") == 396 * 8
+        assert segment.words[:6].tolist() == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 95]
+        assert segment.words[HEADER_WORDS:].tolist() == [0] * (4 * 95)
     finally:
         segment.close()
 
@@ -120,7 +128,8 @@ def test_create_truncates_an_existing_file(tmp_path: Path) -> None:
     first.close()
     second = _create(tmp_path, Layout(slots=1, routes=1, backends=1))
     try:
-        assert os.path.getsize(tmp_path / "stats") == (HEADER_WORDS + FIXED_WORDS + ROUTE_WORDS + BACKEND_WORDS) * 8
+        words = HEADER_WORDS + FIXED_WORDS + ROUTE_WORDS + BACKEND_WORDS + CACHE_WORDS + ROUTE_CACHE_WORDS
+        assert os.path.getsize(tmp_path / "stats") == words * 8
         assert second.read_slot(0) == [0] * second.layout.slot_words
     finally:
         second.close()
@@ -191,12 +200,12 @@ def test_a_writer_stays_inside_its_own_slot(segment: StatsSegment) -> None:
     writer = segment.writer(1)
     for word in range(LAYOUT.slot_words):
         writer.add(word, word + 1)
-    assert _slot(segment, 1) == list(range(1, 75))
-    assert _slot(segment, 0) == [0] * 74
-    assert _slot(segment, 2) == [0] * 74
-    assert segment.words[:HEADER_WORDS].tolist()[:6] == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 74]
-    # The last word of the last backend of slot 1 sits right before slot 2.
-    assert writer.backend_word(4, B_DOWN_UNTIL_MS) + 1 == LAYOUT.slot_offset(2)
+    assert _slot(segment, 1) == list(range(1, 96))
+    assert _slot(segment, 0) == [0] * 95
+    assert _slot(segment, 2) == [0] * 95
+    assert segment.words[:HEADER_WORDS].tolist()[:6] == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 95]
+    # The cache words of the last route of slot 1 sit right before slot 2.
+    assert writer.route_cache_base + 3 * ROUTE_CACHE_WORDS == LAYOUT.slot_offset(2)
 
 
 def test_reset_slot_bumps_the_generation_zeroes_and_records_the_worker(segment: StatsSegment) -> None:
@@ -212,7 +221,7 @@ def test_reset_slot_bumps_the_generation_zeroes_and_records_the_worker(segment: 
     assert values[GENERATION] == 2
     assert values[PID] == 5151
     assert values[STARTED] == 1_700_000_100
-    assert values[3:] == [0] * (74 - 3)
+    assert values[3:] == [0] * (95 - 3)
     assert segment.read_slot(2)[REQUESTS] == 9
     assert segment.read_slot(2)[GENERATION] == 0
 
@@ -380,7 +389,7 @@ def test_latency_lands_in_the_bucket_with_the_first_bound_at_or_above_it(
 
 def test_backend_word_is_the_absolute_index_in_the_segment(segment: StatsSegment) -> None:
     writer = segment.writer(2)
-    assert writer.backend_word(3, B_FAILURES) == 164 + 44 + 3 * BACKEND_WORDS + B_FAILURES
+    assert writer.backend_word(3, B_FAILURES) == 206 + 44 + 3 * BACKEND_WORDS + B_FAILURES
     segment.words[writer.backend_word(3, B_FAILURES)] += 1
     assert segment.read_slot(2)[44 + 18 + B_FAILURES] == 1
 

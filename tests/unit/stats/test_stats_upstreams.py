@@ -60,12 +60,13 @@ def _rows(segment: StatsSegment, index: StatsIndex) -> Dict[str, Dict[str, objec
 
 def test_upstream_words_follow_the_backends() -> None:
     assert LAYOUT.upstream_base == LAYOUT.backend_base + 4 * BACKEND_WORDS
-    assert LAYOUT.slot_words == LAYOUT.upstream_base + 2 * UPSTREAM_WORDS
+    # The cache words follow the upstream groups.
+    assert LAYOUT.cache_base == LAYOUT.upstream_base + 2 * UPSTREAM_WORDS
     assert Layout(slots=1, routes=1, backends=1).upstreams == 0
 
 
 def test_only_queue_length_and_panic_are_gauges() -> None:
-    upstream_words = range(LAYOUT.upstream_base, LAYOUT.slot_words)
+    upstream_words = range(LAYOUT.upstream_base, LAYOUT.cache_base)
     gauges = [word for word in upstream_words if LAYOUT.is_gauge(word)]
     assert gauges == [
         LAYOUT.upstream_base + group * UPSTREAM_WORDS + word for group in range(2) for word in (U_QUEUE, U_PANIC)
