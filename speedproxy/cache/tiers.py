@@ -56,8 +56,18 @@ class ICacheStore(Interface):
 class CacheTiers:
     """Memory tier (per worker) in front of the disk tier (per host)."""
 
-    def __init__(self, config: CacheConfig, disk_factory: Optional[Callable[[CacheConfig], Any]] = None) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        disk_factory: Optional[Callable[[CacheConfig], Any]] = None,
+        reactor: Any = None,
+    ) -> None:
         self.config = config
+        self.reactor = reactor
+        #: Objects stored but not yet visible on disk, that the memory tier
+        #: could not keep (no memory tier, or too large): served from here
+        #: until the disk tier has committed them.
+        self._unwritten: Dict[Any, Stored] = {}
         self.memory: MemoryTier[Stored] = MemoryTier(config.memory_size)
         self.disk: Any = None
         self._disk_factory = disk_factory or _open_disk
@@ -106,6 +116,8 @@ class CacheTiers:
     def _get(self, key: bytes, variant: bytes) -> Optional[Stored]:
         memory_key = (key, variant) if variant else key
         found = self.memory.get(memory_key)
+        if found is None:
+            found = self._unwritten.get(memory_key)
         if found is not None:
             self.hits["memory"] += 1
             return found
@@ -120,9 +132,9 @@ class CacheTiers:
             entry.close()
             self.memory.put(memory_key, marker, len(key) + 100)
             return marker
-        if entry.fd is not None and (entry.length > PROMOTE_LIMIT or entry.length > self.memory.max_bytes):
-            # A large object stays on disk: its body goes out with sendfile(2)
-            # (the entry keeps the file open until then).
+        if entry.body is None and entry.fd >= 0:
+            # A large object (a file of its own) stays on disk: its body goes
+            # out with sendfile(2); the entry keeps the file open until then.
             stored = CachedObject.from_meta(key, variant, entry.meta, b"")
             if stored is None:
                 entry.close()
@@ -158,6 +170,26 @@ class CacheTiers:
                 disk.put(key, entry.variant, entry.meta(), entry.body)
             except Exception:  # the disk tier never stops proxying
                 log.failure("cache: storing {key!r} on disk failed", key=key)
+                return
+            memory_key = (key, entry.variant) if entry.vary else key
+            if memory_key not in self.memory and self.reactor is not None:
+                self._keep_until_written(memory_key, entry, marker if entry.vary else None)
+
+    def _keep_until_written(self, memory_key: Any, entry: CachedObject, marker: Optional[VaryMarker]) -> None:
+        unwritten = self._unwritten
+        unwritten[memory_key] = entry
+        if marker is not None and entry.key not in self.memory:
+            unwritten[entry.key] = marker
+        reactor = self.reactor
+
+        def written() -> None:
+            if unwritten.get(memory_key) is entry:
+                del unwritten[memory_key]
+            if marker is not None and unwritten.get(entry.key) is marker:
+                del unwritten[entry.key]
+
+        if not self.disk.when_committed(lambda: reactor.callFromThread(written)):
+            written()
 
     def refresh(self, entry: CachedObject) -> None:
         """A stored object's head changed (revalidated): write it back."""
@@ -167,15 +199,22 @@ class CacheTiers:
 
     def drop_from_memory(self, key: bytes) -> int:
         """Drop every variant of ``key`` from this worker's memory tier only."""
+        self._forget_unwritten(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
         return self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
 
+    def _forget_unwritten(self, predicate: Callable[[Any], bool]) -> None:
+        for item in [item for item in self._unwritten if predicate(item)]:
+            del self._unwritten[item]
+
     def purge(self, key: bytes) -> int:
+        self._forget_unwritten(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
         count = self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
         if self.disk is not None:
             count = max(count, self.disk.delete(key) or 0)
         return count
 
     def purge_prefix(self, prefix: bytes) -> int:
+        self._forget_unwritten(lambda item: (item[0] if isinstance(item, tuple) else item).startswith(prefix))
         count = self.memory.remove_where(
             lambda item: (item[0] if isinstance(item, tuple) else item).startswith(prefix)  # type: ignore[union-attr]
         )
@@ -186,6 +225,7 @@ class CacheTiers:
     def clear(self, tier: str = "all") -> int:
         count = 0
         if tier in ("memory", "all"):
+            self._unwritten.clear()
             count += self.memory.clear()
         if tier in ("disk", "all") and self.disk is not None:
             count += self.disk.clear()

@@ -220,7 +220,7 @@ class ProxyCore:
             if wanted:
                 from speedproxy.cache.tiers import CacheTiers
 
-                self.cache = CacheTiers(config.cache)
+                self.cache = CacheTiers(config.cache, reactor=self.reactor)
         else:
             self.cache.apply_config(config.cache)
 
@@ -371,7 +371,7 @@ class ProxyCore:
                 exchange.request_id,
                 exchange.queue_time if exchange.queued_at >= 0.0 else None,
                 request.host,
-                exchange.trace_id,
+                exchange.trace[0],
             )
         )
 

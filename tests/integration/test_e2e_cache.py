@@ -1151,3 +1151,37 @@ def test_disk_path_that_cannot_be_created(stack, fragile, uid, tmp_path):
         assert_hit(session.get(path), b"ok")
     assert fragile.count(path) == 1
     assert proxy.log_text().count(f"disk cache {blocker / 'cache'}") <= 2  # once per worker
+
+
+@pytest.mark.parametrize("size", [1024, 100 * 1024, 2 * 1024 * 1024], ids=["1KiB", "100KiB", "2MiB"])
+def test_disk_only_hits_send_the_whole_body(module_stack, tmp_path, size):
+    """memory_size: 0: every hit comes from the disk tier (packed, or sendfile for a file of its own)."""
+    from speedproxy.testing import backend_entry, path_pattern
+
+    origin = module_stack.backend(path_body(size, [("Cache-Control", "max-age=600")]), name=f"disk-only-{size}")
+    config = {
+        "server": {"workers": 1},
+        "cache": {"memory_size": 0, "disk_path": str(tmp_path / "cache")},
+        "backends": {"default": [backend_entry(origin, id="o")]},
+        "routing": {"default": {"path": "/", "upstream": "default", "cache": {"enabled": True}}},
+    }
+    proxy = module_stack.proxy(config=config)
+    expected = path_pattern("/obj", size)
+    with RawClient(*proxy.address) as client:
+        client.request("GET", "/obj")
+        first = client.read_response()
+    assert first.body == expected
+    hits = 0
+
+    def hit() -> bool:
+        nonlocal hits
+        with RawClient(*proxy.address) as client:
+            client.request("GET", "/obj")
+            response = client.read_response()
+        assert response.body == expected, (len(response.body), response.header("Cache-Status"))
+        if response.header("Cache-Status").startswith("speedproxy; hit"):
+            hits += 1
+        return hits >= 3
+
+    wait_until(hit, 10.0, "three disk hits")
+    assert len(origin.requests) == 1
