@@ -22,6 +22,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--cache-hit", action="store_true", help="measure a memory cache hit instead")
+    parser.add_argument(
+        "--access-log", default="off", help="off, - (twistd's log, batched) or a file path (e.g. /dev/null)"
+    )
     parser.add_argument("--cached-route", action="store_true", help="cache on, but every response a miss (no-store)")
     args = parser.parse_args()
 
@@ -39,7 +42,9 @@ def main() -> None:
         "routing: {default: {path: /, upstream: default, load_balancer: round_robin%s}}\n" % cache
     )
     reactor = MemoryReactorClock()
-    core = ProxyCore(reactor, config)
+    from speedproxy.accesslog import open_access_log
+
+    core = ProxyCore(reactor, config, open_access_log(args.access_log))
     factory = ProxyServerFactory(core)
     client = factory.buildProtocol(None)
     client_transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))

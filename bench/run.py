@@ -773,6 +773,7 @@ class Target:
     tree: str | None = None       # None: the live work tree; else a --compare-tree label
     python_bin: Path | None = None
     pysrc: Path | None = None
+    shipped: dict | None = None   # the tree's etc/speedproxy.yaml (None: args.shipped)
     expect: tuple | None = None   # (response header, token) every sample must carry
     idle: bool = False            # measure RSS per idle connection on it
     proc: Proc | None = None
@@ -895,7 +896,9 @@ def tree_label(tree: Path) -> str:
 
 def describe_tree(tree: Path) -> str:
     r = run_quiet(["git", "-C", str(tree), "log", "-1", "--format=%h %s"])
-    desc = r.stdout.strip()[:100] if r.returncode == 0 else str(tree)
+    desc = r.stdout.strip() if r.returncode == 0 else str(tree)
+    if len(desc) > 90:
+        desc = desc[:90].rsplit(" ", 1)[0] + " …"
     d = run_quiet(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"])
     n = len([l for l in d.stdout.splitlines() if l.strip()])
     return desc + (f" + uncommitted changes in {n} tracked file(s)" if n else "")
@@ -960,15 +963,15 @@ def speedproxy_config(shipped: dict, *, port: int, admin_port: int, origin_port:
 
 def start_speedproxy(args, pin: Pinning, tmp: Path, python_bin: Path, pysrc: Path, name: str,
                      origin_port: int, workers: int, mode: str = "default",
-                     cache: str | None = None, checks: list | None = None
-                     ) -> tuple[Proc, int, dict]:
+                     cache: str | None = None, checks: list | None = None,
+                     shipped: dict | None = None) -> tuple[Proc, int, dict]:
     twistd = python_bin.parent / "twistd"
     port, admin_port = free_port(), free_port()
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     disk = tmp / f"{safe}-disk" if cache in ("disk", "memory+disk") else None
     cfg = tmp / f"{safe}.yaml"
     cfg.write_text(json.dumps(speedproxy_config(
-        args.shipped, port=port, admin_port=admin_port, origin_port=origin_port,
+        shipped if shipped is not None else args.shipped, port=port, admin_port=admin_port, origin_port=origin_port,
         workers=workers, mode=mode, cache=cache, disk_path=disk,
         health_path=f"/{size_name(min(args.sizes))}"), indent=1) + "\n")
     env = dict(os.environ)
@@ -1454,8 +1457,9 @@ def render_section(meta: dict, rows: list[dict], failures: list[str]) -> str:
         "`/c/100k` (the cache rows) with `Cache-Control: max-age=3600`.",
         f"- **speedproxy config**: `default` = {meta['shipped']} as shipped (access log on, "
         "`access_log: \"-\"`, i.e. twistd's log, here `twistd -n`'s stdout to a file), changed "
-        "only where a benchmark must: listen/admin on 127.0.0.1, the worker count, the backend "
-        "(the origin; its health check asks for `/1k`); `tuned` = the same with "
+        "only where a benchmark must (each tree its own etc/speedproxy.yaml): listen/admin "
+        "on 127.0.0.1, the worker count, the backend (the origin; its health check asks for "
+        "`/1k`); `tuned` = the same with "
         "`access_log: off`. Cache rows add `cache: {enabled: true}` to the route: memory hit = "
         "the default memory tier (64 MiB per worker), disk hit = `cache: {memory_size: 0, "
         "disk_path: <tmp>}`. Each cache target is warmed until it answers a hit; during every "
@@ -1688,14 +1692,14 @@ def build_targets(args, runtimes, nginx) -> list[Target]:
                         cache=cache, python_bin=python_bin, pysrc=args.pysrc, expect=hit))
         cpython = next((r for r in runtimes if r[0] == "cpython"), None)
         if cpython:
-            for tree, label, pysrc in args.trees:
+            for tree, label, pysrc, shipped in args.trees:
                 for mode in args.compare_configs:
                     targets.append(Target(
                         key=f"sp-cpython-{mode}-proxy-w{workers}-{label}",
                         name=f"speedproxy-cpython{label}", config=CONFIG_TEXT[mode],
                         kind="speedproxy", sizes=list(args.sizes), workers=workers,
                         warmup=cpython[2], runtime="cpython", mode=mode, tree=label,
-                        python_bin=cpython[1], pysrc=pysrc))
+                        python_bin=cpython[1], pysrc=pysrc, shipped=shipped))
         if nginx and not args.no_nginx:
             targets.append(Target(key=f"nginx-proxy-w{workers}", name="nginx",
                                   config="proxy_pass, keepalive 64", kind="nginx",
@@ -1726,7 +1730,7 @@ def start_target(args, pin: Pinning, tmp: Path, t: Target, nginx: str | None,
         log(f"starting {t.label} {t.config}")
         t.proc, t.port, headers = start_speedproxy(
             args, pin, tmp, t.python_bin, t.pysrc, t.key, origin_port, t.workers,
-            mode=t.mode, cache=t.cache, checks=checks)
+            mode=t.mode, cache=t.cache, checks=checks, shipped=t.shipped)
         log(f"{t.label} {t.config} ready on 127.0.0.1:{t.port} "
             f"(X-Speedproxy: {headers.get('x-speedproxy', 'absent')})")
     if t.expect:
@@ -1780,7 +1784,10 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[dict], list[str
     for i, tree in enumerate(args.compare_tree):
         tree = tree.resolve()
         label = tree_label(tree)
-        args.trees.append((tree, label, write_plugin_tree(tmp, tree, f"pysrc-compare{i}")))
+        # Each tree runs its own shipped config (newer ones may have keys an
+        # older tree refuses).
+        shipped, _ = load_shipped_config(cpython_bin, tree)
+        args.trees.append((tree, label, write_plugin_tree(tmp, tree, f"pysrc-compare{i}"), shipped))
         meta["trees"].append({"path": str(tree), "label": label, "describe": describe_tree(tree)})
 
     runtimes: list[tuple[str, Path, float]] = []

@@ -84,16 +84,27 @@ def build_filters(config: RouteConfig, reactor: Any, core: Any = None) -> Option
 
     The route's cache, when enabled, is the last filter: the operator's
     filters see a request before it can be answered from the cache, and the
-    cache sees the backend's response first.
+    cache sees the backend's response first.  With ``hls.enabled`` the HLS
+    filter comes just before the cache (it tells the cache the lifetimes of
+    playlists and segments, and prefetches) and its playlist rewriter just
+    after it (what the cache stores and serves is the rewritten playlist).
     """
-    if not config.filters and not (config.cache.enabled and core is not None):
+    cached = config.cache.enabled and core is not None
+    if not config.filters and not cached:
         return None
     context = FilterContext(reactor, config.name)
     filters = [find_filter_kind(entry.name).build(entry.checked, context) for entry in config.filters]
-    if config.cache.enabled and core is not None:
+    if cached:
         from speedproxy.cache.filter import CacheFilter
 
-        filters.append(CacheFilter(core, config.name, config.cache))
+        cache = CacheFilter(core, config.name, config.cache)
+        if config.hls.enabled:
+            from speedproxy.hls.filter import build_hls_filters
+
+            before, after = build_hls_filters(core, config, cache)
+            filters += [before, cache, after]
+        else:
+            filters.append(cache)
     return FilterChain(filters)
 
 
@@ -112,7 +123,7 @@ def build_routes(
     reuse: Dict[Tuple[str, str, str], BalancedGroup] = {}
     chains: Dict[str, Tuple[Any, Optional[FilterChain]]] = {}
     for route in previous or ():
-        chains[route.name] = ((route.config.filters, route.config.cache), route.filters)
+        chains[route.name] = ((route.config.filters, route.config.cache, route.config.hls), route.filters)
         for kind in ("http", "websocket", "sse"):
             balanced: Optional[BalancedGroup] = getattr(route, kind)
             if balanced is not None:
@@ -130,7 +141,7 @@ def build_routes(
 
     def filters_for(config: RouteConfig) -> Optional[FilterChain]:
         kept = chains.get(config.name)
-        if kept is not None and kept[0] == (config.filters, config.cache):
+        if kept is not None and kept[0] == (config.filters, config.cache, config.hls):
             return kept[1]
         return build_filters(config, reactor, core)
 

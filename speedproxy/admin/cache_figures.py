@@ -69,10 +69,33 @@ def combine_info(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
             for row, info in infos
         ],
     }
+    hls = combine_hls(info.get("hls") for _, info in infos)
+    if hls:
+        answer["hls"] = hls
+        for worker, (_, info) in zip(answer["workers"], infos):
+            if info.get("hls"):
+                worker["hls"] = info["hls"]
     errors = worker_errors(rows)
     if errors:
         answer["errors"] = errors
     return answer
+
+
+def combine_hls(rows: Iterable[Any]) -> Dict[str, Any]:
+    """The HLS routes' per-worker figures summed per route (``prefetch`` per result)."""
+    routes: Dict[str, Any] = {}
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        for route, figures in row.items():
+            total = routes.setdefault(route, {"prefetch": {}})
+            for name, value in figures.items():
+                if name == "prefetch" and isinstance(value, Mapping):
+                    for result, count in value.items():
+                        total["prefetch"][result] = total["prefetch"].get(result, 0) + count
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    total[name] = total.get(name, 0) + value
+    return routes
 
 
 def union_keys(rows: Sequence[Mapping[str, Any]], limit: int, offset: int = 0) -> List[str]:

@@ -3,6 +3,7 @@
 Paths (see README.rst, "Admin API")::
 
     /health /status /stats /upstream /metrics            open
+    /dashboard[/app.js,/style.css]                        open (the page; its data calls use the key)
     /config /cache/{info,keys,search,clear}               TMDB proxy
     /api/v1/cache/{purge,warmup[/<id>]}
     /api/v1/config[/reload-ssl]                           SpeedMimi
@@ -65,6 +66,7 @@ from speedproxy.admin.cache_warmup import WarmupJobs
 from speedproxy.admin.cache_worker import fanout_of
 from speedproxy.admin.cascade import Cascade
 from speedproxy.admin.context import AdminContext
+from speedproxy.admin.dashboard import DashboardPage
 from speedproxy.admin.json_resource import APIError, Namespace, NotFoundResource
 from speedproxy.admin.stats import MetricsResource, StatsResource
 
@@ -93,6 +95,7 @@ class AdminRoot(Resource):
             b"stats": StatsResource(control),
             b"upstream": UpstreamResource(api),
             b"metrics": MetricsResource(control),
+            b"dashboard": DashboardPage(),
             b"config": TMDBConfigResource(api),
             b"cache": _namespace(
                 {

@@ -86,6 +86,11 @@ def info(core: "ProxyCore") -> Dict[str, Any]:
         return {"enabled": False}
     result = tiers.info()
     result["enabled"] = True
+    from speedproxy.hls.filter import hls_info
+
+    hls = hls_info(core)
+    if hls is not None:
+        result["hls"] = hls  # per HLS route: prefetch counters, viewers, streams known
     return result
 
 

@@ -75,13 +75,20 @@ def fetch(
     target: bytes,
     headers: Sequence[Tuple[bytes, bytes]] = (),
     method: bytes = b"GET",
+    scheme: bytes = b"http",
 ) -> "Deferred[int]":
-    """Run ``method target`` for ``host`` through its route; fires with the status."""
+    """Run ``method target`` for ``host`` through its route; fires with the status.
+
+    ``scheme``: the one the request counts as coming in on (it is part of
+    the cache key: a prefetch for a TLS client's stream says ``https``).
+    """
     lines: List[bytes] = [b"%s %s HTTP/1.1" % (method, target), b"Host: " + host]
     lines += [name + b": " + value for name, value in headers]
     lines.append(b"User-Agent: speedproxy (internal)")
     request = parse_request_head(b"\r\n".join(lines))
     client = InternalClient()
+    if scheme != client.scheme:
+        client.scheme = scheme
     exchange = Exchange(core, client, request, core.new_request_id(), INTERNAL_ADDRESS)  # type: ignore[arg-type]
     client.exchange = exchange
     exchange.start()

@@ -8,6 +8,27 @@ or becomes that response's leader.  Response side: a storable response is
 stored as it streams to the client and to every request waiting for it; a
 304 freshens the stored response; an error may be answered with a stale
 one (stale-if-error).  Unsafe methods invalidate what they touch.
+
+A filter earlier on the route's chain (the HLS filter, :mod:`speedproxy.hls`)
+may steer the cache per request through ``view.state``:
+
+``lifetime_override``
+    An object with ``applies(status, headers, lowered) -> bool``, asked when
+    the origin's response head arrives (``True``: the response is stored
+    even without explicit freshness; ``no-store``, ``private``,
+    ``Authorization`` and ``Set-Cookie`` still keep it out), and
+    ``lifetime(status, headers, lowered, body) -> Optional[float]``, asked
+    when it is stored or freshened by a 304 (``body`` is ``None`` when not at
+    hand): seconds of freshness replacing the origin's (its ``no-cache`` is
+    then dropped too), or ``None`` to keep the origin's.  Such a lifetime
+    counts from the response's arrival, less its ``Age`` and the time it
+    took, not from its ``Date``, whose whole seconds would eat the
+    sub-second lifetimes of live playlists.
+``collapse_stale``
+    A stale stored response is refreshed once per key for the whole host:
+    requests meanwhile wait for that refresh (in this worker) or for the
+    fresh copy another worker stores on the disk tier, instead of each
+    revalidating on its own (a live HLS playlist polled by many players).
 """
 
 from __future__ import annotations
@@ -68,6 +89,22 @@ class CacheFilter(Filter):
         self._headers = tuple(name.lower().encode() for name in key.headers)
 
     # -- keys and counters ----------------------------------------------------------
+
+    def key_of(
+        self, host: bytes, path: bytes, query: bytes, scheme: bytes, headers: Any = (), lowered: Any = ()
+    ) -> bytes:
+        """The key a request for ``path``/``query`` (``?`` included) would have."""
+        return policy.cache_key(
+            host,
+            path,
+            query,
+            scheme=scheme,
+            query_mode=self._query,
+            ignore_query=self._ignore,
+            header_names=self._headers,
+            request_headers=list(headers),
+            lowered=list(lowered),
+        )
 
     def key_for(self, exchange: "Exchange") -> bytes:
         request = exchange.request
@@ -141,6 +178,10 @@ class CacheFilter(Filter):
             state["stale"] = entry
             # RFC 9211: "request" when the client's directives forced it.
             state["fwd"] = b"request" if ttl > 0 and not entry.policy.no_cache else b"stale"
+            if state.get("collapse_stale") and method == b"GET" and b"range" not in request.lowered:
+                collapsed = self._collapse_stale(view, key, now)
+                if collapsed is not None:
+                    return collapsed
         elif directives.only_if_cached:
             self._count(exchange, MISS)
             return _gateway_timeout("only-if-cached: nothing stored for this request")
@@ -191,9 +232,65 @@ class CacheFilter(Filter):
         if counter is not None and exchange.route is not None:
             counter(exchange.route.stats_index)
 
+    def _collapse_stale(self, view: FilterRequest, key: bytes, now: float) -> Any:
+        """``collapse_stale``: join the refresh of a stale key under way, in this
+        worker or another; ``None``: this request refreshes it (the lock of the
+        key taken, with a disk tier)."""
+        exchange: "Exchange" = view._exchange
+        state = view.state
+        core = self.core
+        fill = core.cache_fills.get(key)
+        if fill is not None:
+            state["role"] = _FOLLOWER
+            self._count(exchange, MISS)
+            return fill
+        tiers = core.cache
+        locks = tiers.locks if tiers is not None else None
+        if locks is None:
+            return None
+        stale = state.get("stale")
+        fresh = self._fresh_on_disk(exchange, key, now, stale)
+        if fresh is None and locks.acquire(key):
+            # (Another worker may have stored it just before letting go.)
+            fresh = self._fresh_on_disk(exchange, key, now, stale)
+            if fresh is None:
+                state["locked"] = True
+                return None
+            locks.release(key)
+        if fresh is not None:
+            entry, ttl = fresh
+            state.pop("stale", None)
+            self._count(exchange, HIT)
+            return self.answer(exchange, entry, now, policy.cache_status(True, ttl=ttl))
+        state["fill"] = Fill(core.cache_fills, key, core.config.cache.max_object_size)
+        state["role"] = _WAITING
+        self._count(exchange, STALE)
+        return self._wait_for_other_worker(view, key, now)
+
+    def _fresh_on_disk(
+        self, exchange: "Exchange", key: bytes, now: float, stale: Optional[CachedObject] = None
+    ) -> Optional[Tuple[CachedObject, float]]:
+        """The disk tier's copy of ``key`` when it is fresh (another worker
+        refreshed it), read past this worker's ``stale`` copy in memory."""
+        tiers = self.core.cache
+        request = exchange.request
+        memory = tiers.memory  # type: ignore[union-attr]
+        memory.remove(key)
+        if stale is not None and stale.variant:
+            memory.remove((key, stale.variant))
+        entry = tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
+        if entry is None:
+            return None
+        outcome, ttl = policy.evaluate(entry.policy, policy.NO_DIRECTIVES, now)
+        return (entry, ttl) if outcome == policy.FRESH else None
+
     def _wait_for_other_worker(self, view: FilterRequest, key: bytes, now: float) -> "Deferred[Optional[LocalResponse]]":
         """Poll the disk tier until the other worker's response is stored there,
-        or its lock is free (it did not store one): then fetch it ourselves."""
+        or its lock is free (it did not store one): then fetch it ourselves.
+
+        Waiting to refresh a stale response (``collapse_stale``), only a fresh
+        copy will do, and our own request carries the stale one's validators.
+        """
         core = self.core
         exchange: "Exchange" = view._exchange
         state = view.state
@@ -201,6 +298,13 @@ class CacheFilter(Filter):
         locks = tiers.locks  # type: ignore[union-attr]
         request = exchange.request
         fill: Fill = state["fill"]
+        stale: Optional[CachedObject] = state.get("stale")
+
+        def stored(at: float) -> Optional[CachedObject]:
+            if stale is None:
+                return tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
+            fresh = self._fresh_on_disk(exchange, key, at, stale)
+            return fresh[0] if fresh is not None else None
         deadline = now + core.server.upstream_connect_timeout + core.server.upstream_read_timeout
         waited: "Deferred[Optional[LocalResponse]]" = Deferred()
 
@@ -218,12 +322,12 @@ class CacheFilter(Filter):
                 fill.failed()
                 waited.callback(None)
                 return
-            entry = tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
+            entry = stored(core.clock.seconds())
             if entry is not None:
                 found(entry)
                 return
             if locks.acquire(key):
-                entry = tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
+                entry = stored(core.clock.seconds())
                 if entry is not None:
                     locks.release(key)
                     found(entry)
@@ -232,6 +336,8 @@ class CacheFilter(Filter):
             elif core.clock.seconds() < deadline:
                 core.reactor.callLater(WAIT_POLL, poll)
                 return
+            if stale is not None:
+                self._ask_with_validators(exchange, stale, state)
             self._lead(view, core.clock.seconds())
             waited.callback(None)
 
@@ -384,6 +490,8 @@ class CacheFilter(Filter):
                 value = policy.cache_status(True, fwd=b"stale", fwd_status=status, detail=b"stale-if-error")
                 fill.deliver(lambda other: self.answer(other, stale, now, value))
                 return self.answer(exchange, stale, now, value, state.get("client_head"))
+        override = state.get("lifetime_override")
+        forced = override is not None and override.applies(status, head.headers, head.lowered)
         ok, reason = policy.storable(
             request.method,
             status,
@@ -392,7 +500,7 @@ class CacheFilter(Filter):
             head.headers,
             head.lowered,
             has_authorization=b"authorization" in request.lowered,
-            heuristic_allowed_by_config=self.settings.default_ttl > 0,
+            heuristic_allowed_by_config=self.settings.default_ttl > 0 or forced,
         )
         fwd = state.get("fwd", b"stale") if stale is not None else b"miss"
         if ok and head.content_length is not None and head.content_length > self.core.config.cache.max_object_size:
@@ -423,8 +531,24 @@ class CacheFilter(Filter):
         state["role"] = None
         headers, lowered = policy.freshen_headers(stale.headers, stale.lowered, head.headers, head.lowered, now)
         stale.set_headers(headers, lowered)
-        stale.policy = policy.stored_policy(
-            stale.status,
+        stale.policy = self._policy(
+            state, stale.status, headers, lowered, now, stale.body if stale.file is None else None
+        )
+        self.core.cache.refresh(stale)  # type: ignore[union-attr]
+        state["stored"] = True  # other workers wait for the refreshed copy on disk
+        self._count(exchange, REVALIDATED)
+        ttl = stale.policy.lifetime - policy.current_age(stale.policy.initial_age, now, now)
+        value = policy.cache_status(True, fwd=state.get("fwd", b"stale"), fwd_status=304, ttl=ttl)
+        state["fill"].deliver(lambda other: self.answer(other, stale, now, value))
+        return self.answer(exchange, stale, now, value, state.get("client_head"))
+
+    def _policy(
+        self, state: Dict[str, Any], status: int, headers: Any, lowered: List[bytes], now: float, body: Optional[bytes]
+    ) -> policy.StoredPolicy:
+        """The freshness of a response being stored or freshened (a
+        ``lifetime_override`` from an earlier filter replaces the origin's)."""
+        stored = policy.stored_policy(
+            status,
             headers,
             lowered,
             state["request_time"],
@@ -434,12 +558,14 @@ class CacheFilter(Filter):
             stale_if_error=self.settings.stale_if_error,
             heuristic_allowed=self.settings.default_ttl > 0,
         )
-        self.core.cache.refresh(stale)  # type: ignore[union-attr]
-        self._count(exchange, REVALIDATED)
-        ttl = stale.policy.lifetime - policy.current_age(stale.policy.initial_age, now, now)
-        value = policy.cache_status(True, fwd=state.get("fwd", b"stale"), fwd_status=304, ttl=ttl)
-        state["fill"].deliver(lambda other: self.answer(other, stale, now, value))
-        return self.answer(exchange, stale, now, value, state.get("client_head"))
+        override = state.get("lifetime_override")
+        if override is not None and override.applies(status, headers, lowered):
+            lifetime = override.lifetime(status, headers, lowered, body)
+            if lifetime is not None:
+                stored.lifetime = float(lifetime)
+                stored.no_cache = False
+                stored.initial_age = policy.age_value(headers, lowered) + max(0.0, now - state["request_time"])
+        return stored
 
     def response_body(self, view: FilterRequest, data: bytes) -> bytes:
         state = view.state
@@ -464,6 +590,7 @@ class CacheFilter(Filter):
             exchange: "Exchange" = view._exchange
             status, reason, headers, lowered = state["head"]
             now = self.core.clock.seconds()
+            body = b"".join(state["chunks"])
             stored_headers, stored_lowered = policy.storage_headers(headers, lowered)
             entry = CachedObject(
                 state["key"],
@@ -473,18 +600,8 @@ class CacheFilter(Filter):
                 reason,
                 stored_headers,
                 stored_lowered,
-                b"".join(state["chunks"]),
-                policy.stored_policy(
-                    status,
-                    headers,
-                    lowered,
-                    state["request_time"],
-                    now,
-                    default_ttl=self.settings.default_ttl,
-                    stale_while_revalidate=self.settings.stale_while_revalidate,
-                    stale_if_error=self.settings.stale_if_error,
-                    heuristic_allowed=self.settings.default_ttl > 0,
-                ),
+                body,
+                self._policy(state, status, headers, lowered, now, body),
                 state["request_time"],
             )
             state["chunks"] = []

@@ -38,6 +38,7 @@ from speedproxy.config.model import (
     ProtocolBalancers,
     RouteCacheConfig,
     RouteConfig,
+    RouteHlsConfig,
     ServerConfig,
     SSLConfig,
     TracingConfig,
@@ -570,6 +571,48 @@ def _route_cache(problems: _Problems, val: _Val, path: str) -> RouteCacheConfig:
     return _section(problems, val, path, RouteCacheConfig, _ROUTE_CACHE_FIELDS)
 
 
+def _live_playlist_ttl(problems: _Problems, val: _Val, path: str) -> Optional[float]:
+    """``auto`` (``None``: half the target duration) or a duration (0: the origin's)."""
+    if val.value == "auto":
+        return None
+    try:
+        return parse_duration(val.value)
+    except ValueError as exc:
+        raise ValueError(f'expected "auto" or a duration; {exc}') from None
+
+
+def _rate(problems: _Problems, val: _Val, path: str) -> int:
+    """Bytes per second: a size, optionally written with ``/s`` (``2MiB/s``); 0 = unlimited."""
+    value = val.value
+    if isinstance(value, str) and value.strip().lower().endswith("/s"):
+        value = value.strip()[:-2]
+    return parse_size(value)
+
+
+_BITRATE = re.compile(r"(\d+(?:\.\d+)?)([kmg]?)(?:bps|bit/s|b/s)?")
+
+
+def _bitrate(problems: _Problems, val: _Val, path: str) -> int:
+    """Bits per second as HLS ``BANDWIDTH`` counts them: a number, or ``800k``,
+    ``2.5M``, ``1G`` (powers of 1000); 0 = no cap."""
+    value = val.value
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f'expected bits per second such as 2000000 or "2M", got {describe_value(value)}')
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must be at least 0, got {value}")
+        return value
+    match = _BITRATE.fullmatch(value.strip().lower())
+    if match is None:
+        raise ValueError(f'expected bits per second such as 2000000 or "2M", got {describe_value(value)}')
+    number = float(match.group(1)) * {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}[match.group(2)]
+    return int(round(number))
+
+
+def _route_hls(problems: _Problems, val: _Val, path: str) -> RouteHlsConfig:
+    return _section(problems, val, path, RouteHlsConfig, _ROUTE_HLS_FIELDS)
+
+
 def _http_url(problems: _Problems, val: _Val, path: str) -> str:
     text = _text(val)
     if text and not re.fullmatch(r"https?://[^/\s]+/?", text):
@@ -686,6 +729,7 @@ _ROUTE_FIELDS: Dict[str, Converter] = {
     "protocols": _protocols,
     "filters": _filters,
     "cache": _route_cache,
+    "hls": _route_hls,
 }
 _CACHE_KEY_FIELDS: Dict[str, Converter] = {
     "query": _key_query,
@@ -699,6 +743,19 @@ _ROUTE_CACHE_FIELDS: Dict[str, Converter] = {
     "stale_while_revalidate": _duration(positive=False),
     "stale_if_error": _duration(positive=False),
     "min_uses": _integer(1),
+}
+_ROUTE_HLS_FIELDS: Dict[str, Converter] = {
+    "enabled": _boolean,
+    "prefetch_depth": _integer(0, 64),
+    "max_prefetch_downloads": _integer(0, 10000),
+    "live_playlist_ttl": _live_playlist_ttl,
+    "vod_playlist_ttl": _duration(positive=False),
+    "segment_ttl": _duration(positive=False),
+    "rewrite_absolute_urls": _boolean,
+    "rate_limit": _rate,
+    "rate_limit_after": _size(0),
+    "max_bandwidth": _rate,
+    "max_variant_bandwidth": _bitrate,
 }
 _CACHE_FIELDS: Dict[str, Converter] = {
     "memory_size": _size(0),
@@ -807,6 +864,14 @@ def _routing(
         except _Reported:
             continue
         route = RouteConfig(name=name, **fields)
+        if route.hls.enabled and not route.cache.enabled:
+            hls = item.value.get("hls")
+            enabled = hls.value.get("enabled") if hls is not None and isinstance(hls.value, dict) else None
+            problems.add(
+                (enabled or hls or item).line,
+                f"{route_path}.hls.enabled",
+                "needs cache.enabled: true on this route (HLS lifetimes and prefetch fill the route's cache)",
+            )
         given = item.value.get("upstream")
         checkable = given is None or "upstream" in fields
         if backends is not None and checkable and route.upstream not in backends:
@@ -993,6 +1058,13 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
         else:
             data["cache"] = _dump(route.cache)
             data["cache"]["key"] = _dump(route.cache.key)
+        if route.hls == RouteHlsConfig():
+            del data["hls"]
+        else:
+            data["hls"] = _dump(route.hls)
+            live = route.hls.live_playlist_ttl
+            data["hls"]["live_playlist_ttl"] = "auto" if live is None else format_duration(live)
+            data["hls"]["rate_limit_after"] = format_size(route.hls.rate_limit_after)
         routing[name] = data
     result = {
         "server": server,

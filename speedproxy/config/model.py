@@ -124,6 +124,35 @@ class RouteCacheConfig:
 
 
 @dataclass(frozen=True)
+class RouteHlsConfig:
+    """A route in front of an HLS origin (:mod:`speedproxy.hls`); needs the route's cache."""
+
+    enabled: bool = False
+    #: Segments fetched ahead of the one a player asked for (0: no prefetch).
+    prefetch_depth: int = 3
+    #: Prefetches of this route under way at once, per worker (more are dropped).
+    max_prefetch_downloads: int = 8
+    #: Freshness of live and EVENT media playlists; ``None`` (``auto``): half
+    #: the playlist's target duration (RFC 8216 6.2.2); 0: the origin's.
+    live_playlist_ttl: Optional[float] = None
+    #: Freshness of VOD media playlists and master playlists (0: the origin's).
+    vod_playlist_ttl: float = 3600.0
+    #: Freshness of segments, init sections and keys listed in a playlist (0: the origin's).
+    segment_ttl: float = 7 * 86400.0
+    #: Playlist URIs pointing at the origin become relative (players come back through us).
+    rewrite_absolute_urls: bool = True
+    #: Bytes/s per client connection (0: unlimited), after ``rate_limit_after`` bytes.
+    #: Accepted, not applied yet.
+    rate_limit: int = 0
+    rate_limit_after: int = 2 * 1024 * 1024
+    #: Bytes/s for the whole route (0: unlimited).  Accepted, not applied yet.
+    max_bandwidth: int = 0
+    #: Master playlists list only variants whose BANDWIDTH (bits/s) is at most
+    #: this (0: no cap); a request's ``?max_bw=`` may lower it.
+    max_variant_bandwidth: int = 0
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """The cache tiers of a host (``cache:`` at the top of the file)."""
 
@@ -151,6 +180,7 @@ class RouteConfig:
     #: Filters run on this route's requests and responses, in order.
     filters: Tuple[FilterConfig, ...] = ()
     cache: RouteCacheConfig = field(default_factory=RouteCacheConfig)
+    hls: RouteHlsConfig = field(default_factory=RouteHlsConfig)
 
 
 @dataclass(frozen=True)

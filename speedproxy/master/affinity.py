@@ -6,11 +6,13 @@ more workers than CPUs they wrap around).  A list of CPU numbers gives one
 per worker, cycled: ``[2, 3]`` puts workers 0, 2, 4... on CPU 2 and 1, 3,
 5... on CPU 3.
 
-The master applies it to a worker as soon as it is spawned (every thread of
-the new process, before the worker has started its reactor), and to every
-running worker again when a reload changes the setting (``off`` then gives
-them back every CPU the master may use).  A CPU the host does not have is
-logged and the worker runs unpinned.
+The master applies it to a worker right after spawning it, with
+``sched_setaffinity`` on every thread of the new process (the worker is
+still importing Python modules then; threads it starts later inherit the
+mask), and to every running worker again when a reload changes the setting
+(``off`` then gives them back every CPU the master may use).  Doing it from
+the master keeps the worker's start-up free of it and covers respawns.  A
+CPU the host does not have is logged and the worker runs unpinned.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.exchange import Exchange
 
 upstream_log = Logger(namespace="speedproxy.upstreams")
+access_log_errors = Logger(namespace="speedproxy.access")
 
 
 class ProxyCore:
@@ -199,7 +200,7 @@ class ProxyCore:
         try:
             new = self.open_access_log(setting)
         except OSError as error:
-            _log.error("access log {setting!r} cannot be opened ({error}); keeping the old one", setting=setting, error=error)
+            access_log_errors.error("access log {setting!r} cannot be opened ({error}); keeping the old one", setting=setting, error=error)
             return
         old, self.access_log = self.access_log, new
         self._access_log_setting = setting
@@ -356,6 +357,8 @@ class ProxyCore:
         if log is None:
             return
         request = exchange.request
+        lowered = request.lowered  # lower-cased once by the parser
+        headers = request.headers
         log.write(
             self._formatter.format(
                 exchange.client_ip,
@@ -364,8 +367,8 @@ class ProxyCore:
                 request.version,
                 status,
                 exchange.bytes_sent,
-                request.header(b"referer"),
-                request.header(b"user-agent"),
+                headers[lowered.index(b"referer")][1] if b"referer" in lowered else None,
+                headers[lowered.index(b"user-agent")][1] if b"user-agent" in lowered else None,
                 seconds,
                 backend.config.address if backend is not None else "-",
                 exchange.request_id,

@@ -88,9 +88,7 @@ class Exchange:
         "waiting",
         "queued_at",
         "queue_time",
-        "trace_id",
-        "span_id",
-        "trace_flags",
+        "trace",
         "cache_status",
     )
 
@@ -159,11 +157,11 @@ class Exchange:
         #: Clock time it started waiting (-1: never queued); ``queue_time``
         #: is set to the seconds it waited once it leaves the queue.
         self.queued_at = -1.0
-        #: W3C trace context: ``trace_id`` (the client's trace or a new one),
-        #: ``span_id`` (this hop's, the parent id forwarded) and
-        #: ``trace_flags`` (:mod:`speedproxy.tracing.context`);
-        #: ``cache_status`` is only set while tracing exports spans.
-        core.trace_ids.start(self, request)
+        #: W3C trace context ``(trace_id, span_id, trace_flags)``: the client's
+        #: trace or a new one, this hop's span id (the parent id forwarded),
+        #: the flags (:mod:`speedproxy.tracing.context`).  ``cache_status``
+        #: is only set while tracing exports spans.
+        self.trace = core.trace_ids.start(request)
 
     # -- choosing a backend ----------------------------------------------
 
@@ -471,7 +469,7 @@ class Exchange:
             upgrade=self.upgrade,
             lowered=request.lowered,
             default_host=b"" if request.host else connection.backend.config.address.encode("ascii"),
-            trace=(self.trace_id, self.span_id, self.trace_flags),
+            trace=self.trace,
             drop_tracestate=request.traceparent is None and request.tracestate is not None,
         )
         self.head_sent = True

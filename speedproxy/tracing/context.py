@@ -7,11 +7,11 @@ trace id and flags and a new parent id (the proxy's own span id), and its
 starts a new trace (its ``tracestate`` is dropped).  Either way the trace id
 goes into the access log.
 
-Everything here costs a few hundred nanoseconds per request: new ids are
-popped from lists filled from ``os.urandom`` in batches (one ``hexlify``
-and ``split`` per batch), a client's value is checked with slicing and one
-``bytes.translate``, no regular expression, and the forwarded field is
-joined into the request head with the rest of it.
+Everything here costs a few hundred nanoseconds per request: new trace
+contexts are popped from a list filled in batches (one ``os.urandom``,
+``hexlify`` and ``split`` per batch), a client's value is checked with
+slicing and one ``bytes.translate``, no regular expression, and the
+forwarded field is joined into the request head with the rest of it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import weakref
 from binascii import hexlify
+from itertools import repeat
 from typing import List, Optional, Tuple
 
 #: ``traceparent`` of version 00: ``00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>``.
@@ -67,13 +68,14 @@ def is_sampled(flags: bytes) -> bool:
 
 
 class TraceIds:
-    """New trace and span ids for one worker, made in batches.
+    """New trace contexts for one worker, made in batches.
 
-    :meth:`start` gives an exchange its trace context: ``trace_id`` (32 hex
-    digits), ``span_id`` (16: this hop's span, the parent id forwarded) and
-    ``trace_flags`` (2).  ``sample_ratio`` decides the ``sampled`` flag of
-    new traces as OpenTelemetry's ``TraceIdRatioBased`` sampler does (on
-    the trace id's low 64 bits), so a backend sampling on its parent's flag
+    :meth:`start` gives a request its trace context, a tuple ``(trace_id,
+    span_id, trace_flags)`` of hex digits (32, 16 and 2): the trace the
+    client sent or a new one, this hop's span id (the parent id forwarded)
+    and the flags.  ``sample_ratio`` decides the ``sampled`` flag of new
+    traces as OpenTelemetry's ``TraceIdRatioBased`` sampler does (on the
+    trace id's low 64 bits), so a backend sampling on its parent's flag
     keeps the same traces as the proxy.
     """
 
@@ -83,54 +85,53 @@ class TraceIds:
         #: Every new trace is sampled (``01``) or none is (``00``); else per id.
         self._flags: Optional[bytes] = b"01" if self._bound >= 1 << 64 else b"00" if self._bound <= 0 else None
         self._batch = batch
-        self._traces: List[bytes] = []
-        self._spans: List[bytes] = []
+        #: Ready-made contexts of new traces, popped one per request.
+        self._pool: List[Tuple[bytes, bytes, bytes]] = []
         _live.add(self)
 
-    def start(self, exchange: object, request: object) -> None:
-        """Set ``exchange``'s trace context for ``request``.
+    def start(self, request: object) -> Tuple[bytes, bytes, bytes]:
+        """The trace context of ``request``: ``(trace_id, span_id, trace_flags)``.
 
         A valid ``traceparent`` keeps its trace id and flags; without one, or
         with an invalid one, a new trace starts and an invalid one is
         forgotten (``request.traceparent`` becomes ``None``), so its
         ``tracestate`` is not forwarded either.
         """
-        spans = self._spans
-        if not spans:
-            spans += _hex_ids(8, self._batch)
-        exchange.span_id = spans.pop()  # type: ignore[attr-defined]
+        pool = self._pool
+        if not pool:
+            self._refill()
+        context = pool.pop()
         incoming = request.traceparent  # type: ignore[attr-defined]
-        if incoming is not None:
-            if valid_traceparent(incoming):
-                exchange.trace_id = incoming[3:35]  # type: ignore[attr-defined]
-                exchange.trace_flags = incoming[53:55]  # type: ignore[attr-defined]
-                return
-            request.traceparent = None  # type: ignore[attr-defined]
-        traces = self._traces
-        if not traces:
-            traces += _hex_ids(16, self._batch)
-        trace = exchange.trace_id = traces.pop()  # type: ignore[attr-defined]
-        flags = self._flags
-        exchange.trace_flags = (  # type: ignore[attr-defined]
-            flags if flags is not None else b"01" if int(trace[16:], 16) < self._bound else b"00"
-        )
+        if incoming is None:
+            return context
+        if valid_traceparent(incoming):
+            return (incoming[3:35], context[1], incoming[53:55])
+        request.traceparent = None  # type: ignore[attr-defined]
+        return context
 
     def new_trace(self) -> Tuple[bytes, bytes, bytes]:
         """``(trace_id, span_id, trace_flags)`` of a new trace (for tools and tests)."""
-        context = _Context()
-        self.start(context, _Context())
-        return context.trace_id, context.span_id, context.trace_flags
+        return self.start(_NoParent())
+
+    def _refill(self) -> None:
+        count = self._batch
+        traces = _hex_ids(16, count)
+        spans = _hex_ids(8, count)
+        flags = self._flags
+        if flags is not None:
+            self._pool += zip(traces, spans, repeat(flags))
+        else:
+            bound = self._bound
+            self._pool += zip(traces, spans, [b"01" if int(trace[16:], 16) < bound else b"00" for trace in traces])
 
     def _forget(self) -> None:
-        self._traces.clear()
-        self._spans.clear()
+        self._pool.clear()
 
 
-class _Context:
-    """What :meth:`TraceIds.start` sets, on its own (and a request without a parent)."""
+class _NoParent:
+    """A request without a ``traceparent``."""
 
     traceparent = None
-    trace_id = span_id = trace_flags = b""
 
 
 def _hex_ids(size: int, count: int) -> List[bytes]:

@@ -94,24 +94,25 @@ class SpanRecorder:
 
     def record(self, exchange: "Exchange", status: int, end: float) -> None:
         """The span of ``exchange``, which ended with ``status`` at clock time ``end``."""
-        if exchange.trace_flags[1] not in SAMPLED_DIGITS:
+        trace_id, span_id, flags = exchange.trace
+        if flags[1] not in SAMPLED_DIGITS:
             return
         request = exchange.request
         ids = self._ids
-        ids.span_id = int(exchange.span_id, 16)
+        ids.span_id = int(span_id, 16)
         incoming = request.traceparent  # a valid one; an invalid one was set to None
         if incoming is not None:
             tracestate = request.tracestate
             parent = SpanContext(
-                int(exchange.trace_id, 16),
+                int(trace_id, 16),
                 int(incoming[36:52], 16),
                 is_remote=True,
-                trace_flags=TraceFlags(int(exchange.trace_flags, 16)),
+                trace_flags=TraceFlags(int(flags, 16)),
                 trace_state=TraceState.from_header([tracestate.decode("latin-1")]) if tracestate else None,
             )
             context = trace_api.set_span_in_context(NonRecordingSpan(parent), _ROOT)
         else:
-            ids.trace_id = int(exchange.trace_id, 16)
+            ids.trace_id = int(trace_id, 16)
             context = _ROOT
         method = request.method.decode("latin-1")
         route = exchange.route

@@ -165,7 +165,7 @@ def _attributes(span) -> dict:
 
 
 def test_spans_are_posted_to_the_otlp_endpoint(stack, collector) -> None:
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter", exc_type=ImportError)
     origin = stack.backend()
     proxy = ProxyProcess(
         {
@@ -259,7 +259,7 @@ def test_forwarding_works_without_the_sdk(stack, no_sdk_path: str) -> None:
 
 def test_queued_spans_are_exported_on_sigterm(stack, collector) -> None:
     """With the SDK's default 5 s batch delay, stopping the proxy still exports the span."""
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter", exc_type=ImportError)
     origin = stack.backend()
     proxy = ProxyProcess(
         {

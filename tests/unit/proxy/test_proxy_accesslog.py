@@ -198,3 +198,23 @@ def test_a_queued_request_has_qt_after_rt() -> None:
         '"curl/8.0" rt=0.815 qt=0.812 upstream=127.0.0.1:8081 rid=ab12-1'
     )
     assert " qt=" not in line(queued=None)
+
+
+def test_a_reload_naming_an_unusable_access_log_keeps_the_old_one(tmp_path) -> None:
+    import dataclasses
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from speedproxy.config import parse_config
+    from speedproxy.proxy.core import ProxyCore
+
+    config = parse_config("server: {access_log: '%s'}\n" % (tmp_path / "a.log"))
+    core = ProxyCore(MemoryReactorClock(), config, FileAccessLog(str(tmp_path / "a.log")))
+    old = core.access_log
+    bad = dataclasses.replace(config, server=dataclasses.replace(config.server, access_log=str(tmp_path / "no" / "b.log")))
+    core.apply_config(bad)
+    assert core.access_log is old
+    good = dataclasses.replace(config, server=dataclasses.replace(config.server, access_log=str(tmp_path / "c.log")))
+    core.apply_config(good)
+    assert isinstance(core.access_log, FileAccessLog) and core.access_log.path == str(tmp_path / "c.log")
+    core.stop()

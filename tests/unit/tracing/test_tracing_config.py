@@ -40,7 +40,7 @@ def test_without_an_endpoint_the_sdk_is_not_needed(without_sdk: None) -> None:
 
 
 def test_values_and_round_trip() -> None:
-    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("opentelemetry.sdk", exc_type=ImportError)
     config = parse_config(
         "tracing:\n  otlp_endpoint: http://collector:4318\n  service_name: edge-proxy\n  sample_ratio: 0.25\n"
     )

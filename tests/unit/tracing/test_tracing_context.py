@@ -115,10 +115,6 @@ def test_arbitrary_bytes_never_pass_unless_grammatical(value: bytes) -> None:
 # -- new ids -------------------------------------------------------------------------------
 
 
-class Holder:
-    trace_id = span_id = trace_flags = b""
-
-
 class Request:
     def __init__(self, value: Optional[bytes] = None) -> None:
         self.traceparent = value
@@ -140,19 +136,19 @@ def test_new_traces_have_well_formed_distinct_ids() -> None:
 def test_a_valid_parent_keeps_its_trace_and_flags_and_gets_a_new_span() -> None:
     ids = TraceIds()
     for flags in (b"01", b"00", b"03"):
-        holder, request = Holder(), Request(b"00-" + TRACE + b"-" + PARENT + b"-" + flags)
-        ids.start(holder, request)
-        assert (holder.trace_id, holder.trace_flags) == (TRACE, flags)
-        assert len(holder.span_id) == 16 and holder.span_id != PARENT
+        request = Request(b"00-" + TRACE + b"-" + PARENT + b"-" + flags)
+        trace_id, span_id, trace_flags = ids.start(request)
+        assert (trace_id, trace_flags) == (TRACE, flags)
+        assert len(span_id) == 16 and span_id != PARENT
         assert request.traceparent is not None  # kept: its tracestate goes on
 
 
 @pytest.mark.parametrize("value", [b"", b"garbage", VALID.upper(), b"00-" + b"0" * 32 + b"-" + PARENT + b"-01"])
 def test_an_invalid_parent_starts_a_new_trace_and_is_forgotten(value: bytes) -> None:
-    holder, request = Holder(), Request(value)
-    TraceIds().start(holder, request)
+    request = Request(value)
+    context = TraceIds().start(request)
     assert request.traceparent is None
-    assert holder.trace_id != TRACE and valid_traceparent(traceparent(holder.trace_id, holder.span_id, holder.trace_flags))
+    assert context[0] != TRACE and valid_traceparent(traceparent(*context))
 
 
 def test_sample_ratio_decides_new_traces_as_opentelemetry_does() -> None:
@@ -168,9 +164,7 @@ def test_sample_ratio_decides_new_traces_as_opentelemetry_does() -> None:
         flags.append(flag)
     assert 0.18 < flags.count(b"01") / len(flags) < 0.32
     # A client's trace keeps its own decision, whatever the ratio.
-    holder = Holder()
-    TraceIds(0.0).start(holder, Request(VALID))
-    assert holder.trace_flags == b"01"
+    assert TraceIds(0.0).start(Request(VALID))[2] == b"01"
 
 
 def test_is_sampled() -> None:

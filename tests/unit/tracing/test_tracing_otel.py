@@ -7,7 +7,7 @@ from typing import Tuple
 
 import pytest
 
-pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
+pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter", exc_type=ImportError)
 
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402

@@ -1,0 +1,463 @@
+"""The HLS filters of a route: around its cache filter.
+
+A route with ``hls.enabled`` gets two filters (see
+:func:`speedproxy.routing.build_filters`)::
+
+    [operator filters...] HlsFilter  CacheFilter  HlsRewriteFilter  -> origin
+
+:class:`HlsFilter` (before the cache) recognises playlists (``.m3u8``, or a
+playlist content type) and the URIs they list, tells the cache their
+lifetimes (``view.state["lifetime_override"]``, the cache's documented
+hook) and to refresh stale playlists once for all players
+(``collapse_stale``), learns the streams from the playlists that pass or are
+served from the cache, follows viewers and prefetches the segments after
+the one a sequential viewer asks for.
+
+:class:`HlsRewriteFilter` (after the cache, so on misses only) rewrites
+playlists coming from the origin (variant cap, absolute URIs); the cache
+stores and serves the rewritten playlist.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from speedproxy.cache.entry import CachedObject, VaryMarker
+from speedproxy.cache.keys import variant_key
+from speedproxy.config.model import RouteConfig, RouteHlsConfig
+from speedproxy.filters.base import Filter
+from speedproxy.filters.messages import FilterRequest, FilterResponse
+from speedproxy.hls.playlist import (
+    SEGMENT,
+    Playlist,
+    is_playlist_path,
+    is_playlist_type,
+    is_segment_type,
+    parse_playlist,
+    playlist_lifetime,
+)
+from speedproxy.hls.prefetch import PREFETCH_HEADER_LOWER, Prefetcher
+from speedproxy.hls.registry import StreamRegistry
+from speedproxy.hls.rewrite import origin_hosts, rewrite_playlist
+from speedproxy.hls.viewers import ViewerTracker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.cache.filter import CacheFilter
+    from speedproxy.proxy.core import ProxyCore
+    from speedproxy.proxy.exchange import Exchange
+
+log = Logger(namespace="speedproxy.hls")
+
+#: Playlists larger than this are neither parsed nor rewritten (relayed as they are).
+MAX_PLAYLIST = 8 * 1024 * 1024
+
+#: What a request is, in ``view.state["hls"]``.
+PLAYLIST = "playlist"
+#: Not known: a playlist if its content type says so.
+OTHER = "other"
+
+#: Request fields a prefetch copies from the viewer's request that caused it
+#: (besides those in the route's cache key): what the player would send.
+_PREFETCH_COPIED = (b"cookie", b"authorization")
+
+
+class HlsRoute:
+    """What one worker knows and does for one HLS route; outlives the filter
+    instances (a reload that changes the route's filters keeps it)."""
+
+    def __init__(self, core: "ProxyCore") -> None:
+        self.registry = StreamRegistry()
+        self.viewers = ViewerTracker()
+        self.prefetcher = Prefetcher(core)
+        self.counters: Dict[str, float] = {"playlists_parsed": 0, "parse_seconds": 0.0, "live_segments_seen": 0}
+
+    def parsed(self, playlist: Optional[Playlist], seconds: float = 0.0) -> None:
+        self.counters["playlists_parsed"] += 1
+        self.counters["parse_seconds"] += playlist.parse_seconds if playlist is not None else seconds
+
+    def info(self, now: float) -> Dict[str, Any]:
+        figures: Dict[str, Any] = {
+            "prefetch": self.prefetcher.info(),
+            "viewers": self.viewers.active(now),
+            "playlists_parsed": int(self.counters["playlists_parsed"]),
+            "parse_ms": round(self.counters["parse_seconds"] * 1000.0, 3),
+            "live_segments_seen": int(self.counters["live_segments_seen"]),
+        }
+        figures.update(self.registry.info())
+        return figures
+
+
+def route_state(core: "ProxyCore", route: str) -> HlsRoute:
+    """The :class:`HlsRoute` of ``route`` in this worker (made on first use)."""
+    routes: Optional[Dict[str, HlsRoute]] = getattr(core, "hls_routes", None)
+    if routes is None:
+        routes = {}
+        core.hls_routes = routes  # type: ignore[attr-defined]
+    state = routes.get(route)
+    if state is None:
+        state = routes[route] = HlsRoute(core)
+    return state
+
+
+def hls_info(core: "ProxyCore") -> Optional[Dict[str, Any]]:
+    """Per route: prefetch counters, viewers, what is known (``None``: no HLS route)."""
+    routes: Optional[Dict[str, HlsRoute]] = getattr(core, "hls_routes", None)
+    if not routes:
+        return None
+    now = core.clock.seconds()
+    routing = core.config.routing
+    return {
+        name: state.info(now)
+        for name, state in routes.items()
+        if name in routing and routing[name].hls.enabled  # (not routes since turned off)
+    } or None
+
+
+def _hosts_for(core: "ProxyCore", config: RouteConfig, request_host: bytes) -> frozenset:
+    backends = core.config.backends.get(config.upstream, ())
+    return origin_hosts(request_host, [(backend.host, backend.port, backend.scheme) for backend in backends])
+
+
+class Lifetimes:
+    """The cache's ``lifetime_override`` for one request (see :mod:`speedproxy.cache.filter`)."""
+
+    __slots__ = ("settings", "kind", "state")
+
+    def __init__(self, settings: RouteHlsConfig, kind: str, state: Dict[str, Any]) -> None:
+        self.settings = settings
+        self.kind = kind
+        self.state = state
+
+    def _kind(self, headers: List[Tuple[bytes, bytes]], lowered: List[bytes]) -> Optional[str]:
+        """What the response is: a playlist, a segment (or init section, key), or neither."""
+        kind = self.kind
+        if kind != OTHER:
+            return kind
+        content_type = headers[lowered.index(b"content-type")][1] if b"content-type" in lowered else None
+        if is_playlist_type(content_type):
+            return PLAYLIST
+        if is_segment_type(content_type):
+            return SEGMENT  # not listed in a playlist this worker read, but one by its type
+        return None
+
+    def applies(self, status: int, headers: List[Tuple[bytes, bytes]], lowered: List[bytes]) -> bool:
+        if status != 200:
+            return False
+        settings = self.settings
+        kind = self._kind(headers, lowered)
+        if kind is None:
+            return False
+        if kind == PLAYLIST:
+            return settings.vod_playlist_ttl > 0 or settings.live_playlist_ttl != 0
+        return settings.segment_ttl > 0
+
+    def lifetime(
+        self, status: int, headers: List[Tuple[bytes, bytes]], lowered: List[bytes], body: Optional[bytes]
+    ) -> Optional[float]:
+        settings = self.settings
+        if self._kind(headers, lowered) != PLAYLIST:
+            return settings.segment_ttl or None
+        playlist = self.state.get("hls_parsed")
+        if playlist is None:
+            if body is None or len(body) > MAX_PLAYLIST:
+                return None
+            playlist = parse_playlist(body)
+            if playlist is None:
+                return None
+            self.state["hls_parsed"] = playlist
+        return playlist_lifetime(playlist, settings.live_playlist_ttl, settings.vod_playlist_ttl)
+
+
+class HlsFilter(Filter):
+    """Recognition, lifetimes, stream knowledge and prefetch (before the cache)."""
+
+    wants_body = True
+    rewrites_body = False
+
+    def __init__(self, core: "ProxyCore", config: RouteConfig, cache: "CacheFilter") -> None:
+        self.core = core
+        self.config = config
+        self.settings = config.hls
+        self.cache = cache
+        self.route = route_state(core, config.name)
+        self._key_headers = tuple(name.lower().encode("latin-1") for name in config.cache.key.headers)
+
+    def _hosts(self, exchange: "Exchange") -> frozenset:
+        request_host = exchange.request.host
+        if self.settings.rewrite_absolute_urls:
+            return _hosts_for(self.core, self.config, request_host)
+        return origin_hosts(request_host, ())
+
+    # -- request side -----------------------------------------------------------------
+
+    def request(self, view: FilterRequest) -> None:
+        exchange: "Exchange" = view._exchange
+        request = exchange.request
+        if request.method != b"GET":
+            return None
+        state = view.state
+        path = request.path
+        if is_playlist_path(path) or self.route.registry.version(path.decode("latin-1")) is not None:
+            state["hls"] = PLAYLIST
+            state["lifetime_override"] = Lifetimes(self.settings, PLAYLIST, state)
+            state["collapse_stale"] = True
+            return None
+        target = (path + request.query).decode("latin-1")
+        ref = self.route.registry.segment(target)
+        if ref is None:
+            state["hls"] = OTHER
+            state["lifetime_override"] = Lifetimes(self.settings, OTHER, state)
+            return None
+        state["hls"] = ref.role
+        state["lifetime_override"] = Lifetimes(self.settings, ref.role, state)
+        if ref.role == SEGMENT and PREFETCH_HEADER_LOWER not in request.lowered:
+            self._viewer_asked(exchange, ref)
+        return None
+
+    def _viewer_asked(self, exchange: "Exchange", ref: Any) -> None:
+        """A player asked for a segment: prefetch what follows if it watches sequentially."""
+        settings = self.settings
+        route = self.route
+        request = exchange.request
+        rendition = ref.rendition
+        agent = b""
+        if b"user-agent" in request.lowered:
+            agent = request.headers[request.lowered.index(b"user-agent")][1]
+        viewer = (exchange.client_ip, agent, route.registry.group_of(rendition))
+        sequential = route.viewers.saw(viewer, rendition, ref.sequence, self.core.clock.seconds())
+        if not sequential or settings.prefetch_depth <= 0 or settings.max_prefetch_downloads <= 0:
+            return
+        targets = route.registry.following(rendition, ref.sequence, settings.prefetch_depth)
+        if targets:
+            self._prefetch(exchange, targets)
+
+    def _prefetch(self, exchange: "Exchange", targets: List[str]) -> None:
+        request = exchange.request
+        wanted = self._key_headers
+        headers = [
+            (name, value)
+            for (name, value), lname in zip(request.headers, request.lowered)
+            if lname in _PREFETCH_COPIED or lname in wanted
+        ]
+        # After this request's own hooks have run: not from inside the chain.
+        self.core.reactor.callLater(
+            0,
+            self.route.prefetcher.prefetch,
+            self.cache,
+            request.host,
+            exchange.client.scheme,
+            targets,
+            headers,
+            self.settings.max_prefetch_downloads,
+        )
+
+    # -- response side: learning from playlists -----------------------------------------
+
+    def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
+        state = view.state
+        kind = state.get("hls")
+        if kind is None or response.status != 200:
+            return None
+        if kind == PLAYLIST or (kind == OTHER and is_playlist_type((response.header("content-type") or "").encode("latin-1"))):
+            state["hls"] = PLAYLIST
+            state["hls_body"] = []
+            state["hls_size"] = 0
+        return None
+
+    def response_body(self, view: FilterRequest, data: bytes) -> bytes:
+        state = view.state
+        chunks = state.get("hls_body")
+        if chunks is not None:
+            size = state["hls_size"] + len(data)
+            if size > MAX_PLAYLIST:
+                state["hls_body"] = None
+            else:
+                state["hls_size"] = size
+                chunks.append(bytes(data))
+        return data
+
+    def response_end(self, view: FilterRequest) -> None:
+        state = view.state
+        chunks = state.pop("hls_body", None)
+        if chunks is None:
+            return None
+        exchange: "Exchange" = view._exchange
+        playlist = state.get("hls_parsed")  # parsed already when the cache stored it
+        if playlist is None:
+            playlist = parse_playlist(b"".join(chunks))
+        self.route.parsed(playlist)
+        if playlist is None:
+            return None
+        state["hls_learned"] = True
+        fresh = self.route.registry.learn(
+            exchange.request.path.decode("latin-1"), playlist, self._hosts(exchange), version=-1.0
+        )
+        if fresh and playlist.is_live and state.get("stored"):
+            # A live playlist this worker fetched lists new segments: the
+            # players will ask for them now; fetch the newest ones at once.
+            self.route.counters["live_segments_seen"] += len(fresh)
+            depth = self.settings.prefetch_depth
+            if depth > 0 and self.settings.max_prefetch_downloads > 0:
+                self._prefetch(exchange, fresh[-depth:])
+        return None
+
+    def finished(self, view: FilterRequest, complete: bool) -> None:
+        """A playlist request is over: learn the version the cache holds now
+        (served from the cache, maybe stored by another worker)."""
+        state = view.state
+        if state.get("hls") != PLAYLIST:
+            return
+        key = state.get("key")
+        tiers = self.core.cache
+        if key is None or tiers is None:
+            return
+        exchange: "Exchange" = view._exchange
+        request = exchange.request
+        entry = tiers.memory.peek(key)
+        if isinstance(entry, VaryMarker):
+            entry = tiers.memory.peek((key, variant_key(entry.names, request.headers, request.lowered)))
+        if not isinstance(entry, CachedObject) or entry.status != 200 or entry.file is not None:
+            return
+        path = request.path.decode("latin-1")
+        registry = self.route.registry
+        version = entry.policy.response_time
+        if state.get("hls_learned"):
+            registry.set_version(path, version)
+            return
+        if registry.version(path) == version or len(entry.body) > MAX_PLAYLIST:
+            return
+        if not is_playlist_path(request.path) and not is_playlist_type(entry.header(b"content-type")):
+            return
+        playlist = parse_playlist(entry.body)
+        self.route.parsed(playlist)
+        if playlist is not None:
+            registry.learn(path, playlist, self._hosts(exchange), version=version)
+
+
+class HlsRewriteFilter(Filter):
+    """Playlists from the origin, rewritten before the cache stores them (after the cache).
+
+    Only the playlists it rewrites change length: it declares
+    ``rewrites_body = False`` (segments keep their ``Content-Length``) and
+    drops the length of those playlists itself, so they go out chunked.
+    """
+
+    wants_body = True
+    rewrites_body = False
+
+    def __init__(self, core: "ProxyCore", config: RouteConfig) -> None:
+        self.core = core
+        self.config = config
+        self.settings = config.hls
+        key = config.cache.key
+        #: ``?max_bw=`` is honoured only if it is part of the cache key (else a
+        #: playlist capped for one request would be served to others).
+        self.per_request = (
+            "max_bw" not in key.ignore_query
+            and (key.query == "all" or (not isinstance(key.query, str) and "max_bw" in key.query))
+        )
+
+    def request(self, view: FilterRequest) -> None:
+        exchange: "Exchange" = view._exchange
+        request = exchange.request
+        if request.method != b"GET":
+            return None
+        cap = self.settings.max_variant_bandwidth
+        if b"max_bw=" in request.query:
+            asked, target = take_max_bw(request.target)
+            request.target = target  # the origin does not see our parameter
+            if asked is not None and self.per_request:
+                cap = min(cap, asked) if cap else asked
+        view.state["hls_cap"] = cap
+        return None
+
+    def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
+        state = view.state
+        cap = state.get("hls_cap")
+        if cap is None or response.status != 200:
+            return None
+        if not cap and not self.settings.rewrite_absolute_urls:
+            return None
+        exchange: "Exchange" = view._exchange
+        if not is_playlist_path(exchange.request.path) and not is_playlist_type(
+            (response.header("content-type") or "").encode("latin-1")
+        ):
+            return None
+        head = response._head
+        if head.content_length is not None and head.content_length > MAX_PLAYLIST:
+            return None
+        head.content_length = None  # its length may change: chunked
+        state["hls_rewrite"] = []
+        state["hls_rewrite_size"] = 0
+        return None
+
+    def response_body(self, view: FilterRequest, data: bytes) -> bytes:
+        state = view.state
+        chunks = state.get("hls_rewrite")
+        if chunks is None:
+            return data
+        size = state["hls_rewrite_size"] + len(data)
+        if size > MAX_PLAYLIST:  # not a playlist we rewrite after all: let it through
+            state["hls_rewrite"] = None
+            return b"".join(chunks) + bytes(data)
+        state["hls_rewrite_size"] = size
+        chunks.append(bytes(data))
+        return b""
+
+    def response_end(self, view: FilterRequest) -> Optional[bytes]:
+        state = view.state
+        chunks = state.pop("hls_rewrite", None)
+        if chunks is None:
+            return None
+        exchange: "Exchange" = view._exchange
+        hosts = _hosts_for(self.core, self.config, exchange.request.host) if self.settings.rewrite_absolute_urls else ()
+        return rewrite_playlist(b"".join(chunks), state.get("hls_cap") or 0, hosts)
+
+
+def take_max_bw(target: bytes) -> Tuple[Optional[int], bytes]:
+    """``max_bw`` (bits/s) of a request target and the target without it.
+
+    The value is a whole number, or one with ``k``/``M``/``G`` (powers of
+    1000); an invalid or zero one is ignored (``None``), and dropped all the same.
+    """
+    path, _, query = target.partition(b"?")
+    kept = []
+    value: Optional[int] = None
+    for part in query.split(b"&"):
+        name, _, raw = part.partition(b"=")
+        if name != b"max_bw":
+            if part:
+                kept.append(part)
+            continue
+        value = _bits(raw) or None
+    return value, path + (b"?" + b"&".join(kept) if kept else b"")
+
+
+def _bits(raw: bytes) -> int:
+    text = raw.decode("latin-1").strip().lower()
+    scale = 1
+    if text[-1:] in ("k", "m", "g"):
+        scale = {"k": 1000, "m": 1000**2, "g": 1000**3}[text[-1]]
+        text = text[:-1]
+    try:
+        number = float(text)
+    except ValueError:
+        return 0
+    if not number >= 0 or number > 1e15:
+        return 0
+    return int(number * scale)
+
+
+def build_hls_filters(core: "ProxyCore", config: RouteConfig, cache: "CacheFilter") -> Tuple[Filter, Filter]:
+    """The filters to put before and after the route's cache filter."""
+    settings = config.hls
+    inactive = [name for name in ("rate_limit", "max_bandwidth") if getattr(settings, name)]
+    if inactive:
+        log.warn(
+            "route {route}: hls.{names} accepted but not applied yet",
+            route=config.name,
+            names=", hls.".join(inactive),
+        )
+    return HlsFilter(core, config, cache), HlsRewriteFilter(core, config)
