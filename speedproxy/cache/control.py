@@ -120,4 +120,4 @@ def warm(core: "ProxyCore", url: str) -> "Deferred[Optional[int]]":
     target = path + (b"?" + query if query else b"")
     if core.router.match(host, path) is None:
         return succeed(None)
-    return fetch(core, host, target, headers=[(b"Cache-Control", b"no-cache")])
+    return fetch(core, host, target, headers=[(b"Cache-Control", b"no-cache")], scheme=scheme)

@@ -374,7 +374,7 @@ class CacheFilter(Filter):
             if lname in wanted:
                 headers.append((name, value))
         target = request.path + request.query
-        done = fetch(core, request.host, target, headers)
+        done = fetch(core, request.host, target, headers, scheme=exchange.client.scheme)
         done.addBoth(lambda result: refreshing.discard(key) or result)
         done.addErrback(lambda failure: log.failure("cache: background refresh failed", failure))
 

@@ -523,8 +523,11 @@ class Exchange:
             self.core.pool.acquire(backend, self, fresh=True)
         elif not self.response_started and self._may_retry():
             self._connect()
+        elif self.committed:
+            self._abort_client()  # bytes of the answer reached the client: cut it
         elif self.response_started:
-            self._abort_client()
+            # Only the head came, still held back: the client gets a clean 502.
+            self.fail(502, "bad_gateway", "the backend closed the connection in the middle of its answer")
         else:
             self.fail(502, "bad_gateway", "the backend closed the connection without answering")
 

@@ -456,3 +456,32 @@ def test_operator_cut_does_not_count_against_passive_health(make_proxy) -> None:
     assert client.response().status == 502
     assert harness.backend("b1").down_until == 0
     assert harness.backend("b1").consecutive_failures == 0
+
+
+def test_backend_closing_right_after_its_head_is_a_502_not_a_cut() -> None:
+    """Issue 16: the head is held back until body bytes come, so nothing reached
+    the client yet: a backend that closes then gets the client a clean 502."""
+    from speedproxy.testing import InMemoryProxy
+
+    proxy = InMemoryProxy()
+    client = proxy.client()
+    client.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    backend.close()
+    response = client.response()
+    assert response.status == 502
+    assert b"bad_gateway" in response.body
+
+
+def test_backend_closing_mid_body_cuts_the_client() -> None:
+    from speedproxy.testing import InMemoryProxy
+
+    proxy = InMemoryProxy()
+    client = proxy.client()
+    client.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+    backend.close()
+    assert client.received().startswith(b"HTTP/1.1 200 OK")
+    assert client.closed
