@@ -870,6 +870,7 @@ class Exchange:
                 self._finish()
                 return
         self._head = b""  # a held-back backend head is replaced by the error
+        self.head_bytes = 0  # ...and its size with it: send_error counts the whole error
         self.status = status
         self.response_started = True
         keep_alive = self._keep_alive and self.body_done and not self.client.closing

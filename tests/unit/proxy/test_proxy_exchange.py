@@ -485,3 +485,30 @@ def test_backend_closing_mid_body_cuts_the_client() -> None:
     backend.close()
     assert client.received().startswith(b"HTTP/1.1 200 OK")
     assert client.closed
+
+
+def test_bytes_counted_for_an_error_after_a_held_back_head_are_the_errors() -> None:
+    """Issue 16: after fail(), the bytes counted are those of the error sent,
+    not the error plus the size of a backend head that never left."""
+    from speedproxy.testing import InMemoryProxy
+
+    proxy = InMemoryProxy()
+    counted = []
+    stats = proxy.core.stats
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(stats, name)
+
+        def request_done(self, route, backend, status, seconds, bytes_out, bytes_in=0):
+            counted.append((status, bytes_out))
+            return stats.request_done(route, backend, status, seconds, bytes_out, bytes_in)
+
+    proxy.core.stats = Recording()
+    client = proxy.client()
+    client.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Long: " + b"x" * 500 + b"\r\n\r\n")
+    backend.close()
+    assert client.response().status == 502
+    assert counted == [(502, len(client.received()))]
