@@ -81,23 +81,7 @@ class AccessLogFormatter:
         ``upstream=`` and ``rid=``, which stays last."""
         if trace:
             upstream = (upstream or "-") + " trace=" + trace.decode("ascii")
-        if queued is not None:
-            return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f qt=%.3f upstream=%s rid=%s' % (
-                client_ip,
-                self.timestamp(),
-                method.decode("latin-1"),
-                _quote(target),
-                version.decode("latin-1"),
-                status,
-                size,
-                _quote(referer),
-                _quote(user_agent),
-                seconds,
-                queued,
-                upstream or "-",
-                request_id.decode("ascii"),
-            )
-        return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f upstream=%s rid=%s' % (
+        return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f%s upstream=%s rid=%s' % (
             client_ip,
             self.timestamp(),
             method.decode("latin-1"),
@@ -108,6 +92,7 @@ class AccessLogFormatter:
             _quote(referer),
             _quote(user_agent),
             seconds,
+            "" if queued is None else " qt=%.3f" % queued,
             upstream or "-",
             request_id.decode("ascii"),
         )
@@ -170,11 +155,6 @@ class JsonAccessLogFormatter(AccessLogFormatter):
     _iso = ""
 
 
-def formatter_for(style: str) -> AccessLogFormatter:
-    """The formatter of a ``server.access_log_format`` (``combined`` or ``json``)."""
-    return JsonAccessLogFormatter() if style == "json" else AccessLogFormatter()
-
-
 class _Buffered:
     """Lines are kept in memory and written together: by the worker's sweep
     (every 0.25 s), when 64 KiB have piled up, and on close, so a line costs a
@@ -227,8 +207,25 @@ class TwistedLogAccessLog(_Buffered):
         self._log.info("{lines}", lines=text[:-1])
 
 
+class _ToDescriptor(_Buffered):
+    """Batches written whole to a file descriptor."""
+
+    _fd = -1
+
+    def _emit(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        while data:
+            try:
+                written = os.write(self._fd, data)
+            except InterruptedError:
+                continue
+            except OSError:
+                return  # a full disk (or a gone master) loses the lines, never the request
+            data = data[written:]
+
+
 @implementer(IAccessLog)
-class FileAccessLog(_Buffered):
+class FileAccessLog(_ToDescriptor):
     """Appends lines to a file; each write holds whole lines (``O_APPEND``),
     so the workers sharing one file never tear each other's lines."""
 
@@ -239,17 +236,6 @@ class FileAccessLog(_Buffered):
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-
-    def _emit(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
-        while data:
-            try:
-                written = os.write(self._fd, data)
-            except InterruptedError:
-                continue
-            except OSError:
-                return  # a full disk loses the lines, never the request
-            data = data[written:]
 
     def close(self) -> None:
         self.flush()
@@ -269,7 +255,7 @@ class FileAccessLog(_Buffered):
 
 
 @implementer(IAccessLog)
-class PipeAccessLog(_Buffered):
+class PipeAccessLog(_ToDescriptor):
     """A worker's access log going to twistd's log through the master.
 
     Batches of lines are written to a pipe the master reads
@@ -279,17 +265,6 @@ class PipeAccessLog(_Buffered):
     def __init__(self, fd: int) -> None:
         super().__init__()
         self._fd = fd
-
-    def _emit(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
-        while data:
-            try:
-                written = os.write(self._fd, data)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            data = data[written:]
 
 
 #: The file descriptor on which a worker sends its access log to the master.

@@ -18,6 +18,8 @@ import time
 from email.utils import parsedate_tz
 from typing import Dict, List, Optional, Tuple
 
+from speedproxy.proxy.forwarding import HOP_BY_HOP
+
 Headers = List[Tuple[bytes, bytes]]
 
 # --------------------------------------------------------------------- fields
@@ -339,20 +341,8 @@ def validators(stored_headers: Headers, stored_lowered: List[bytes]) -> Headers:
     return fields
 
 
-#: Fields never stored nor updated (hop-by-hop, RFC 9110 7.6.1; RFC 9111 3.1).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+# Fields never stored nor updated: the hop-by-hop ones the proxy never
+# forwards either (RFC 9110 7.6.1; RFC 9111 3.1).
 #: Fields a 304 does not update (RFC 9111 4.3.4): Content-Length, the
 #: processed Content-Range, and Content-Encoding, which the stored bytes
 #: depend on (a 304 cannot recode them; an exception the RFC allows "to

@@ -269,25 +269,9 @@ class Exchange:
         """Send a local response whose body is a file region with sendfile(2)."""
         if self.core.tracer is not None:
             self.cache_status = cache_status_of_local(response)
-        self.status = response.status
-        self.response_started = True
-        keep_alive = self._keep_alive and self.body_done and not self.client.closing
-        self._keep_alive = keep_alive
-        head = local_response(
-            response.status,
-            response.reason,
-            response.headers,
-            b"",
-            request_id=self.request_id,
-            server_tag=self.core.server_tag,
-            keep_alive=keep_alive,
-            head_only=True,
-            block=response.block,
-            length=body.length,
-        )
+        head = self._local_head(response, True, body.length)
         self.head_bytes = len(head)
         self.bytes_sent = body.length
-        self._head = b""
         client = self.client
         self.sending = SendFile(
             transport, head, body.fd, body.offset, body.length, body.keep, self._file_sent, client.body_blocked
@@ -298,6 +282,30 @@ class Exchange:
         self.sending = None
         if not self.finished:
             self._finish()
+
+    def _answer_keep_alive(self) -> bool:
+        """May the connection stay open after the answer this exchange sends now?"""
+        keep_alive = self._keep_alive and self.body_done and not self.client.closing
+        self._keep_alive = keep_alive
+        return keep_alive
+
+    def _local_head(self, response: LocalResponse, head_only: bool, length: Optional[int]) -> bytes:
+        """Start a local answer: its head (and, unless ``head_only``, its body)."""
+        self.status = response.status
+        self.response_started = True
+        self._head = b""
+        return local_response(
+            response.status,
+            response.reason,
+            response.headers,
+            response.body,
+            request_id=self.request_id,
+            server_tag=self.core.server_tag,
+            keep_alive=self._answer_keep_alive(),
+            head_only=head_only,
+            block=response.block,
+            length=length,
+        )
 
     def _write_local(self, response: LocalResponse) -> None:
         if self.core.tracer is not None:
@@ -314,25 +322,9 @@ class Exchange:
             if close is not None:
                 close()
             response.file = None
-        self.status = response.status
-        self.response_started = True
-        keep_alive = self._keep_alive and self.body_done and not self.client.closing
-        self._keep_alive = keep_alive
-        data = local_response(
-            response.status,
-            response.reason,
-            response.headers,
-            response.body,
-            request_id=self.request_id,
-            server_tag=self.core.server_tag,
-            keep_alive=keep_alive,
-            head_only=head_only,
-            block=response.block,
-            length=length,
-        )
+        data = self._local_head(response, head_only, length)
         self.head_bytes = len(data) - (0 if head_only else len(response.body))
         self.bytes_sent = 0 if head_only else len(response.body)
-        self._head = b""
         self.client.write(data)
 
     def _connect(self) -> None:
@@ -873,8 +865,7 @@ class Exchange:
         self.head_bytes = 0  # ...and its size with it: send_error counts the whole error
         self.status = status
         self.response_started = True
-        keep_alive = self._keep_alive and self.body_done and not self.client.closing
-        self._keep_alive = keep_alive
+        keep_alive = self._answer_keep_alive()
         view = self.view
         self.bytes_sent = self.client.send_error(
             status,

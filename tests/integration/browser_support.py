@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chromium-headless-shell")
 TIMEOUT = 30.0
 
+from speedproxy.testing import wait_until
+
 
 def find_chromium() -> Optional[str]:
     """The browser binary to use (an absolute path), or ``None``."""
@@ -286,15 +288,9 @@ class Chromium:
         self.call("Page.reload", {"ignoreCache": True}, session=self.session, timeout=timeout)
         self.wait_for(lambda: self.evaluate("document.readyState") == "complete", timeout, "the page to reload")
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-            time.sleep(interval)
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll ``predicate`` (bounded), as :func:`speedproxy.testing.wait_until` does."""
+        return wait_until(predicate, timeout, what)
 
     def screenshot(self, path: Path) -> Path:
         """A PNG of the whole page (not only the window) at ``path``."""
