@@ -80,6 +80,7 @@ MiB = 1 << 20
 KiB = 1 << 10
 VERIFY_ALWAYS_BELOW = 32 * 1024  # packed objects this small: crc on every read
 SPLIT_READ_ABOVE = 16 * 1024  # packed bodies this big: read apart from the head
+SENDFILE_ABOVE = 32 * 1024  # packed bodies this big, once verified: sent with sendfile(2)
 _TOUCH_MAX = 100_000
 _FD_CACHE_MAX = 512
 
@@ -419,10 +420,45 @@ class DiskStore(DiskAdmin):
         self.hits += 1
         if not ref:
             self._touch(key, variant)
+        entry.where = (pack, offset, size, mlen, blen, crc, large)
+        return entry
+
+    def get_again(self, key: bytes, variant: bytes, where: tuple) -> Optional[DiskEntry]:
+        """The object a :meth:`get` found at ``where``, read again without the index.
+
+        For callers that keep the heads of objects they found (the cache's
+        "keys zone", as nginx keeps its ``keys_zone`` in memory): records
+        are never rewritten in place, so the bytes at ``where`` are still
+        that object as long as its file exists.  The returned entry's
+        ``meta`` may be empty.  ``None`` when the file is gone (evicted,
+        purged, cleared) or the record fails its checks: ask :meth:`get`.
+        Never raises.
+        """
+        pack, offset, size, mlen, blen, crc, large = where
+        try:
+            if large:
+                entry = self._get_large(key, variant, pack, offset, size, mlen, blen, crc, self.generation)
+            else:
+                entry = self._get_small(key, variant, pack, offset, size, mlen, crc, need_meta=False)
+        except (OSError, sqlite3.Error):
+            return None
+        if entry is None:
+            return None
+        self.hits += 1
+        self._touch(key, variant)
+        entry.where = where
         return entry
 
     def _get_small(
-        self, key: bytes, variant: bytes, pack: int, offset: int, size: int, mlen: int, crc: int
+        self,
+        key: bytes,
+        variant: bytes,
+        pack: int,
+        offset: int,
+        size: int,
+        mlen: int,
+        crc: int,
+        need_meta: bool = True,
     ) -> Optional[DiskEntry]:
         start = HEADER_SIZE + len(key) + len(variant)
         blen = size - start - mlen
@@ -433,6 +469,15 @@ class DiskStore(DiskAdmin):
                 fd = self._open_pack(pack)
             if fd is None:
                 data = b""
+            elif blen >= SENDFILE_ABOVE and (pack, offset) in self._verified:
+                # Checked whole by this process before and never rewritten:
+                # the body goes out with sendfile(2) from a descriptor of
+                # its own (the cached one may be closed by a prune meanwhile).
+                head = os.pread(fd, start + mlen, offset) if need_meta else b""
+                if need_meta and (len(head) != start + mlen or not check_header(head, key, variant, mlen, blen, crc)):
+                    data = b""
+                else:
+                    return DiskEntry(head[start:], None, None, os.dup(fd), offset + start + mlen, blen)
             elif blen < SPLIT_READ_ABOVE:
                 data = os.pread(fd, size, offset)
             else:  # two reads rather than copying a big body out of one

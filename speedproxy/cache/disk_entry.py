@@ -28,9 +28,11 @@ class DiskEntry:
     :meth:`close`) or garbage collected; :meth:`detach` hands it over.  The
     range stays readable through ``fd`` even if the object is evicted or
     purged meanwhile (files are never rewritten, only unlinked).
+
+    ``where`` is the index row that located it (for :meth:`DiskStore.get_again`).
     """
 
-    __slots__ = ("meta", "body", "path", "fd", "offset", "length")
+    __slots__ = ("meta", "body", "path", "fd", "offset", "length", "where")
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class DiskEntry:
         self.fd = fd
         self.offset = offset
         self.length = len(body) if body is not None else length
+        self.where: Optional[tuple] = None
 
     @property
     def in_file(self) -> bool:

@@ -76,6 +76,24 @@ class CachedObject:
         )
         self.size = len(self.body) + len(self.block) + len(self.key) + 200
 
+    def for_hit(self, body: bytes, file: Optional[Any]) -> "CachedObject":
+        """A copy of this stored head carrying ``body`` (or the open ``file``) for one hit."""
+        hit = CachedObject.__new__(CachedObject)
+        hit.key = self.key
+        hit.variant = self.variant
+        hit.vary = self.vary
+        hit.status = self.status
+        hit.reason = self.reason
+        hit.headers = self.headers
+        hit.lowered = self.lowered
+        hit.body = body
+        hit.policy = self.policy
+        hit.block = self.block
+        hit.size = self.size - len(self.body) + len(body)
+        hit.request_time = self.request_time
+        hit.file = file
+        return hit
+
     @property
     def length(self) -> int:
         """The body's length, wherever it is."""

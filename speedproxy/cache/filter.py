@@ -33,6 +33,7 @@ may steer the cache per request through ``view.state``:
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
@@ -64,6 +65,23 @@ _LEADER, _FOLLOWER, _BYPASS, _INVALIDATE, _WAITING = "leader", "follower", "bypa
 
 #: Seconds between looks at the disk tier while another worker fetches a key.
 WAIT_POLL = 0.02
+
+
+class _Descriptor:
+    """Owns a duplicated descriptor of a disk hit while one answer sends it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _has_conditionals(lowered: List[bytes]) -> bool:
@@ -274,10 +292,9 @@ class CacheFilter(Filter):
         refreshed it), read past this worker's ``stale`` copy in memory."""
         tiers = self.core.cache
         request = exchange.request
-        memory = tiers.memory  # type: ignore[union-attr]
-        memory.remove(key)
+        tiers.forget_copy(key)  # type: ignore[union-attr]
         if stale is not None and stale.variant:
-            memory.remove((key, stale.variant))
+            tiers.forget_copy(key, stale.variant)  # type: ignore[union-attr]
         entry = tiers.lookup(key, request.headers, request.lowered)  # type: ignore[union-attr]
         if entry is None:
             return None
@@ -313,7 +330,7 @@ class CacheFilter(Filter):
             outcome, ttl = policy.evaluate(entry.policy, state["directives"], at)
             value = policy.cache_status(True, ttl=ttl, collapsed=True)
             state["role"] = None
-            fill.deliver(lambda other: self.answer(other, entry, at, value))
+            fill.deliver(lambda other: self.answer(other, entry, at, value, shared=True))
             waited.callback(self.answer(exchange, entry, at, value))
 
         def poll() -> None:
@@ -387,12 +404,34 @@ class CacheFilter(Filter):
         now: float,
         status_value: bytes,
         client_head: Optional[Tuple[Any, List[bytes]]] = None,
+        shared: bool = False,
     ) -> LocalResponse:
         """The stored response as an answer to this request (304, 206, 416 or whole).
 
         ``client_head``: the request's fields as the client sent them, when
-        the cache changed them (revalidation).
+        the cache changed them (revalidation).  A hit whose body is in a
+        disk file (``entry.file``) hands its descriptor to the answer, which
+        closes it when sent: ``shared`` answers (the followers of a fill,
+        answered before the request that owns the hit) get one of their own.
         """
+        response = self._answer(exchange, entry, now, status_value, client_head)
+        file = entry.file
+        if file is not None:
+            if response.status == entry.status and not response.body:
+                fd = os.dup(file.fd) if shared else file.fd
+                response.file = LocalBody(fd, file.offset, file.length, _Descriptor(fd) if shared else file)
+            elif not shared:
+                file.close()
+        return response
+
+    def _answer(
+        self,
+        exchange: "Exchange",
+        entry: CachedObject,
+        now: float,
+        status_value: bytes,
+        client_head: Optional[Tuple[Any, List[bytes]]],
+    ) -> LocalResponse:
         request = exchange.request
         age = policy.current_age(entry.policy.initial_age, entry.policy.response_time, now)
         extra = b"Age: " + policy.age_header(age) + b"\r\nCache-Status: " + status_value + b"\r\n"
@@ -417,11 +456,7 @@ class CacheFilter(Filter):
                 return LocalResponse.prebuilt(416, None, block + extra, b"")
             if ranges:
                 return self._partial(entry, ranges, extra)
-        response = LocalResponse.prebuilt(entry.status, entry.reason.decode("latin-1"), entry.block + extra, entry.body)
-        file = entry.file
-        if file is not None:
-            response.file = LocalBody(file.fd, file.offset, file.length, file)
-        return response
+        return LocalResponse.prebuilt(entry.status, entry.reason.decode("latin-1"), entry.block + extra, entry.body)
 
     def _partial(self, entry: CachedObject, ranges: List[Tuple[int, int]], extra: bytes) -> LocalResponse:
         length = entry.length
@@ -488,7 +523,7 @@ class CacheFilter(Filter):
                 state["role"] = None
                 self._count(exchange, STALE)
                 value = policy.cache_status(True, fwd=b"stale", fwd_status=status, detail=b"stale-if-error")
-                fill.deliver(lambda other: self.answer(other, stale, now, value))
+                fill.deliver(lambda other: self.answer(other, stale, now, value, shared=True))
                 return self.answer(exchange, stale, now, value, state.get("client_head"))
         override = state.get("lifetime_override")
         forced = override is not None and override.applies(status, head.headers, head.lowered)
@@ -539,7 +574,7 @@ class CacheFilter(Filter):
         self._count(exchange, REVALIDATED)
         ttl = stale.policy.lifetime - policy.current_age(stale.policy.initial_age, now, now)
         value = policy.cache_status(True, fwd=state.get("fwd", b"stale"), fwd_status=304, ttl=ttl)
-        state["fill"].deliver(lambda other: self.answer(other, stale, now, value))
+        state["fill"].deliver(lambda other: self.answer(other, stale, now, value, shared=True))
         return self.answer(exchange, stale, now, value, state.get("client_head"))
 
     def _policy(
@@ -629,7 +664,7 @@ class CacheFilter(Filter):
             exchange: "Exchange" = view._exchange
             self._count(exchange, STALE)
             value = policy.cache_status(True, fwd=b"stale", detail=b"stale-if-error")
-            fill.deliver(lambda other: self.answer(other, stale, now, value))
+            fill.deliver(lambda other: self.answer(other, stale, now, value, shared=True))
             return self.answer(exchange, stale, now, value)
         fill.failed()
         return None

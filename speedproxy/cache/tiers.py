@@ -29,6 +29,16 @@ log = Logger(namespace="speedproxy.cache")
 #: Objects at most this large are promoted from disk to memory on a hit.
 PROMOTE_LIMIT = 4 * 1024 * 1024
 
+#: Bytes of stored heads a worker keeps for objects it found on disk, with
+#: where their records are (nginx's ``keys_zone``): a repeated disk hit then
+#: costs no index lookup and no rebuilt head, only the body's read or sendfile.
+KEYS_ZONE_BYTES = 8 * 1024 * 1024
+
+#: A refreshed (304) object whose body is only on disk is rewritten with its
+#: new head up to this size; a bigger one keeps its old record (and is
+#: revalidated again when it is next stale) rather than copy it on the reactor.
+REWRITE_LIMIT = 16 * 1024 * 1024
+
 
 class ICacheStore(Interface):
     """What the cache filter and the admin API need of a worker's cache."""
@@ -69,6 +79,8 @@ class CacheTiers:
         #: until the disk tier has committed them.
         self._unwritten: Dict[Any, Stored] = {}
         self.memory: MemoryTier[Stored] = MemoryTier(config.memory_size)
+        #: Heads of objects found on disk and where they are (``KEYS_ZONE_BYTES``).
+        self.heads: MemoryTier[Tuple[Stored, Optional[tuple]]] = MemoryTier(KEYS_ZONE_BYTES)
         self.disk: Any = None
         self._disk_factory = disk_factory or _open_disk
         self.hits = {"memory": 0, "disk": 0}
@@ -80,6 +92,7 @@ class CacheTiers:
             self._open_disk(config)
 
     def _open_disk(self, config: CacheConfig) -> None:
+        self.heads.clear()
         self.disk = self._disk_factory(config)
         self.locks = FillLocks(os.path.join(config.disk_path, "fills.lock"))
 
@@ -94,6 +107,7 @@ class CacheTiers:
                 self._open_disk(config)
 
     def close(self) -> None:
+        self.heads.clear()
         if self.disk is not None:
             self.disk.close()
             self.disk = None
@@ -124,6 +138,15 @@ class CacheTiers:
         disk = self.disk
         if disk is None:
             return None
+        known = self.heads.get(memory_key)
+        if known is not None:
+            head, where = known
+            if where is None:  # a Vary marker
+                return head
+            entry = disk.get_again(key, variant, where)
+            if entry is not None:
+                return self._disk_hit(memory_key, head, entry)  # type: ignore[arg-type]
+            self.heads.remove(memory_key)  # its file is gone: ask the index
         entry = disk.get(key, variant)
         if entry is None:
             return None
@@ -131,23 +154,25 @@ class CacheTiers:
         if marker is not None:
             entry.close()
             self.memory.put(memory_key, marker, len(key) + 100)
+            self.heads.put(memory_key, (marker, None), len(key) + 100)
             return marker
+        stored = CachedObject.from_meta(key, variant, entry.meta, b"")
+        if stored is None:
+            entry.close()
+            return None
+        if entry.where is not None:
+            self.heads.put(memory_key, (stored, entry.where), stored.size + 100)
+        return self._disk_hit(memory_key, stored, entry)
+
+    def _disk_hit(self, memory_key: Any, head: CachedObject, entry: Any) -> CachedObject:
+        self.hits["disk"] += 1
         if entry.body is None and entry.fd >= 0:
-            # A large object (a file of its own) stays on disk: its body goes
-            # out with sendfile(2); the entry keeps the file open until then.
-            stored = CachedObject.from_meta(key, variant, entry.meta, b"")
-            if stored is None:
-                entry.close()
-                return None
-            stored.file = entry
-            self.hits["disk"] += 1
-            return stored
+            # The body stays on disk: it goes out with sendfile(2); the entry
+            # keeps its file open until then.
+            return head.for_hit(b"", entry)
         with entry:
             body = entry.read_body()
-        stored = CachedObject.from_meta(key, variant, entry.meta, body)
-        if stored is None:
-            return None
-        self.hits["disk"] += 1
+        stored = head.for_hit(body, None)
         if stored.size <= PROMOTE_LIMIT:
             self.memory.put(memory_key, stored, stored.size)
         return stored
@@ -155,23 +180,38 @@ class CacheTiers:
     def store(self, entry: CachedObject) -> None:
         self.stores += 1
         key = entry.key
+        memory_key = (key, entry.variant) if entry.vary else key
+        self.heads.remove(memory_key)
+        self.heads.remove(key)
+        # A refreshed disk hit whose body is still only in its file: the
+        # memory tier keeps bodies, not open files.
+        in_file = entry.file is not None
         if entry.vary:
             marker = VaryMarker(entry.vary)
             self.memory.put(key, marker, len(key) + 100)
-            self.memory.put((key, entry.variant), entry, entry.size)
         else:
             self.memory.remove(key)  # an old marker, if the response stopped varying
-            self.memory.put(key, entry, entry.size)
+        if in_file:
+            self.memory.remove(memory_key)
+            if entry.file.where is not None:
+                # Until its new record is on disk, serve the new head with the
+                # body of the old record (a 304: the same bytes).
+                head = entry.for_hit(b"", None)
+                self.heads.put(memory_key, (head, entry.file.where), head.size + 100)
+        else:
+            self.memory.put(memory_key, entry, entry.size)
         disk = self.disk
-        if disk is not None and len(entry.body) <= self.config.max_object_size:
+        if disk is not None and entry.length <= self.config.max_object_size:
             try:
                 if entry.vary:
                     disk.put(key, b"", marker.meta(), b"")
+                if in_file:
+                    _copy_to_disk(disk, entry)
+                    return
                 disk.put(key, entry.variant, entry.meta(), entry.body)
             except Exception:  # the disk tier never stops proxying
                 log.failure("cache: storing {key!r} on disk failed", key=key)
                 return
-            memory_key = (key, entry.variant) if entry.vary else key
             if memory_key not in self.memory and self.reactor is not None:
                 self._keep_until_written(memory_key, entry, marker if entry.vary else None)
 
@@ -200,7 +240,16 @@ class CacheTiers:
     def drop_from_memory(self, key: bytes) -> int:
         """Drop every variant of ``key`` from this worker's memory tier only."""
         self._forget_unwritten(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
+        self.heads.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
         return self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
+
+    def forget_copy(self, key: bytes, variant: bytes = b"") -> None:
+        """Forget this worker's copy (and known head) of one object, so the
+        next lookup reads the disk tier's index: another worker may have
+        stored a newer one."""
+        memory_key = (key, variant) if variant else key
+        self.memory.remove(memory_key)
+        self.heads.remove(memory_key)
 
     def _forget_unwritten(self, predicate: Callable[[Any], bool]) -> None:
         for item in [item for item in self._unwritten if predicate(item)]:
@@ -208,6 +257,7 @@ class CacheTiers:
 
     def purge(self, key: bytes) -> int:
         self._forget_unwritten(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
+        self.heads.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
         count = self.memory.remove_where(lambda item: item == key or (isinstance(item, tuple) and item[0] == key))
         if self.disk is not None:
             count = max(count, self.disk.delete(key) or 0)
@@ -215,6 +265,9 @@ class CacheTiers:
 
     def purge_prefix(self, prefix: bytes) -> int:
         self._forget_unwritten(lambda item: (item[0] if isinstance(item, tuple) else item).startswith(prefix))
+        self.heads.remove_where(
+            lambda item: (item[0] if isinstance(item, tuple) else item).startswith(prefix)  # type: ignore[union-attr]
+        )
         count = self.memory.remove_where(
             lambda item: (item[0] if isinstance(item, tuple) else item).startswith(prefix)  # type: ignore[union-attr]
         )
@@ -224,6 +277,7 @@ class CacheTiers:
 
     def clear(self, tier: str = "all") -> int:
         count = 0
+        self.heads.clear()
         if tier in ("memory", "all"):
             self._unwritten.clear()
             count += self.memory.clear()
@@ -275,6 +329,23 @@ class CacheTiers:
             disk["hits"] = self.hits["disk"]
             result["disk"] = disk
         return result
+
+
+def _copy_to_disk(disk: Any, entry: CachedObject) -> None:
+    """Store ``entry`` (new head) with the body it still has in its disk file."""
+    file = entry.file
+    if file.length > REWRITE_LIMIT:
+        return
+    writer = disk.begin(entry.key, entry.variant, entry.meta())
+    offset = 0
+    while offset < file.length and writer.active:
+        chunk = os.pread(file.fd, min(file.length - offset, 1 << 20), file.offset + offset)
+        if not chunk:
+            writer.abort()
+            return
+        writer.write(chunk)
+        offset += len(chunk)
+    writer.commit()
 
 
 def _open_disk(config: CacheConfig) -> Any:

@@ -1185,3 +1185,32 @@ def test_disk_only_hits_send_the_whole_body(module_stack, tmp_path, size):
 
     wait_until(hit, 10.0, "three disk hits")
     assert len(origin.requests) == 1
+
+
+@pytest.mark.parametrize("size", [100_000, 2 << 20])  # packed (sent with sendfile once verified); a file of its own
+def test_disk_only_hits_revalidated_by_304_keep_their_body(stack, fragile, uid, tmp_path, size):
+    """No memory tier: every hit is read from disk (a repeated one without the
+    index, from the worker's known heads), and a 304 that freshens such a hit
+    rewrites its record with the new head and the whole body."""
+    body = bytes(range(256)) * (size // 256)
+    path = fragile.script(
+        f"/strict/{uid}",
+        reply(body=body, headers=[cc("max-age=1"), ("ETag", '"e1"'), ("X-Version", "1")]),
+        validating(body, etag='"e1"', headers_304=[cc("max-age=60"), ("ETag", '"e1"'), ("X-Version", "2")]),
+    )
+    config = cache_config(fragile.backend, disk_path=str(tmp_path / "disk"), workers=1)
+    config["cache"]["memory_size"] = 0
+    proxy = stack.proxy(config=config)
+    with Session(proxy) as session:
+        assert_stored_miss(session.get(path))
+        for _ in range(3):
+            assert_hit(session.get(path), body)
+        time.sleep(PAST_ONE_SECOND)
+        refreshed = session.get(path)
+        assert refreshed.status == 200 and refreshed.body == body and refreshed.header("X-Version") == "2"
+        assert cache_status(refreshed).fwd_status == 304
+        for _ in range(3):
+            hit = session.get(path)
+            assert_hit(hit, body)
+            assert hit.header("X-Version") == "2"
+    assert fragile.count(path) == 2
