@@ -39,7 +39,16 @@ class IAccessLog(Interface):
 def _quote(value: Optional[bytes]) -> str:
     if not value:
         return "-"
-    return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
+    if b'"' in value or b"\\" in value:
+        return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
+    return value.decode("latin-1")
+
+
+#: Request methods and versions as text, decoded once.
+_TEXT = {
+    word: word.decode("ascii")
+    for word in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"HTTP/1.1", b"HTTP/1.0")
+}
 
 
 class AccessLogFormatter:
@@ -81,16 +90,18 @@ class AccessLogFormatter:
         ``upstream=`` and ``rid=``, which stays last."""
         if trace:
             upstream = (upstream or "-") + " trace=" + trace.decode("ascii")
+        now = self._wall_clock()
+        stamp = self._stamp if int(now) == self._second else self.timestamp()
         return '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%.3f%s upstream=%s rid=%s' % (
             client_ip,
-            self.timestamp(),
-            method.decode("latin-1"),
+            stamp,
+            _TEXT.get(method) or method.decode("latin-1"),
             _quote(target),
-            version.decode("latin-1"),
+            _TEXT.get(version) or version.decode("latin-1"),
             status,
             size,
-            _quote(referer),
-            _quote(user_agent),
+            _quote(referer) if referer else "-",
+            _quote(user_agent) if user_agent else "-",
             seconds,
             "" if queued is None else " qt=%.3f" % queued,
             upstream or "-",

@@ -230,6 +230,12 @@ def client_response_head(
     return b"".join(out)
 
 
+#: Status lines with the standard reason phrase, built once.
+_STATUS_LINES = {
+    int(item): b"HTTP/1.1 %d %s\r\n" % (int(item), item.phrase.encode("latin-1")) for item in HTTPStatus
+}
+
+
 def local_response(
     status: int,
     reason: Optional[str],
@@ -250,14 +256,14 @@ def local_response(
     ``Content-Length`` (``length`` when the body follows separately; left
     out for ``HEAD``, 204 and 304, whose length fields are kept as given).
     """
-    if reason is not None:
-        phrase = reason.encode("latin-1")
+    if reason is None or (status == 200 and reason == "OK"):
+        line = _STATUS_LINES.get(status)
     else:
-        try:
-            phrase = HTTPStatus(status).phrase.encode("latin-1")
-        except ValueError:
-            phrase = b"Status"
-    out = [b"HTTP/1.1 %d %s\r\n" % (status, phrase), block]
+        line = None
+    if line is None:
+        phrase = reason.encode("latin-1") if reason is not None else b"Status"
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    out = [line, block]
     for name, value in headers:
         out += (name, b": ", value, b"\r\n")
     bodyless = status == 204 or status == 304

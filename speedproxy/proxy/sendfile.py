@@ -11,12 +11,15 @@ untouched when it is done or cancelled.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable, Optional
 
 from speedproxy.proxy.splicing import nothing_queued
 
 #: Bytes asked of one sendfile call.
 CHUNK = 1 << 20
+
+_MSG_MORE = getattr(socket, "MSG_MORE", None)
 
 
 def sendfile_supported() -> bool:
@@ -71,7 +74,9 @@ class SendFile:
         while self.active:
             try:
                 if self.head:
-                    sent = os.write(out, self.head)
+                    # MSG_MORE: the head leaves with the body's first bytes,
+                    # not as a segment of its own (nginx's TCP_NOPUSH).
+                    sent = os.write(out, self.head) if _MSG_MORE is None else sink.socket.send(self.head, _MSG_MORE)
                     self.head = self.head[sent:]
                     if self.head:
                         self._block()
