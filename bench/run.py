@@ -52,6 +52,11 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+# The /proc reader and the duration syntax are speedproxy's own (this checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from speedproxy.admin import procinfo  # noqa: E402
+from speedproxy.config.units import parse_duration as _config_duration  # noqa: E402
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 VENV = REPO / ".venv"
@@ -77,12 +82,11 @@ class BenchError(Exception):
 
 
 def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use 10s, 500ms, 1m)")
-    value = float(m.group(1))
-    unit = m.group(2) or "s"
-    return value * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+    """A command-line duration (``10s``, ``500ms``, ``1m``), as the config reads them."""
+    try:
+        return _config_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: {error}")
 
 
 def int_list(text: str) -> list[int]:
@@ -198,37 +202,18 @@ class Proc:
 
 def read_stat(pid: int):
     """(ppid, utime+stime+cutime+cstime ticks, rss bytes) of one pid, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode("ascii", "replace")
-    except OSError:
+    stat = procinfo.read_stat(pid)
+    if stat is None:
         return None
-    fields = data[data.rfind(")") + 2:].split()
-    # fields[0] is field 3 (state): field N is fields[N - 3].
-    ppid = int(fields[1])
-    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    rss = int(fields[21]) * PAGE_SIZE
-    return ppid, ticks, rss
+    return stat.ppid, stat.ticks + stat.children_ticks, stat.rss_bytes
 
 
 def process_tree(root: int) -> dict[int, tuple[int, int]]:
     """{pid: (ticks, rss)} for root and all of its descendants."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = read_stat(int(entry))
-            if st is not None:
-                stats[int(entry)] = st
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats and pid not in tree:
-            tree[pid] = (stats[pid][1], stats[pid][2])
-            todo.extend(children.get(pid, ()))
-    return tree
+    return {
+        pid: (stat.ticks + stat.children_ticks, stat.rss_bytes)
+        for pid, stat in procinfo.process_tree(root).items()
+    }
 
 
 def cpu_seconds(root: int) -> tuple[float, int, int]:

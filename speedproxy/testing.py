@@ -528,23 +528,9 @@ class ProxyProcess:
 
     def pids(self) -> List[int]:
         """The process and all its live descendants (the master and its workers)."""
-        tree = [self.pid]
-        children: Dict[int, List[int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields and fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-        index = 0
-        while index < len(tree):
-            tree.extend(children.get(tree[index], ()))
-            index += 1
-        return tree
+        from speedproxy.admin.procinfo import process_tree
+
+        return list(process_tree(self.pid)) or [self.pid]
 
     def worker_pids(self) -> List[int]:
         """Descendant processes only (empty when the proxy serves in-process)."""
@@ -552,17 +538,9 @@ class ProxyProcess:
 
     def rss_bytes(self) -> int:
         """Total resident set size of :meth:`pids` (``VmRSS`` in ``/proc``)."""
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/status", encoding="ascii") as status:
-                    for line in status:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) * 1024
-                            break
-            except OSError:
-                continue
-        return total
+        from speedproxy.admin.procinfo import rss_bytes
+
+        return sum(rss_bytes(pid) or 0 for pid in self.pids())
 
 
 # -- threaded HTTP backend ---------------------------------------------------------

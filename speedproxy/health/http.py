@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -22,6 +24,7 @@ class HTTPHealthChecker:
         self.reactor = reactor
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.agent = Agent(reactor, pool=pool)
+        self.client = HTTPClient(self.agent)
 
     def check(self, backend: BackendConfig) -> Deferred:
         check = backend.health_check
@@ -30,10 +33,11 @@ class HTTPHealthChecker:
         url = f"{backend.scheme}://{host}:{backend.port}{check.path}".encode("ascii")
         headers = Headers({b"User-Agent": [f"speedproxy-health/{__version__}".encode()]})
         low, high = check.expected_status
-        request = self.agent.request(b"GET", url, headers)
+        request = self.client.get(url, headers=headers, unbuffered=True, allow_redirects=False)
 
         def judge(response: Any) -> bool:
-            response.deliverBody(_Discard())
+            # Read the body and drop it, so the connection closes cleanly.
+            treq.collect(response, _drop).addErrback(_drop)
             return low <= response.code <= high
 
         request.addCallback(judge)
@@ -42,14 +46,5 @@ class HTTPHealthChecker:
         return request
 
 
-class _Discard:
-    """Reads and drops a probe's body so the connection closes cleanly."""
-
-    def makeConnection(self, transport: Any) -> None:
-        pass
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Any) -> None:
-        pass
+def _drop(_: Any) -> None:
+    """Nothing to keep of a probe's body (or of a failure to read it)."""

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from speedproxy import __version__
 from speedproxy.testing import HTTPBackend, ProxyProcess, RawClient, echo, fixed_body
 
 
@@ -55,7 +56,7 @@ def test_post(module_proxy: ProxyProcess, module_backend: HTTPBackend) -> None:
 
 def test_response_carries_proxy_headers(module_proxy: ProxyProcess) -> None:
     response, _ = _get(module_proxy, "GET", "/")
-    assert response.getheader("X-Speedproxy") == "0.1.0"
+    assert response.getheader("X-Speedproxy") == __version__
     assert response.getheader("X-Request-Id")
     assert "1.1 speedproxy" in (response.getheader("Via") or "")
 

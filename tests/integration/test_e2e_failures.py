@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from speedproxy import __version__
 from speedproxy.testing import (
     ProxyProcess,
     RawClient,
@@ -105,7 +106,7 @@ def _assert_json_error(response: RawResponse, status: int, code: str) -> None:
     assert set(body) == {"error", "detail", "request_id"}
     assert body["error"] == code
     assert body["request_id"] == response.header("X-Request-Id")
-    assert response.header("X-Speedproxy") == "0.1.0"
+    assert response.header("X-Speedproxy") == __version__
 
 
 def test_dead_backend_is_502(failing) -> None:

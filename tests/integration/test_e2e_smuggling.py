@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from speedproxy import __version__
 from speedproxy.testing import HTTPBackend, ProxyProcess, RawClient, RawResponse
 
 MAX_HEADER = 4 * 1024
@@ -38,7 +39,7 @@ def _refused(proxy: ProxyProcess, origin: HTTPBackend, data: bytes) -> RawRespon
 def _assert_json_error(response: RawResponse, status: int, code: str) -> None:
     assert response.status == status, response.body
     assert response.header("Content-Type") == "application/json"
-    assert response.header("X-Speedproxy") == "0.1.0"
+    assert response.header("X-Speedproxy") == __version__
     body = response.json()
     assert set(body) == {"error", "detail", "request_id"}
     assert body["error"] == code

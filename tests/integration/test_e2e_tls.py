@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from speedproxy import __version__
+
 from admin_support import AdminClient, proxy_get
 
 from speedproxy.testing import ProxyReloadError, fixed_body, pattern_sha256, wait_until
@@ -56,7 +58,7 @@ def test_https_large_then_small_responses(stack, tls_files, workers: int) -> Non
         upstream_read_timeout="5s",
     )
     status, body, tag = _get(proxy.port, ca, "/big")
-    assert (status, tag) == (200, "0.1.0")
+    assert (status, tag) == (200, __version__)
     assert hashlib.sha256(body).hexdigest() == pattern_sha256(512 * 1024)
     for index in range(8):
         status, body, _ = _get(proxy.port, ca, f"/big?{index}")
