@@ -12,7 +12,8 @@ import json
 import math
 import re
 from decimal import Decimal
-from typing import Any, Union
+import ipaddress
+from typing import Any, Tuple, Union
 
 __all__ = ["describe_value", "format_duration", "format_size", "parse_duration", "parse_size"]
 
@@ -159,3 +160,29 @@ def format_size(size: int) -> str:
     exact = [(size // factor, unit) for unit, factor in _BINARY + _DECIMAL if size and size % factor == 0]
     count, unit = min(exact, key=lambda item: item[0], default=(size, "B"))
     return f"{count}{unit}"
+
+
+_LISTEN_V6 = re.compile(r"\[([^\]]+)\]:(\d+)")
+_LISTEN = re.compile(r"([^:\[\]]+):(\d+)")
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """Split a listen address, ``host:port`` or ``[ipv6]:port``, into host and port.
+
+    The one parser of ``admin.listen`` (the loader checks it with this, the
+    master and workers bind what it returns).
+
+    :raises ValueError: naming what is wrong.
+    """
+    match = _LISTEN_V6.fullmatch(text) or _LISTEN.fullmatch(text)
+    if match is None:
+        raise ValueError(f'expected "host:port" or "[ipv6]:port", got {describe_value(text)}')
+    host, port = match.group(1), int(match.group(2))
+    if text.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {match.group(2)}")
+    return host, port

@@ -12,6 +12,9 @@ import socket
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
+# The config's own parser of listen addresses, for the callers of bind_all.
+from speedproxy.config.units import parse_listen  # noqa: F401
+
 #: Backlog of every listener we bind.
 BACKLOG = 1024
 
@@ -116,15 +119,6 @@ def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> Tuple[socket.
         sock.close()
         raise
     return sock, "inet6" if sock.family == socket.AF_INET6 else "inet"
-
-
-def parse_listen(value: str) -> Tuple[str, int]:
-    """Split ``host:port`` or ``[v6]:port``."""
-    if value.startswith("["):
-        host, _, port = value[1:].partition("]:")
-    else:
-        host, _, port = value.rpartition(":")
-    return host, int(port)
 
 
 #: The config keys named when a listener cannot be bound.
