@@ -56,13 +56,13 @@ def proxied(backend: Any) -> List[Any]:
 
 def fixed_port_backend(port: int, behaviour: Any = None, name: str = "backend") -> Any:
     """An :class:`~speedproxy.testing.HTTPBackend` bound to ``port`` (a restart on the same port)."""
-    from speedproxy import testing  # its private server classes: the same handler as HTTPBackend
+    from speedproxy.testing import http_backend  # its private server classes: the same handler as HTTPBackend
 
-    backend = testing.HTTPBackend(behaviour, name=name)
+    backend = http_backend.HTTPBackend(behaviour, name=name)
     deadline = time.monotonic() + 5.0
     while True:
         try:
-            server = testing._Server((backend.host, port), testing._Handler)
+            server = http_backend._Server((backend.host, port), http_backend._Handler)
             break
         except OSError:
             if time.monotonic() >= deadline:

@@ -19,7 +19,7 @@ from speedproxy.testing import (
     HTTPBackend,
     ProxyProcess,
     RawClient,
-    _repo_root,
+    repo_root,
     backend_entry,
     fixed_body,
     pattern_sha256,
@@ -119,7 +119,7 @@ def plugin_dir(tmp_path_factory) -> Path:
 
 
 def plugin_env(plugin_dir: Path) -> dict:
-    return {"PYTHONPATH": os.pathsep.join([str(plugin_dir), str(_repo_root())])}
+    return {"PYTHONPATH": os.pathsep.join([str(plugin_dir), str(repo_root())])}
 
 
 def filtered_config(origin: HTTPBackend) -> dict:
@@ -243,7 +243,7 @@ def test_check_names_what_is_wrong_with_a_filter(plugin_dir, tmp_path, filters, 
 
 
 def test_the_readme_example_works_as_written(module_stack, tmp_path) -> None:
-    readme = (_repo_root() / "README.rst").read_text()
+    readme = (repo_root() / "README.rst").read_text()
     start = readme.index("acme/twisted/plugins/acme_filters.py``::")
     block = readme[start:].split("::\n", 1)[1].split("\nand in the config::", 1)[0]
     plugins = tmp_path / "readme" / "twisted" / "plugins"

@@ -21,7 +21,7 @@ from typing import List, Tuple
 
 import pytest
 
-from speedproxy.testing import HTTPBackend, ProxyProcess, RawClient, _subprocess_env, twistd_command, wait_until
+from speedproxy.testing import HTTPBackend, ProxyProcess, RawClient, subprocess_env, twistd_command, wait_until
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -222,7 +222,7 @@ def test_check_without_the_sdk_says_to_install_the_extra(tmp_path: Path, no_sdk_
     config.write_text("server:\n  port: 8080\ntracing:\n  otlp_endpoint: http://127.0.0.1:4318\n")
     argv = twistd_command() + ["-n", "--pidfile=", "-l", "-", "speedproxy", "--config", str(config), "--check"]
     result = subprocess.run(
-        argv, env=_subprocess_env({"PYTHONPATH": no_sdk_path}), capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
+        argv, env=subprocess_env({"PYTHONPATH": no_sdk_path}), capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
@@ -231,7 +231,7 @@ def test_check_without_the_sdk_says_to_install_the_extra(tmp_path: Path, no_sdk_
     # The same file without an endpoint is valid without the SDK.
     config.write_text("server:\n  port: 8080\ntracing:\n  service_name: edge\n")
     result = subprocess.run(
-        argv, env=_subprocess_env({"PYTHONPATH": no_sdk_path}), capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
+        argv, env=subprocess_env({"PYTHONPATH": no_sdk_path}), capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
