@@ -29,6 +29,8 @@ class Route:
     stats_index: int = -1
     #: The route's filters (``None``: none, the bare fast path).
     filters: Optional[FilterChain] = None
+    #: The settings ``filters`` was built from (:func:`filters_key`).
+    filters_key: Any = None
 
     @property
     def name(self) -> str:
@@ -90,14 +92,36 @@ def build_filters(config: RouteConfig, reactor: Any, core: Any = None) -> Option
     after it (what the cache stores and serves is the rewritten playlist).
     """
     cached = config.cache.enabled and core is not None
-    if not config.filters and not cached:
+    from speedproxy.edge import edge_filters
+
+    # Edge protection first: a refused request costs nothing further.
+    edge = edge_filters(config, core, reactor)
+    from speedproxy.cluster.ledger import accounting_filter
+
+    counting = accounting_filter(config, core)  # traffic accounting: first, it sees every request's end
+    if counting is not None:
+        edge = [counting] + edge
+    if not config.filters and not cached and not edge and config.compression is None:
         return None
     context = FilterContext(reactor, config.name)
-    filters = [find_filter_kind(entry.name).build(entry.checked, context) for entry in config.filters]
+    filters = edge + [find_filter_kind(entry.name).build(entry.checked, context) for entry in config.filters]
+    policy = None
+    if config.compression is not None:
+        # First of all: its response hooks run last, on what every other
+        # filter made of the response (see speedproxy.edge.compression).
+        from speedproxy.edge.compression import build_compression
+
+        policy, compressing = build_compression(config.compression, core, config.name)
+        filters.insert(0, compressing)
     if cached:
         from speedproxy.cache.filter import CacheFilter
 
-        cache = CacheFilter(core, config.name, config.cache)
+        if policy is not None:
+            from speedproxy.edge.compression_copies import CompressingCacheFilter
+
+            cache = CompressingCacheFilter(core, config.name, config.cache, policy)
+        else:
+            cache = CacheFilter(core, config.name, config.cache)
         if config.hls.enabled:
             from speedproxy.hls.filter import build_hls_filters
 
@@ -106,6 +130,16 @@ def build_filters(config: RouteConfig, reactor: Any, core: Any = None) -> Option
         else:
             filters.append(cache)
     return FilterChain(filters)
+
+
+def filters_key(config: RouteConfig, core: Any = None) -> Any:
+    """Everything a route's filter chain is built from (equal: the chain is kept)."""
+    from speedproxy.edge import edge_key
+
+    from speedproxy.cluster.ledger import accounting_key
+
+    return (config.filters, config.cache, config.hls, config.compression, edge_key(config, core),
+            accounting_key(config, core))
 
 
 def build_routes(
@@ -123,7 +157,7 @@ def build_routes(
     reuse: Dict[Tuple[str, str, str], BalancedGroup] = {}
     chains: Dict[str, Tuple[Any, Optional[FilterChain]]] = {}
     for route in previous or ():
-        chains[route.name] = ((route.config.filters, route.config.cache, route.config.hls), route.filters)
+        chains[route.name] = (route.filters_key, route.filters)
         for kind in ("http", "websocket", "sse"):
             balanced: Optional[BalancedGroup] = getattr(route, kind)
             if balanced is not None:
@@ -139,14 +173,16 @@ def build_routes(
             return existing
         return BalancedGroup(group, balancer)
 
-    def filters_for(config: RouteConfig) -> Optional[FilterChain]:
+    def filters_for(config: RouteConfig) -> Tuple[Optional[FilterChain], Any]:
+        key = filters_key(config, core)
         kept = chains.get(config.name)
-        if kept is not None and kept[0] == (config.filters, config.cache, config.hls):
-            return kept[1]
-        return build_filters(config, reactor, core)
+        if kept is not None and kept[0] == key:
+            return kept[1], key
+        return build_filters(config, reactor, core), key
 
     routes = []
     for config in routing.values():
+        chain, key = filters_for(config)
         routes.append(
             Route(
                 config=config,
@@ -155,7 +191,8 @@ def build_routes(
                 http=balanced_for(config, "http", config.load_balancer),  # type: ignore[arg-type]
                 websocket=balanced_for(config, "websocket", config.protocols.websocket),
                 sse=balanced_for(config, "sse", config.protocols.sse),
-                filters=filters_for(config),
+                filters=chain,
+                filters_key=key,
             )
         )
     return routes

@@ -184,11 +184,18 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         if first is None:
             raise SystemExit("speedproxy: --demo-origin needs a backend in the 'default' upstream")
         wanted.append((DEMO_KEY, first.host, first.port))
+    grpc = config.grpc
+    if grpc.enabled:
+        from speedproxy.admin.grpc.service import GRPC_KEY
+
+        wanted.append((GRPC_KEY, grpc.host, grpc.port))
     # Every listener is bound here, before twistd writes its pid file,
     # daemonizes or starts any service: if one address cannot be used,
     # ListenError (a SystemExit) ends the process with one line on stderr
     # and exit status 1, and no client ever reached a listener.
-    listener, admin_listener, *demo = bind_all(wanted)
+    listener, admin_listener, *extra = bind_all(wanted)
+    grpc_listener = extra.pop() if grpc.enabled else None
+    demo = extra
     root = MultiService()
     if demo:
         from speedproxy.demo import demo_site
@@ -198,9 +205,15 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         # Serve in this process: no workers, no master.
         worker = ProxyWorkerService(reactor, config, listener=listener, admin_listener=admin_listener)
         worker.setServiceParent(root)
+        control: Any = worker
         ReloadOnHangup(reactor, options["config"], worker).setServiceParent(root)
     else:
-        MasterService(
-            reactor, config, options["config"], listener=listener, admin_listener=admin_listener
-        ).setServiceParent(root)
+        control = MasterService(reactor, config, options["config"], listener=listener, admin_listener=admin_listener)
+        control.setServiceParent(root)
+    if grpc_listener is not None:
+        from speedproxy.admin.grpc.service import GrpcAdminService
+
+        # Started after the master (or the single process): it serves the
+        # same calls as that one's admin API, through its admin context.
+        GrpcAdminService(reactor, control, grpc_listener).setServiceParent(root)
     return root

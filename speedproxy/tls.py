@@ -123,7 +123,8 @@ def load_certificate(cert_file: str, key_file: str) -> LoadedCertificate:
             privateKey=key,
             certificate=certificates[0],
             extraCertChain=certificates[1:],
-            acceptableProtocols=[b"http/1.1"],
+            # HTTP/2 first (speedproxy.proxy.http2), HTTP/1.1 for the rest.
+            acceptableProtocols=[b"h2", b"http/1.1"],
         )
         options.getContext()  # built now: OpenSSL checks that key and certificate match
     except Exception as error:

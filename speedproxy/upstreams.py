@@ -220,6 +220,9 @@ class UpstreamGroup:
     waiting: Deque[Any] = field(default_factory=deque)
     #: The :class:`~speedproxy.proxy.backlog.Backlog` of this group, if queueing.
     backlog: Optional[Any] = None
+    #: Credentials added to its requests and checks of its answers
+    #: (:class:`speedproxy.edge.upstream_credentials.UpstreamRules`); ``None``: none.
+    rules: Optional[Any] = None
 
     def apply(self, configs: Sequence[BackendConfig]) -> None:
         """Replace membership with ``configs``, keeping state of kept ids."""

@@ -111,33 +111,156 @@ def backend_rows(
     return result
 
 
+def list_backends(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """The backends of one (``upstream``) or every upstream, with their state."""
+    upstream = values.get("upstream") or None
+    config = api.config
+    if upstream is not None:
+        find_backend(config, upstream, None)
+
+    def answer(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
+        rows = backend_rows(api, config, reports, upstream)
+        body: Dict[str, Any] = {"config_version": api.control.config_version}
+        if upstream is not None:
+            body["upstream"] = upstream
+            body["backends"] = rows.get(upstream, [])
+        else:
+            body["upstreams"] = rows
+        return body
+
+    return api.control.inspect_workers(0, 0).addCallback(answer)
+
+
+def _persist(values: Mapping[str, Any]) -> bool:
+    return as_bool(values.get("persist", False), "persist")
+
+
+def add_backend_call(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """Add a backend: ``{"upstream", "backend": {...}}`` or its keys flat beside ``upstream``."""
+    upstream = require_text(values, "upstream")
+    persist = _persist(values)
+    if "backend" in values:
+        entry = values["backend"]
+        if not isinstance(entry, dict):
+            raise bad_request("backend must be a JSON object", "backend")
+        extra = [key for key in values if key not in ("upstream", "backend", "persist")]
+        if extra:
+            raise bad_request(f"unknown key {extra[0]!r} next to 'backend'", extra[0])
+    else:
+        entry = {key: value for key, value in values.items() if key not in ("upstream", "persist")}
+    backend_id = entry.get("id")
+
+    def answer(body: Dict[str, Any]) -> Dict[str, Any]:
+        body["upstream"] = upstream
+        body["backend"] = backend_summary(api.config, upstream, backend_id)
+        return body
+
+    return api.run_change(lambda current: add_backend(current, upstream, entry), persist).addCallback(answer)
+
+
+def _update_target(values: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """The backend id and the changes of an update body, in any of its forms.
+
+    SpeedMimi's ``{"upstream", "backend": {"id", <changes>...}}``; the flat
+    ``{"upstream", "backend_id" (or "id"), <changes>...}``; or
+    ``{"upstream", "backend_id", "changes": {...}}``.
+    """
+    if "backend" in values:
+        nested = values["backend"]
+        if not isinstance(nested, dict):
+            raise bad_request("backend must be a JSON object", "backend")
+        extra = [key for key in values if key not in ("upstream", "backend", "backend_id", "persist")]
+        if extra:
+            raise bad_request(f"unknown key {extra[0]!r} next to 'backend'", extra[0])
+        changes = dict(nested)
+        inner = changes.pop("id", None)
+        given = values.get("backend_id")
+        if inner is not None and given is not None and inner != given:
+            raise bad_request(f"backend.id {inner!r} differs from backend_id {given!r}", "backend.id")
+        values["backend_id"] = given if given is not None else inner
+        if values["backend_id"] is None:
+            raise bad_request("backend.id is required", "backend.id")
+        return require_text(values, "backend_id"), changes
+    if "backend_id" not in values and "id" in values:
+        values["backend_id"] = values.pop("id")
+    backend_id = require_text(values, "backend_id")
+    if isinstance(values.get("changes"), dict):
+        return backend_id, dict(values["changes"])
+    return backend_id, {k: v for k, v in values.items() if k not in ("upstream", "backend_id", "persist")}
+
+
+def update_backend_call(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """Change some of ``weight``, ``max_conn``, ``active``, ``health_check``, ``name`` of one backend."""
+    values = dict(values)
+    upstream = require_text(values, "upstream")
+    backend_id, changes = _update_target(values)
+    persist = _persist(values)
+    find_backend(api.config, upstream, backend_id)
+    if not changes:
+        raise bad_request(f"nothing to update: give one of {', '.join(UPDATABLE)}")
+
+    def answer(body: Dict[str, Any]) -> Dict[str, Any]:
+        body["upstream"] = upstream
+        body["backend"] = backend_summary(api.config, upstream, backend_id)
+        return body
+
+    return api.run_change(
+        lambda current: update_backend(current, upstream, backend_id, changes), persist
+    ).addCallback(answer)
+
+
+def remove_backend_call(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """Remove one backend: no new requests to it; in-flight ones finish."""
+    upstream = require_text(values, "upstream")
+    backend_id = require_text(values, "backend_id")
+    persist = _persist(values)
+    removed: Dict[str, Any] = {}
+
+    def make(current: Config) -> Config:
+        removed.update(backend_summary(current, upstream, backend_id))
+        return remove_backend(current, upstream, backend_id)
+
+    def answer(body: Dict[str, Any]) -> Dict[str, Any]:
+        api.removed.append((upstream, backend_id))
+        api.reports.pop((upstream, backend_id), None)
+        forget = getattr(api.control, "forget_backend", None)
+        if forget is not None:
+            forget(upstream, backend_id)
+        body["upstream"] = upstream
+        body["removed"] = removed
+        return body
+
+    return api.run_change(make, persist).addCallback(answer)
+
+
+def disconnect_backend_call(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """Close one backend's pooled and in-flight connections in every worker."""
+    upstream = require_text(values, "upstream")
+    backend_id = require_text(values, "backend_id")
+    if (upstream, backend_id) not in api.removed:
+        find_backend(api.config, upstream, backend_id)
+
+    def answer(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+        counts = [int(result.get("closed", 0)) for result in results]
+        return {
+            "config_version": api.control.config_version,
+            "upstream": upstream,
+            "backend_id": backend_id,
+            "closed": sum(counts),
+            "closed_per_worker": counts,
+            "workers": len(counts),
+        }
+
+    return api.control.disconnect_backend(upstream, backend_id).addCallback(answer)
+
+
 class BackendsResource(APIResource):
     """``GET /api/v1/backends[?upstream=]``: the backends of one or every upstream."""
 
     isLeaf = False
 
     def json_GET(self, request: Request) -> Deferred:
-        values = params(request, body_allowed=False)
-        upstream = values.get("upstream") or None
-        config = self.api.config
-        if upstream is not None:
-            find_backend(config, upstream, None)
-
-        def answer(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
-            rows = backend_rows(self.api, config, reports, upstream)
-            body: Dict[str, Any] = {"config_version": self.api.control.config_version}
-            if upstream is not None:
-                body["upstream"] = upstream
-                body["backends"] = rows.get(upstream, [])
-            else:
-                body["upstreams"] = rows
-            return body
-
-        return self.api.control.inspect_workers(0, 0).addCallback(answer)
-
-
-def _persist(values: Mapping[str, Any]) -> bool:
-    return as_bool(values.get("persist", False), "persist")
+        return list_backends(self.api, params(request, body_allowed=False))
 
 
 class AddBackendResource(APIResource):
@@ -149,81 +272,22 @@ class AddBackendResource(APIResource):
     """
 
     def json_POST(self, request: Request) -> Deferred:
-        values = params(request)
-        upstream = require_text(values, "upstream")
-        persist = _persist(values)
-        if "backend" in values:
-            entry = values["backend"]
-            if not isinstance(entry, dict):
-                raise bad_request("backend must be a JSON object", "backend")
-            extra = [key for key in values if key not in ("upstream", "backend", "persist")]
-            if extra:
-                raise bad_request(f"unknown key {extra[0]!r} next to 'backend'", extra[0])
-        else:
-            entry = {key: value for key, value in values.items() if key not in ("upstream", "persist")}
-        backend_id = entry.get("id")
-
-        def answer(body: Dict[str, Any]) -> Dict[str, Any]:
-            body["upstream"] = upstream
-            body["backend"] = backend_summary(self.api.config, upstream, backend_id)
-            return body
-
-        return self.api.run_change(lambda current: add_backend(current, upstream, entry), persist).addCallback(answer)
+        return add_backend_call(self.api, params(request))
 
 
 class UpdateBackendResource(APIResource):
-    """``PUT``: ``{"upstream", "backend_id", <weight|max_conn|active|health_check>...}``."""
+    """``PUT``: ``{"upstream", "backend": {"id", <changes>...}}`` (SpeedMimi's form),
+    or ``{"upstream", "backend_id", <weight|max_conn|active|health_check|name>...}``."""
 
     def json_PUT(self, request: Request) -> Deferred:
-        values = params(request)
-        upstream = require_text(values, "upstream")
-        if "backend_id" not in values and "id" in values:
-            values["backend_id"] = values.pop("id")
-        backend_id = require_text(values, "backend_id")
-        persist = _persist(values)
-        if isinstance(values.get("changes"), dict):
-            changes = dict(values["changes"])
-        else:
-            changes = {k: v for k, v in values.items() if k not in ("upstream", "backend_id", "persist")}
-        find_backend(self.api.config, upstream, backend_id)
-        if not changes:
-            raise bad_request(f"nothing to update: give one of {', '.join(UPDATABLE)}")
-
-        def answer(body: Dict[str, Any]) -> Dict[str, Any]:
-            body["upstream"] = upstream
-            body["backend"] = backend_summary(self.api.config, upstream, backend_id)
-            return body
-
-        return self.api.run_change(
-            lambda current: update_backend(current, upstream, backend_id, changes), persist
-        ).addCallback(answer)
+        return update_backend_call(self.api, params(request))
 
 
 class RemoveBackendResource(APIResource):
     """``DELETE ?upstream=&backend_id=``: no new requests to it; in-flight ones finish."""
 
     def json_DELETE(self, request: Request) -> Deferred:
-        values = params(request)
-        upstream = require_text(values, "upstream")
-        backend_id = require_text(values, "backend_id")
-        persist = _persist(values)
-        removed: Dict[str, Any] = {}
-
-        def make(current: Config) -> Config:
-            removed.update(backend_summary(current, upstream, backend_id))
-            return remove_backend(current, upstream, backend_id)
-
-        def answer(body: Dict[str, Any]) -> Dict[str, Any]:
-            self.api.removed.append((upstream, backend_id))
-            self.api.reports.pop((upstream, backend_id), None)
-            forget = getattr(self.api.control, "forget_backend", None)
-            if forget is not None:
-                forget(upstream, backend_id)
-            body["upstream"] = upstream
-            body["removed"] = removed
-            return body
-
-        return self.api.run_change(make, persist).addCallback(answer)
+        return remove_backend_call(self.api, params(request))
 
 
 class DisconnectBackendResource(APIResource):
@@ -235,22 +299,4 @@ class DisconnectBackendResource(APIResource):
     """
 
     def json_POST(self, request: Request) -> Deferred:
-        values = params(request)
-        upstream = require_text(values, "upstream")
-        backend_id = require_text(values, "backend_id")
-        if (upstream, backend_id) not in self.api.removed:
-            find_backend(self.api.config, upstream, backend_id)
-
-        def answer(results: List[Dict[str, Any]]) -> Dict[str, Any]:
-            counts = [int(result.get("closed", 0)) for result in results]
-            return {
-                "config_version": self.api.control.config_version,
-                "upstream": upstream,
-                "backend_id": backend_id,
-                "closed": sum(counts),
-                "closed_per_worker": counts,
-                "workers": len(counts),
-            }
-
-        return self.api.control.disconnect_backend(upstream, backend_id).addCallback(answer)
-
+        return disconnect_backend_call(self.api, params(request))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
@@ -26,6 +27,59 @@ def config_view(api: AdminContext) -> Dict[str, Any]:
     }
 
 
+def replace_config(api: AdminContext, body: Mapping[str, Any]) -> Deferred:
+    """Replace the whole config: ``body`` is the config itself or the ``{"config": ...}`` envelope.
+
+    See :class:`ConfigResource`; fires with the change's answer.
+    """
+    if isinstance(body.get("config"), dict):
+        for key in body:
+            if key not in ENVELOPE_KEYS:
+                raise bad_request(f"unknown key {key!r} next to 'config' (allowed: {', '.join(ENVELOPE_KEYS)})", key)
+        data = body["config"]
+        expected = body.get("config_version")
+    else:
+        data = {key: value for key, value in body.items() if key != "persist"}
+        expected = None
+    persist = as_bool(body.get("persist", False), "persist")
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+        raise bad_request("config_version must be an integer", "config_version")
+
+    def make(current: Config) -> Config:
+        live = api.control.config_version
+        if expected is not None and expected != live:
+            raise APIError(
+                409,
+                "conflict",
+                f"config version {expected} is no longer live (now {live}); read it again",
+                "config_version",
+                {"config_version": live},
+            )
+        return config_from_body(data, current)
+
+    return api.run_change(make, persist=persist)
+
+
+def reload_ssl(api: AdminContext) -> Deferred:
+    """Read the TLS files again everywhere; fires with the answer body (see :class:`ReloadSSLResource`)."""
+
+    def answer(result: Dict[str, Any]) -> Any:
+        body = {"config_version": api.control.config_version}
+        body.update(result)
+        return body
+
+    def failed(failure: Failure) -> Any:
+        if failure.check(TLSNotEnabled):
+            raise APIError(409, "ssl_disabled", failure.getErrorMessage(), "ssl.enabled")
+        if failure.check(TLSConfigError):
+            raise APIError(400, "invalid_certificate", failure.getErrorMessage(), failure.value.field)
+        if failure.check(TLSReloadIncomplete):
+            raise APIError(500, "reload_incomplete", failure.getErrorMessage())
+        return failure
+
+    return api.control.reload_ssl().addCallbacks(answer, failed)
+
+
 class ConfigResource(APIResource):
     """``GET`` the live config (secrets masked) and its version; ``PUT`` a new one.
 
@@ -45,33 +99,7 @@ class ConfigResource(APIResource):
         return config_view(self.api)
 
     def json_PUT(self, request: Request) -> Any:
-        body = read_json_object(request)
-        if isinstance(body.get("config"), dict):
-            for key in body:
-                if key not in ENVELOPE_KEYS:
-                    raise bad_request(f"unknown key {key!r} next to 'config' (allowed: {', '.join(ENVELOPE_KEYS)})", key)
-            data = body["config"]
-            expected = body.get("config_version")
-        else:
-            data = {key: value for key, value in body.items() if key != "persist"}
-            expected = None
-        persist = as_bool(body.get("persist", False), "persist")
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
-            raise bad_request("config_version must be an integer", "config_version")
-
-        def make(current: Config) -> Config:
-            live = self.api.control.config_version
-            if expected is not None and expected != live:
-                raise APIError(
-                    409,
-                    "conflict",
-                    f"config version {expected} is no longer live (now {live}); read it again",
-                    "config_version",
-                    {"config_version": live},
-                )
-            return config_from_body(data, current)
-
-        return self.api.run_change(make, persist=persist)
+        return replace_config(self.api, read_json_object(request))
 
 
 class ReloadSSLResource(APIResource):
@@ -85,21 +113,7 @@ class ReloadSSLResource(APIResource):
     """
 
     def json_POST(self, request: Request) -> Any:
-        def answer(result: Dict[str, Any]) -> Any:
-            body = {"config_version": self.api.control.config_version}
-            body.update(result)
-            return 200, body
-
-        def failed(failure: Failure) -> Any:
-            if failure.check(TLSNotEnabled):
-                raise APIError(409, "ssl_disabled", failure.getErrorMessage(), "ssl.enabled")
-            if failure.check(TLSConfigError):
-                raise APIError(400, "invalid_certificate", failure.getErrorMessage(), failure.value.field)
-            if failure.check(TLSReloadIncomplete):
-                raise APIError(500, "reload_incomplete", failure.getErrorMessage())
-            return failure
-
-        return self.api.control.reload_ssl().addCallbacks(answer, failed)
+        return reload_ssl(self.api)
 
 
 class TMDBConfigResource(APIResource):

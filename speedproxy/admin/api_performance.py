@@ -7,7 +7,7 @@
 * ``active-requests``: requests in flight in every worker, oldest first
 * ``slow-requests``: requests slower than ``server.slow_request_threshold``
 * ``resource-usage``: CPU, RSS, threads and open fds of the master and workers
-* ``alerts/thresholds``: ``GET`` and ``PUT`` the alert thresholds
+* ``alerts/thresholds``: ``GET`` the alert thresholds, ``PUT`` or ``POST`` new ones
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ class ResourceUsageResource(_PerformanceResource):
 
 
 class ThresholdsResource(_PerformanceResource):
-    """``GET``/``PUT`` the alert thresholds.
+    """``GET``/``PUT`` (or ``POST``, as the CapCut server's monitor does) the alert thresholds.
 
     Thresholds live in the master's memory (back to the defaults on
     restart), except ``slow_request_threshold``, which is the config's
@@ -278,6 +278,10 @@ class ThresholdsResource(_PerformanceResource):
 
     def json_GET(self, request: Request) -> Any:
         return self._body()
+
+    def json_POST(self, request: Request) -> Any:
+        """The performance monitor's own verb for an update (CapCut server): as ``PUT``."""
+        return self.json_PUT(request)
 
     def json_PUT(self, request: Request) -> Any:
         values = read_json_object(request)

@@ -65,111 +65,148 @@ def _number(values: Mapping[str, Any], name: str, low: float, high: Optional[flo
     return float(value)
 
 
+#: The figures of a report, flat or inside SpeedMimi's ``performance`` object.
+REPORT_FIGURES = ("cpu_usage", "memory_usage", "load_avg_1", "cpu_count")
+
+
+def _flatten_report(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """A report body with SpeedMimi's ``performance`` object moved up beside ``backend_id``."""
+    flat = {key: value for key, value in values.items() if key != "performance"}
+    if "performance" not in values:
+        return flat
+    nested = values["performance"]
+    if not isinstance(nested, dict):
+        raise bad_request("performance must be a JSON object", "performance")
+    for key, value in nested.items():
+        if key not in REPORT_FIGURES:
+            raise bad_request(f"unknown key {key!r} (allowed: {', '.join(REPORT_FIGURES)})", f"performance.{key}")
+        if key in flat:
+            raise bad_request(f"{key} is given both inside and next to 'performance'", key)
+        flat[key] = value
+    return flat
+
+
+def report_call(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """A backend's load report (see :class:`ReportResource`); fires with the answer body."""
+    for key in values:
+        if key not in ReportResource.FIELDS:
+            raise bad_request(f"unknown key {key!r} (allowed: {', '.join(ReportResource.FIELDS)})", key)
+    values = _flatten_report(values)
+    backend_id = require_text(values, "backend_id")
+    upstream = values.get("upstream")
+    cpu = _number(values, "cpu_usage", 0, 100)
+    memory = _number(values, "memory_usage", 0, 100)
+    load_avg = _number(values, "load_avg_1", 0, None)
+    count = values.get("cpu_count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise bad_request("cpu_count must be an integer of at least 1", "cpu_count")
+    if cpu is None and memory is None and load_avg is None:
+        raise bad_request("give at least one of cpu_usage, memory_usage, load_avg_1", "cpu_usage")
+    config = api.config
+    if upstream is not None:
+        upstream = require_text(values, "upstream")
+        find_backend(config, upstream, backend_id)
+        targets = [upstream]
+    else:
+        targets = [name for name, members in config.backends.items() if any(b.id == backend_id for b in members)]
+        if not targets:
+            raise not_found(f"no upstream has a backend {backend_id!r}", "backend_id")
+    load = combined_load(cpu, memory, load_avg, count)
+    report = {
+        "time": round(time.time(), 3),
+        "cpu_usage": cpu,
+        "memory_usage": memory,
+        "load_avg_1": load_avg,
+        "cpu_count": count,
+        "reported_load": load,
+    }
+    for name in targets:
+        api.reports[(name, backend_id)] = report
+    calls = [api.control.report_load(name, backend_id, load) for name in targets]
+
+    def answer(_: Any) -> Dict[str, Any]:
+        return {
+            "config_version": api.control.config_version,
+            "backend_id": backend_id,
+            "upstreams": targets,
+            "reported_load": load,
+            "workers": api.live_workers(),
+        }
+
+    return gatherResults(calls, consumeErrors=True).addCallback(answer)
+
+
+def server_stats(api: AdminContext) -> Dict[str, Any]:
+    """Totals, workers, routes and recent rates (``GET /api/v1/stats/server``)."""
+    control = api.control
+    snapshot = control.stats_snapshot()
+    return {
+        "version": __version__,
+        "mode": getattr(control, "mode", "master"),
+        "pid": os.getpid(),
+        "uptime_seconds": round(time.time() - control.started_at, 3),
+        "config_version": control.config_version,
+        "worker_restarts": control.state().get("restarts", 0),
+        "workers": snapshot.get("workers", []),
+        "totals": snapshot.get("totals", {}),
+        "latency_histogram": snapshot.get("latency_histogram", {}),
+        "routes": snapshot.get("routes", []),
+        "rates": api.sampler.windows(),
+    }
+
+
+def backend_stats(api: AdminContext, values: Mapping[str, Any]) -> Deferred:
+    """Per-backend counters and state: every backend, one upstream's, or one (``GET /api/v1/stats/backend``)."""
+    upstream = values.get("upstream") or None
+    backend_id = values.get("backend_id") or None
+    config = api.config
+    if backend_id is not None and upstream is None:
+        raise bad_request("backend_id needs upstream", "upstream")
+    if upstream is not None:
+        find_backend(config, upstream, backend_id)
+
+    def answer(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
+        rows = backend_rows(api, config, reports, upstream, backend_id)
+        body: Dict[str, Any] = {"config_version": api.control.config_version}
+        if backend_id is not None:
+            body["backend"] = dict(rows[upstream][0], upstream=upstream)  # type: ignore[index]
+        else:
+            body["backends"] = [dict(row, upstream=name) for name, group in rows.items() for row in group]
+        return body
+
+    return api.control.inspect_workers(0, 0).addCallback(answer)
+
+
 class ReportResource(APIResource):
     """``POST /api/v1/report``: a backend reports its load.
 
     Body: ``{"backend_id": "b1", "upstream": "default", "cpu_usage": 35.5,
-    "memory_usage": 60, "load_avg_1": 1.2, "cpu_count": 4}``; ``upstream`` may
-    be left out (every upstream with that backend id), at least one figure is
-    needed.  The combined load (see :func:`combined_load`) reaches every
-    worker before the answer.  A report stays in force until the next one.
+    "memory_usage": 60, "load_avg_1": 1.2, "cpu_count": 4}``, or with the
+    figures inside ``"performance": {...}`` as SpeedMimi documents it;
+    ``upstream`` may be left out (every upstream with that backend id), at
+    least one figure is needed.  The combined load (see
+    :func:`combined_load`) reaches every worker before the answer.  A report
+    stays in force until the next one.
     """
 
-    FIELDS = ("backend_id", "upstream", "cpu_usage", "memory_usage", "load_avg_1", "cpu_count")
+    FIELDS = ("backend_id", "upstream", "performance") + REPORT_FIGURES
 
     def json_POST(self, request: Request) -> Deferred:
-        values = read_json_object(request)
-        for key in values:
-            if key not in self.FIELDS:
-                raise bad_request(f"unknown key {key!r} (allowed: {', '.join(self.FIELDS)})", key)
-        backend_id = require_text(values, "backend_id")
-        upstream = values.get("upstream")
-        cpu = _number(values, "cpu_usage", 0, 100)
-        memory = _number(values, "memory_usage", 0, 100)
-        load_avg = _number(values, "load_avg_1", 0, None)
-        count = values.get("cpu_count")
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-            raise bad_request("cpu_count must be an integer of at least 1", "cpu_count")
-        if cpu is None and memory is None and load_avg is None:
-            raise bad_request("give at least one of cpu_usage, memory_usage, load_avg_1", "cpu_usage")
-        config = self.api.config
-        if upstream is not None:
-            upstream = require_text(values, "upstream")
-            find_backend(config, upstream, backend_id)
-            targets = [upstream]
-        else:
-            targets = [name for name, members in config.backends.items() if any(b.id == backend_id for b in members)]
-            if not targets:
-                raise not_found(f"no upstream has a backend {backend_id!r}", "backend_id")
-        load = combined_load(cpu, memory, load_avg, count)
-        report = {
-            "time": round(time.time(), 3),
-            "cpu_usage": cpu,
-            "memory_usage": memory,
-            "load_avg_1": load_avg,
-            "cpu_count": count,
-            "reported_load": load,
-        }
-        for name in targets:
-            self.api.reports[(name, backend_id)] = report
-        calls = [self.api.control.report_load(name, backend_id, load) for name in targets]
-
-        def answer(_: Any) -> Dict[str, Any]:
-            return {
-                "config_version": self.api.control.config_version,
-                "backend_id": backend_id,
-                "upstreams": targets,
-                "reported_load": load,
-                "workers": self.api.live_workers(),
-            }
-
-        return gatherResults(calls, consumeErrors=True).addCallback(answer)
+        return report_call(self.api, read_json_object(request))
 
 
 class ServerStatsResource(APIResource):
     """``GET /api/v1/stats/server``: totals, workers, routes and recent rates."""
 
     def json_GET(self, request: Request) -> Any:
-        control = self.api.control
-        snapshot = control.stats_snapshot()
-        return {
-            "version": __version__,
-            "mode": getattr(control, "mode", "master"),
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.time() - control.started_at, 3),
-            "config_version": control.config_version,
-            "worker_restarts": control.state().get("restarts", 0),
-            "workers": snapshot.get("workers", []),
-            "totals": snapshot.get("totals", {}),
-            "latency_histogram": snapshot.get("latency_histogram", {}),
-            "routes": snapshot.get("routes", []),
-            "rates": self.api.sampler.windows(),
-        }
+        return server_stats(self.api)
 
 
 class BackendStatsResource(APIResource):
     """``GET /api/v1/stats/backend[?upstream=[&backend_id=]]``: per-backend counters and state."""
 
     def json_GET(self, request: Request) -> Deferred:
-        values = params(request, body_allowed=False)
-        upstream = values.get("upstream") or None
-        backend_id = values.get("backend_id") or None
-        config = self.api.config
-        if backend_id is not None and upstream is None:
-            raise bad_request("backend_id needs upstream", "upstream")
-        if upstream is not None:
-            find_backend(config, upstream, backend_id)
-
-        def answer(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
-            rows = backend_rows(self.api, config, reports, upstream, backend_id)
-            body: Dict[str, Any] = {"config_version": self.api.control.config_version}
-            if backend_id is not None:
-                body["backend"] = dict(rows[upstream][0], upstream=upstream)  # type: ignore[index]
-            else:
-                body["backends"] = [dict(row, upstream=name) for name, group in rows.items() for row in group]
-            return body
-
-        return self.api.control.inspect_workers(0, 0).addCallback(answer)
+        return backend_stats(self.api, params(request, body_allowed=False))
 
 
 # -- open endpoints ------------------------------------------------------------------------
@@ -200,18 +237,24 @@ def health_report(api: AdminContext, config: Config, reports: List[Mapping[str, 
         routes[name] = {"upstream": route.upstream, "backends": len(members), "healthy_backends": healthy}
         if not healthy:
             reasons.append(f"route {name!r}: no healthy backend in upstream {route.upstream!r}")
-    return {
-        "status": "healthy" if not reasons else "unhealthy",
+    # Serving, but with a part missing (Redis unreachable: this host's own limits and sessions).
+    fleet = getattr(api.control, "fleet", None)
+    degraded = fleet.degraded() if fleet is not None else []
+    body = {
+        "status": "unhealthy" if reasons else "degraded" if degraded else "healthy",
         "reasons": reasons,
         "workers": len(reports),
         "workers_serving": len(serving),
         "routes": routes,
         "config_version": api.control.config_version,
     }
+    if degraded:
+        body["degraded"] = degraded
+    return body
 
 
 class HealthResource(APIResource):
-    """``GET /health``: 200 when serving, else 503 with the reasons (open)."""
+    """``GET /health``: 200 when serving (``degraded`` included), else 503 with the reasons (open)."""
 
     open = True
 
@@ -220,7 +263,7 @@ class HealthResource(APIResource):
 
         def answer(reports: List[Dict[str, Any]]) -> Any:
             body = health_report(self.api, config, reports)
-            return (200 if body["status"] == "healthy" else 503), body
+            return (503 if body["status"] == "unhealthy" else 200), body
 
         return self.api.control.inspect_workers(0, 0).addCallback(answer)
 

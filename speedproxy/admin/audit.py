@@ -14,7 +14,9 @@ path ``via=`` of a cascaded one).  ``outcome`` is ``allowed`` (2xx), ``failed`` 
 authorised but answered 4xx/5xx), ``denied`` (401, with ``reason=missing_key``
 or ``reason=wrong_key``) or ``aborted`` (the client went away first).  The
 key itself is never logged, and query parameters that look like secrets are
-masked.
+masked.  The gRPC management service writes the same lines through
+:func:`write_line`, with ``method=GRPC``, the RPC's path and
+``grpc_status=<code>`` after the status.
 """
 
 from __future__ import annotations
@@ -68,6 +70,46 @@ def _note(request: Any, note: Optional[str]) -> Optional[str]:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def outcome_of(status: int, aborted: bool = False) -> str:
+    """``allowed`` (2xx), ``denied`` (401), ``failed`` (other) or ``aborted``."""
+    if aborted:
+        return "aborted"
+    if status == 401:
+        return "denied"
+    if 200 <= status < 300:
+        return "allowed"
+    return "failed"
+
+
+def write_line(
+    peer: str,
+    method: str,
+    path: str,
+    status: int,
+    reason: Optional[str] = None,
+    aborted: bool = False,
+    quoted_note: Optional[str] = None,
+    extra: str = "",
+) -> str:
+    """Write one audit line (the JSON API's and the gRPC service's share it); return it."""
+    text = "audit time={time} peer={peer} method={method} path={path} outcome={outcome} status={status}".format(
+        time=_utc(time.time()),
+        peer=peer,
+        method=method,
+        path=path,
+        outcome=outcome_of(status, aborted),
+        status=status,
+    )
+    if extra:
+        text += " " + extra
+    if reason:
+        text += f" reason={reason}"
+    if quoted_note:
+        text += f" note={quoted_note}"
+    log.info("{line}", line=text)
+    return text
+
+
 def audit_line(
     request: Any, status: int, reason: Optional[str] = None, aborted: bool = False, note: Optional[str] = None
 ) -> Optional[str]:
@@ -77,26 +119,12 @@ def audit_line(
         return None
     if aborted and method in SAFE_METHODS:
         return None
-    if aborted:
-        outcome = "aborted"
-    elif status == 401:
-        outcome = "denied"
-    elif 200 <= status < 300:
-        outcome = "allowed"
-    else:
-        outcome = "failed"
-    text = "audit time={time} peer={peer} method={method} path={path} outcome={outcome} status={status}".format(
-        time=_utc(time.time()),
-        peer=peer_of(request),
-        method=method.decode("latin-1"),
-        path=_clean_path(request.uri or b"-"),
-        outcome=outcome,
-        status=status,
+    return write_line(
+        peer_of(request),
+        method.decode("latin-1"),
+        _clean_path(request.uri or b"-"),
+        status,
+        reason,
+        aborted,
+        _note(request, note),
     )
-    if reason:
-        text += f" reason={reason}"
-    quoted = _note(request, note)
-    if quoted:
-        text += f" note={quoted}"
-    log.info("{line}", line=text)
-    return text

@@ -27,7 +27,7 @@ from speedproxy.config import Config, ConfigError, config_from_mapping, config_t
 MASK = "********"
 
 #: Backend fields ``PUT /api/v1/backends/update`` may change.
-UPDATABLE = ("weight", "max_conn", "active", "health_check")
+UPDATABLE = ("weight", "max_conn", "active", "health_check", "name")
 
 _PATH = re.compile(r'^(?:[A-Za-z0-9_\-.\[\]]|\["(?:[^"\\]|\\.)*"\])+$')
 _BACKEND_PATH = re.compile(r'^backends(?:\.[A-Za-z0-9_\-]+|\[".*?"\])\[\d+\]\.?(.*)$')
@@ -41,6 +41,12 @@ def masked_mapping(config: Config) -> Dict[str, Any]:
     for members in data.get("backends", {}).values():
         for entry in members:
             mask_backend(entry)
+    from speedproxy.admin.upstream_masks import mask_upstreams
+
+    mask_upstreams(data)
+    from speedproxy.admin.edge_masks import mask_signing_secrets
+
+    mask_signing_secrets(data)
     return data
 
 
@@ -137,6 +143,12 @@ def config_from_body(body: Mapping[str, Any], current: Config) -> Config:
     elif isinstance(admin, dict) and admin.get("api_key") == MASK:
         raise bad_request("admin.api_key: no key is set, so the mask cannot stand for it", "admin.api_key")
     _unmask_backends(data, current)
+    from speedproxy.admin.upstream_masks import unmask_upstreams
+
+    unmask_upstreams(data, current)
+    from speedproxy.admin.edge_masks import unmask_signing_secrets
+
+    unmask_signing_secrets(data, current)
     return validate(data, current)
 
 

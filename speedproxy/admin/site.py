@@ -6,6 +6,10 @@ Paths (see README.rst, "Admin API")::
     /dashboard[/app.js,/style.css]                        open (the page; its data calls use the key)
     /config /cache/{info,keys,search,clear}               TMDB proxy
     /api/v1/cache/{purge,warmup[/<id>]}
+    /api/v1/sign                                          signed URLs (routing.*.signed_urls)
+    /api/v1/sessions[/<id>]                               edge sessions (routing.*.sessions)
+    /api/v1/cluster/nodes                                 the fleet (cluster.redis)
+    /api/v1/hls/{warmup[/<id>],streams}
     /api/v1/config[/reload-ssl]                           SpeedMimi
     /api/v1/backends[/add,/update,/remove,/disconnect]
     /api/v1/stats/{server,backend}  /api/v1/report
@@ -40,7 +44,11 @@ from speedproxy.admin.api_cache import (
     CacheSearchResource,
 )
 from speedproxy.admin.api_cache_purge import CachePurgeResource
+from speedproxy.admin.api_sign import SignResource
+from speedproxy.admin.api_sessions import SessionsResource
+from speedproxy.admin.api_cluster import ClusterNodesResource
 from speedproxy.admin.api_cache_warmup import WarmupResource
+from speedproxy.admin.api_hls import hls_namespace
 from speedproxy.admin.api_config import ConfigResource, ReloadSSLResource, TMDBConfigResource
 from speedproxy.admin.api_performance import (
     ActiveRequestsResource,
@@ -132,13 +140,17 @@ class AdminRoot(Resource):
                 b"backends": backends,
                 b"stats": _namespace({b"server": ServerStatsResource(api), b"backend": BackendStatsResource(api)}),
                 b"report": ReportResource(api),
+                b"sign": SignResource(api),
                 b"performance": performance,
+                b"sessions": SessionsResource(api),
+                b"cluster": _namespace({b"nodes": ClusterNodesResource(api)}),
                 b"cache": _namespace(
                     {
                         b"purge": CachePurgeResource(api, self.cascade),
                         b"warmup": WarmupResource(api, self.warmups),
                     }
                 ),
+                b"hls": _namespace(hls_namespace(api, control, self.warmups)),
             }
         )
         self.putChild(b"api", _namespace({b"v1": v1}))

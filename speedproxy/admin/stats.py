@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from speedproxy.admin.api_hls_metrics import with_hls_metrics
 from speedproxy.admin.json_resource import JSONResource
 
 
@@ -40,6 +41,9 @@ class MetricsResource(JSONResource):
         """The segment's figures, and the disk tier's (asked of one worker) when there is one."""
         request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
         control = self.control
+        return with_hls_metrics(control, self._segment_metrics(control))
+
+    def _segment_metrics(self, control: Any) -> Any:
         fanout = getattr(control, "cache_fanout", None)
         if fanout is None or not getattr(getattr(control.config, "cache", None), "disk_path", ""):
             return 200, control.metrics_text()

@@ -163,7 +163,7 @@ def _backend_state(backend: "Backend") -> Dict[str, Any]:
 def active_requests(core: "ProxyCore", limit: int) -> Tuple[int, List[Dict[str, Any]]]:
     """``(count, up to limit of the oldest in-flight requests)`` of ``core``."""
     now = core.clock.seconds()
-    exchanges = [client.exchange for client in list(core.clients) if client.exchange is not None]
+    exchanges = core.in_flight()
     exchanges.sort(key=lambda exchange: exchange.started)
     rows = []
     for exchange in exchanges[: max(limit, 0)]:

@@ -18,6 +18,8 @@ Value = TypeVar("Value")
 
 #: Share of the bytes given to objects read more than once.
 PROTECTED_SHARE = 0.8
+#: Probation objects whose popularity is compared at an eviction (with ``heat``).
+HEAT_SAMPLE = 8
 
 
 class MemoryTier(Generic[Value]):
@@ -86,16 +88,40 @@ class MemoryTier(Generic[Value]):
         self.bytes -= item[1]
         return item[0]
 
+    #: Optional popularity of a key (:mod:`speedproxy.hls.heat`): when set,
+    #: probation evicts the coldest of its :data:`HEAT_SAMPLE` least
+    #: recently used objects instead of the least recently used one.
+    heat: Optional[Callable[[Hashable], float]] = None
+
     def _evict(self) -> None:
         while self.bytes > self.max_bytes:
             segment = self._probation if self._probation else self._protected
-            key, (value, size) = segment.popitem(last=False)
+            if self.heat is not None and segment is self._probation and len(segment) > 1:
+                key = self._coldest()
+                value, size = segment.pop(key)
+            else:
+                key, (value, size) = segment.popitem(last=False)
             if segment is self._protected:
                 self._protected_bytes -= size
             self.bytes -= size
             self.evictions += 1
             if self._on_evict is not None:
                 self._on_evict(key, value)
+
+    def _coldest(self) -> Hashable:
+        """The probation key to evict: the least popular of the oldest few (the first on a tie)."""
+        heat = self.heat
+        assert heat is not None
+        coldest, lowest = None, 0.0
+        for index, key in enumerate(self._probation):
+            if index == HEAT_SAMPLE:
+                break
+            score = heat(key)
+            if coldest is None or score < lowest:
+                coldest, lowest = key, score
+                if score <= 0.0:
+                    break  # nothing is colder than never asked for
+        return coldest
 
     def keys(self) -> Iterator[Hashable]:
         """Every key, most valuable last (no use is counted)."""

@@ -34,6 +34,9 @@ from speedproxy.config.model import (
     CacheKeyConfig,
     Config,
     FilterConfig,
+    AccountingConfig,
+    ClusterConfig,
+    GrpcConfig,
     HealthCheckConfig,
     ProtocolBalancers,
     RouteCacheConfig,
@@ -48,6 +51,7 @@ from speedproxy.config.units import (
     format_duration,
     format_size,
     parse_duration,
+    parse_listen,
     parse_size,
 )
 
@@ -376,22 +380,11 @@ def _networks(problems: _Problems, val: _Val, path: str) -> Tuple[str, ...]:
     return tuple(networks)
 
 
-_LISTEN_V6 = re.compile(r"\[([^\]]+)\]:(\d+)")
-_LISTEN = re.compile(r"([^:\[\]]+):(\d+)")
 
 
 def _listen(problems: _Problems, val: _Val, path: str) -> str:
     text = _text(val)
-    match = _LISTEN_V6.fullmatch(text) or _LISTEN.fullmatch(text)
-    if match is None:
-        raise ValueError(f'expected "host:port" or "[ipv6]:port", got {describe_value(text)}')
-    if text.startswith("["):
-        try:
-            ipaddress.IPv6Address(match.group(1))
-        except ValueError:
-            raise ValueError(f"{match.group(1)!r} is not an IPv6 address") from None
-    if not 1 <= int(match.group(2)) <= 65535:
-        raise ValueError(f"port must be between 1 and 65535, got {match.group(2)}")
+    parse_listen(text)  # ValueError names what is wrong
     return text
 
 
@@ -645,6 +638,36 @@ def _otlp_endpoint(problems: _Problems, val: _Val, path: str) -> str:
     return text
 
 
+def _edge(name: str) -> Converter:
+    """A converter of :mod:`speedproxy.config.edge` (``cors``, ``signed_urls``), imported when used."""
+
+    def convert(problems: _Problems, val: _Val, path: str) -> Any:
+        from speedproxy.config import edge
+
+        return getattr(edge, name)(problems, val, path)
+
+    return convert
+
+
+def _limits(name: str) -> Converter:
+    """A converter of :mod:`speedproxy.config.edge_limits` (``rate_limit``, ``connection_limit``,
+    ``sessions``), imported when used."""
+
+    def convert(problems: _Problems, val: _Val, path: str) -> Any:
+        from speedproxy.config import edge_limits
+
+        return getattr(edge_limits, name)(problems, val, path)
+
+    return convert
+
+
+def _compression(problems: _Problems, val: _Val, path: str) -> Any:
+    """``routing.<name>.compression`` (:mod:`speedproxy.config.compression`)."""
+    from speedproxy.config.compression import compression
+
+    return compression(problems, val, path)
+
+
 def _protocols(problems: _Problems, val: _Val, path: str) -> ProtocolBalancers:
     return _section(problems, val, path, ProtocolBalancers, _PROTOCOL_FIELDS)
 
@@ -685,6 +708,9 @@ _SERVER_FIELDS: Dict[str, Converter] = {
     "queue_timeout": _duration(positive=False),
     "queue_size": _integer(0),
     "cpu_affinity": _cpu_affinity,
+    "allow": _networks,
+    "deny": _networks,
+    "h2_max_concurrent_streams": _integer(1, 65536),
 }
 _SSL_FIELDS: Dict[str, Converter] = {"enabled": _boolean, "cert_file": _string(), "key_file": _string()}
 _ADMIN_FIELDS: Dict[str, Converter] = {
@@ -716,6 +742,7 @@ _BACKEND_FIELDS: Dict[str, Converter] = {
     "health_check": _health_check,
     "admin_url": _http_url,
     "admin_api_key": _string(),
+    "name": _string(),
 }
 #: ``off``: WebSocket upgrades are not forwarded (the request goes on as a
 #: plain GET); event streams use the route's own balancer.
@@ -730,6 +757,14 @@ _ROUTE_FIELDS: Dict[str, Converter] = {
     "filters": _filters,
     "cache": _route_cache,
     "hls": _route_hls,
+    "allow": _networks,
+    "deny": _networks,
+    "cors": _edge("cors"),
+    "signed_urls": _edge("signed_urls"),
+    "rate_limit": _limits("rate_limit"),
+    "connection_limit": _limits("connection_limit"),
+    "sessions": _limits("sessions"),
+    "compression": lambda problems, val, path: _compression(problems, val, path),
 }
 _CACHE_KEY_FIELDS: Dict[str, Converter] = {
     "query": _key_query,
@@ -769,8 +804,68 @@ _TRACING_FIELDS: Dict[str, Converter] = {
     "service_name": _string(non_empty=True),
     "sample_ratio": _fraction,
 }
+
+
+def _grpc_enabled(problems: _Problems, val: _Val, path: str) -> bool:
+    """``grpc.enabled``; true needs grpcio (the ``speedproxy[grpc]`` extra)."""
+    enabled = _boolean(problems, val, path)
+    if enabled:
+        from speedproxy.admin.grpc import grpc_missing
+
+        missing = grpc_missing()
+        if missing is not None:
+            raise ValueError(missing)
+    return enabled
+
+
+_GRPC_FIELDS: Dict[str, Converter] = {
+    "enabled": _grpc_enabled,
+    "host": _string(non_empty=True),
+    "port": _integer(1, 65535),
+}
+
+
+def _redis_address(problems: _Problems, val: _Val, path: str) -> str:
+    """``cluster.redis``: empty, ``redis://...`` or ``sentinel://...`` (:mod:`speedproxy.cluster.address`)."""
+    text = _text(val).strip()
+    if text:
+        from speedproxy.cluster.address import parse_redis_address
+
+        parse_redis_address(text)
+    return text
+
+
+def _node_name(problems: _Problems, val: _Val, path: str) -> str:
+    text = _text(val).strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,100}", text):
+        raise ValueError(f"expected letters, digits and _.:@- (at most 100), got {describe_value(text)}")
+    return text
+
+
+def _collector_url(problems: _Problems, val: _Val, path: str) -> str:
+    text = _text(val).strip()
+    if text and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", text):
+        raise ValueError(f'expected an http(s) URL such as "http://collector:8000/batches", got {describe_value(text)}')
+    return text
+
+
+_CLUSTER_FIELDS: Dict[str, Converter] = {
+    "redis": _redis_address,
+    "node_name": _node_name,
+    "heartbeat": _duration(positive=True),
+    "timeout": _duration(positive=True),
+    "key_prefix": _string(),
+}
+_ACCOUNTING_FIELDS: Dict[str, Converter] = {
+    "interval": _duration(positive=True),
+    "redis_stream": _string(),
+    "collector": _collector_url,
+    "max_buffer": _integer(1, 10_000_000),
+    "routes": _names("route"),
+    "api_key_header": _header_name,
+}
 _FILTER_FIELDS: Dict[str, Converter] = {"name": _string(non_empty=True), "options": lambda problems, val, path: None}
-_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing", "cache", "tracing")
+_TOP_LEVEL = ("server", "ssl", "admin", "backends", "routing", "cache", "tracing", "grpc", "cluster", "accounting", "upstreams")
 
 #: Float fields that are plain numbers; every other float field is a duration.
 _FRACTION_FIELDS = ("retry_budget", "panic_threshold", "sample_ratio")
@@ -864,6 +959,10 @@ def _routing(
         except _Reported:
             continue
         route = RouteConfig(name=name, **fields)
+        if route.rate_limit is not None:
+            from speedproxy.config.edge_limits import check_route
+
+            check_route(problems, item, route_path, route)
         if route.hls.enabled and not route.cache.enabled:
             hls = item.value.get("hls")
             enabled = hls.value.get("enabled") if hls is not None and isinstance(hls.value, dict) else None
@@ -887,6 +986,24 @@ def _routing(
             first_use[key] = name
         routes[name] = route
     return routes
+
+
+def _check_accounting(
+    problems: _Problems, section: Mapping[str, _Val], cluster: Any, accounting: Any, routing: Mapping[str, Any]
+) -> None:
+    """``accounting.redis_stream`` needs ``cluster.redis``; one destination at most; known routes."""
+    val = section.get("accounting")
+    if val is None or not isinstance(val.value, dict):
+        return
+    names = val.value.get("routes")
+    for index, name in enumerate(accounting.routes):
+        if name not in routing:
+            line = names.value[index].line if names is not None and isinstance(names.value, list) else val.line
+            problems.add(line, f"accounting.routes[{index}]", f"no route {name!r} (known: {', '.join(routing) or 'none'})")
+    if accounting.redis_stream and not cluster.redis:
+        problems.add(val.value["redis_stream"].line, "accounting.redis_stream", "needs cluster.redis (the Redis to write to)")
+    if accounting.redis_stream and accounting.collector:
+        problems.add(val.value["collector"].line, "accounting.collector", "give redis_stream or collector, not both")
 
 
 def _resolve(base_dir: str, path: str) -> str:
@@ -913,6 +1030,9 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
     admin = _section(problems, section.get("admin"), "admin", AdminConfig, _ADMIN_FIELDS)
     cache = _section(problems, section.get("cache"), "cache", CacheConfig, _CACHE_FIELDS)
     tracing = _section(problems, section.get("tracing"), "tracing", TracingConfig, _TRACING_FIELDS)
+    grpc = _section(problems, section.get("grpc"), "grpc", GrpcConfig, _GRPC_FIELDS)
+    cluster = _section(problems, section.get("cluster"), "cluster", ClusterConfig, _CLUSTER_FIELDS)
+    accounting = _section(problems, section.get("accounting"), "accounting", AccountingConfig, _ACCOUNTING_FIELDS)
     if ssl.enabled:
         for key in ("cert_file", "key_file"):
             if not getattr(ssl, key):
@@ -939,6 +1059,10 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
                 "no routing section, so the default route needs upstream 'default', which is not "
                 f"in backends (known: {', '.join(known) or 'none'})",
             )
+    from speedproxy.config.upstream_rules import upstreams as _upstreams
+
+    upstreams = _upstreams(problems, section.get("upstreams"), known)
+    _check_accounting(problems, section, cluster, accounting, routing)
     problems.raise_if_any()
 
     if base_dir is not None:
@@ -950,7 +1074,10 @@ def _build(problems: _Problems, root: _Val, base_dir: Optional[str]) -> Config:
             server = dataclasses.replace(server, access_log=_resolve(base_dir, server.access_log))
         if cache.disk_path:
             cache = dataclasses.replace(cache, disk_path=_resolve(base_dir, cache.disk_path))
-    return Config(server=server, ssl=ssl, admin=admin, backends=backends, routing=routing, cache=cache, tracing=tracing)
+    return Config(
+        server=server, ssl=ssl, admin=admin, backends=backends, routing=routing, cache=cache, tracing=tracing,
+        grpc=grpc, cluster=cluster, accounting=accounting, upstreams=upstreams,
+    )
 
 
 # -- public API -------------------------------------------------------------------------
@@ -1031,7 +1158,7 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
         backends[name] = []
         for backend in members:
             data = _dump(backend)
-            for key in ("admin_url", "admin_api_key"):
+            for key in ("admin_url", "admin_api_key", "name"):
                 if not data[key]:
                     del data[key]
             if backend.health_check is None:
@@ -1065,6 +1192,15 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
             live = route.hls.live_playlist_ttl
             data["hls"]["live_playlist_ttl"] = "auto" if live is None else format_duration(live)
             data["hls"]["rate_limit_after"] = format_size(route.hls.rate_limit_after)
+        from speedproxy.config.edge import dump_route
+
+        dump_route(route, data)
+        from speedproxy.config import edge_limits
+
+        edge_limits.dump_route(route, data)
+        from speedproxy.config import compression
+
+        compression.dump_route(route, data)
         routing[name] = data
     result = {
         "server": server,
@@ -1080,6 +1216,16 @@ def config_to_mapping(config: Config) -> Dict[str, Any]:
         result["cache"] = cache
     if config.tracing != TracingConfig():
         result["tracing"] = _dump(config.tracing)
+    if config.grpc != GrpcConfig():
+        result["grpc"] = _dump(config.grpc)
+    if config.cluster != ClusterConfig():
+        result["cluster"] = _dump(config.cluster)
+    if config.accounting != AccountingConfig():
+        result["accounting"] = _dump(config.accounting)
+    if config.upstreams:
+        from speedproxy.config.upstream_rules import dump as dump_upstreams
+
+        result["upstreams"] = dump_upstreams(config.upstreams)
     return result
 
 

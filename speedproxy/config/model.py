@@ -66,6 +66,9 @@ class BackendConfig:
     #: ``cache.cascade_purge``), e.g. ``http://10.0.0.2:9901``, and its key.
     admin_url: str = ""
     admin_api_key: str = ""
+    #: A display name (SpeedMimi's ``name``), shown beside the id in the
+    #: admin API, ``/stats`` and metrics labels; empty: none.
+    name: str = ""
 
     @property
     def address(self) -> str:
@@ -141,15 +144,123 @@ class RouteHlsConfig:
     segment_ttl: float = 7 * 86400.0
     #: Playlist URIs pointing at the origin become relative (players come back through us).
     rewrite_absolute_urls: bool = True
-    #: Bytes/s per client connection (0: unlimited), after ``rate_limit_after`` bytes.
-    #: Accepted, not applied yet.
+    #: Bytes/s per client connection (0: unlimited), after ``rate_limit_after``
+    #: bytes of each response (:mod:`speedproxy.hls.bandwidth`).
     rate_limit: int = 0
     rate_limit_after: int = 2 * 1024 * 1024
-    #: Bytes/s for the whole route (0: unlimited).  Accepted, not applied yet.
+    #: Bytes/s for the whole route (0: unlimited), split between the workers.
     max_bandwidth: int = 0
     #: Master playlists list only variants whose BANDWIDTH (bits/s) is at most
     #: this (0: no cap); a request's ``?max_bw=`` may lower it.
     max_variant_bandwidth: int = 0
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """Cross-origin requests a route allows (:mod:`speedproxy.edge.cors`)."""
+
+    #: Allowed origins (``https://player.example.com``, ``https://*.example.com``) or ``*``.
+    origins: Tuple[str, ...] = ()
+    methods: Tuple[str, ...] = ("GET", "HEAD")
+    #: Request headers a page may send (besides the CORS-safelisted ones), or ``*``.
+    headers: Tuple[str, ...] = ()
+    #: Response headers a page may read (besides the CORS-safelisted ones).
+    expose: Tuple[str, ...] = ()
+    credentials: bool = False
+    #: How long a browser may keep a preflight answer (0: not sent).
+    max_age: float = 600.0
+
+
+@dataclass(frozen=True)
+class SignedUrlsConfig:
+    """Requests of a route must carry a valid HMAC signature (:mod:`speedproxy.edge.signed_urls`)."""
+
+    #: The keys, resolved (the first signs, every one verifies).
+    secrets: Tuple[str, ...] = field(default=(), repr=False)
+    #: The keys as written (``${file:...}``, ``${env:...}`` or the key itself): shown and written back.
+    sources: Tuple[str, ...] = field(default=(), repr=False)
+    param_signature: str = "sig"
+    param_expires: str = "exp"
+    #: The signature also covers the client's IP address.
+    bind_client_ip: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A token bucket per client of a route, shared by the workers (:mod:`speedproxy.edge.rate_limit`)."""
+
+    #: ``requests`` tokens come back every ``per`` seconds...
+    requests: int = 20
+    per: float = 1.0
+    #: ...into a bucket of at most ``burst`` (0: ``requests``).
+    burst: int = 0
+    #: Whose bucket: ``client_ip``, ``header:<Name>`` (the client IP without
+    #: the header) or ``session`` (the client IP without a session).
+    key: str = "client_ip"
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.per
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or self.requests
+
+
+@dataclass(frozen=True)
+class ConnectionLimitConfig:
+    """Requests in flight per client IP on the host (:mod:`speedproxy.edge.connection_limit`)."""
+
+    per_client: int = 32
+    #: Status of a refused request (nginx's ``limit_conn_status`` is 503).
+    status: int = 503
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    """Client sessions on a route (:mod:`speedproxy.edge.sessions`)."""
+
+    #: Requests without a live session are refused (403).
+    required: bool = True
+    #: The cookie (and query parameter) carrying the session id.
+    cookie: str = "spx_session"
+    ttl: float = 4 * 3600.0
+    #: Live sessions one client IP may hold at once.
+    max_per_client: int = 3
+
+
+@dataclass(frozen=True)
+class RouteCompressionConfig:
+    """Responses of a route compressed for clients (:mod:`speedproxy.edge.compression`)."""
+
+    #: Media types compressed (``text/*`` matches every text type).
+    types: Tuple[str, ...] = ("application/vnd.apple.mpegurl", "application/json", "text/*")
+    #: Bodies shorter than this (by ``Content-Length``) are sent as they are.
+    min_size: int = 1024
+    gzip_level: int = 5
+    #: Offer brotli too when the ``brotli`` package is installed (``speedproxy[brotli]``).
+    brotli: bool = True
+    brotli_level: int = 4
+
+
+@dataclass(frozen=True)
+class UpstreamRulesConfig:
+    """What the proxy adds to requests sent to one upstream group, and checks
+    in its answers (:mod:`speedproxy.edge.upstream_credentials`,
+    :mod:`speedproxy.edge.response_validation`)."""
+
+    #: Query parameters added to (replacing any of the same name in) every
+    #: request target: ``(name, value)``, values resolved (secrets).
+    add_query: Tuple[Tuple[str, str], ...] = field(default=(), repr=False)
+    #: Header fields set on every request: ``(name, value)``, values resolved.
+    set_headers: Tuple[Tuple[str, str], ...] = field(default=(), repr=False)
+    #: The values of both as written (``${env:...}``, ``${file:...}`` or
+    #: the value itself): what is shown and written back.
+    add_query_sources: Tuple[Tuple[str, str], ...] = field(default=(), repr=False)
+    set_headers_sources: Tuple[Tuple[str, str], ...] = field(default=(), repr=False)
+    #: Media types a 2xx answer must have (``image/*``); others are a
+    #: backend failure.  Empty: not checked.
+    expect_content_type: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +292,21 @@ class RouteConfig:
     filters: Tuple[FilterConfig, ...] = ()
     cache: RouteCacheConfig = field(default_factory=RouteCacheConfig)
     hls: RouteHlsConfig = field(default_factory=RouteHlsConfig)
+    #: Responses compressed for clients (``None``: never).
+    compression: Optional[RouteCompressionConfig] = None
+    #: Client addresses (CIDR) let in / refused (:mod:`speedproxy.edge.ip_lists`).
+    allow: Tuple[str, ...] = ()
+    deny: Tuple[str, ...] = ()
+    #: Cross-origin requests (``None``: no CORS handling).
+    cors: Optional[CorsConfig] = None
+    #: Signed URLs required (``None``: not required).
+    signed_urls: Optional[SignedUrlsConfig] = None
+    #: Token bucket per client (``None``: no limit; :mod:`speedproxy.edge.rate_limit`).
+    rate_limit: Optional[RateLimitConfig] = None
+    #: Requests in flight per client (``None``: no limit; :mod:`speedproxy.edge.connection_limit`).
+    connection_limit: Optional[ConnectionLimitConfig] = None
+    #: Sessions (``None``: none; :mod:`speedproxy.edge.sessions`).
+    sessions: Optional[SessionsConfig] = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +376,13 @@ class ServerConfig:
     #: CPU the master may use) or CPU numbers, one per worker, cycled
     #: (:mod:`speedproxy.master.affinity`).
     cpu_affinity: Union[str, Tuple[int, ...]] = "off"
+    #: Client addresses (CIDR) let in / refused on every route, before the
+    #: route's own lists (:mod:`speedproxy.edge.ip_lists`); empty: no check.
+    allow: Tuple[str, ...] = ()
+    deny: Tuple[str, ...] = ()
+    #: Streams an HTTP/2 client may have open at once on one connection
+    #: (SETTINGS_MAX_CONCURRENT_STREAMS; :mod:`speedproxy.proxy.http2`).
+    h2_max_concurrent_streams: int = 128
 
 
 @dataclass(frozen=True)
@@ -289,6 +422,58 @@ class TracingConfig:
     sample_ratio: float = 1.0
 
 
+@dataclass(frozen=True)
+class GrpcConfig:
+    """The gRPC management service of the master (SpeedMimi's ``grpc`` section).
+
+    Needs the ``speedproxy[grpc]`` extra (grpcio); see
+    :mod:`speedproxy.admin.grpc`.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9090
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The fleet: nodes sharing limits, sessions and purges through Redis (:mod:`speedproxy.cluster`)."""
+
+    #: ``redis://host:port/db`` or ``sentinel://host:26379,host2:26379/service/db``;
+    #: empty: no fleet, state stays on this host.
+    redis: str = ""
+    #: This node's name in the fleet; empty: the host name.
+    node_name: str = ""
+    #: How often a node renews its registration (it is forgotten after 3 missed).
+    heartbeat: float = 2.0
+    #: A Redis command without an answer this long counts as Redis being down.
+    timeout: float = 0.5
+    #: Prefix of every key and channel speedproxy uses in Redis.
+    key_prefix: str = "speedproxy:"
+
+
+@dataclass(frozen=True)
+class AccountingConfig:
+    """Traffic accounting: bytes and requests per session, key and route (:mod:`speedproxy.cluster.accounting`)."""
+
+    #: How often the counts are flushed.
+    interval: float = 10.0
+    #: A Redis stream (``XADD``) to flush to; needs ``cluster.redis``.
+    redis_stream: str = ""
+    #: An HTTP(S) URL that gets each batch as a JSON ``POST``.
+    collector: str = ""
+    #: Records kept while the destination is down; past it they are dropped (and counted).
+    max_buffer: int = 10000
+    #: Routes accounted; empty: every route (when a destination is set).
+    routes: Tuple[str, ...] = ()
+    #: Request header holding the API key accounted (its SHA-256 prefix is recorded, never the key).
+    api_key_header: str = "X-API-Key"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_stream or self.collector)
+
+
 def _default_backends() -> Mapping[str, Tuple[BackendConfig, ...]]:
     return {"default": (BackendConfig(id="backend1", host="127.0.0.1", port=8081),)}
 
@@ -308,6 +493,12 @@ class Config:
     routing: Mapping[str, RouteConfig] = field(default_factory=_default_routing)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    #: Per upstream group (a ``backends:`` name): credentials added to its
+    #: requests, content types expected of its answers.
+    upstreams: Mapping[str, UpstreamRulesConfig] = field(default_factory=dict)
     #: The file this config was read from, if any.
     source: Optional[str] = None
 
@@ -321,4 +512,12 @@ def restart_required(old: Config, new: Config) -> List[str]:
         keys.append("admin.listen")
     if old.ssl.enabled != new.ssl.enabled:
         keys.append("ssl.enabled")
+    if old.grpc != new.grpc:
+        keys.append("grpc")
+    if old.cluster != new.cluster:
+        keys.append("cluster")
+    if old.accounting.enabled != new.accounting.enabled or (
+        old.accounting.redis_stream, old.accounting.collector, old.accounting.interval, old.accounting.max_buffer
+    ) != (new.accounting.redis_stream, new.accounting.collector, new.accounting.interval, new.accounting.max_buffer):
+        keys.append("accounting (its destination, interval and bound; routes apply at once)")
     return keys

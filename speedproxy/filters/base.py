@@ -9,7 +9,7 @@ from zope.interface import implementer
 from speedproxy.filters.interface import IFilter
 
 if TYPE_CHECKING:  # pragma: no cover
-    from speedproxy.filters.messages import FilterRequest, FilterResponse
+    from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
 
 
 @implementer(IFilter)
@@ -34,6 +34,9 @@ class Filter:
         return None
 
     def error(self, request: "FilterRequest", status: int) -> object:
+        return None
+
+    def local_response(self, request: "FilterRequest", response: "LocalResponse") -> None:
         return None
 
     def finished(self, request: "FilterRequest", complete: bool) -> None:

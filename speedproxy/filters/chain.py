@@ -21,7 +21,9 @@ class FilterChain:
     to first, so the filter nearest the backend sees the response first.
     """
 
-    __slots__ = ("filters", "_reversed", "_body_filters", "_finishers", "wants_body", "rewrites_body")
+    __slots__ = (
+        "filters", "_reversed", "_body_filters", "_finishers", "_decorators", "wants_body", "rewrites_body"
+    )
 
     def __init__(self, filters: Sequence[IFilter]) -> None:
         self.filters = tuple(filters)
@@ -33,6 +35,10 @@ class FilterChain:
         self.rewrites_body = any(getattr(f, "rewrites_body", False) for f in self._body_filters)
         #: Filters with a ``finished`` hook of their own (the base one does nothing).
         self._finishers = tuple(f for f in self.filters if getattr(type(f), "finished", None) is not Filter.finished)
+        #: Filters with a ``local_response`` hook of their own, last to first.
+        self._decorators = tuple(
+            f for f in self._reversed if getattr(type(f), "local_response", Filter.local_response) is not Filter.local_response
+        )
 
     def request(self, request: FilterRequest, start: int = 0) -> RequestOutcome:
         """Run the request hooks from filter ``start`` on.
@@ -80,6 +86,16 @@ class FilterChain:
             if replacement is not None:
                 return replacement
         return None
+
+    @property
+    def decorates(self) -> bool:
+        """Does some filter want to see local answers (:meth:`local_response`)?"""
+        return bool(self._decorators)
+
+    def local_response(self, request: FilterRequest, response: LocalResponse) -> None:
+        """Let the filters that ask for it see (and add to) a local answer."""
+        for item in self._decorators:
+            item.local_response(request, response)
 
     def finished(self, request: FilterRequest, complete: bool) -> None:
         for item in self._finishers:

@@ -102,6 +102,19 @@ class IFilter(Interface):
     def finished(request: "FilterRequest", complete: bool) -> None:
         """The request is over; ``complete``: a backend's response was relayed whole."""
 
+    def local_response(request: "FilterRequest", response: "LocalResponse") -> None:
+        """An answer made here rather than by a backend is about to be sent.
+
+        Called for every :class:`LocalResponse` of the request, whichever
+        filter made it (a cache hit, a refusal, a stale answer, a shared
+        revalidated one), before anything is written: the filter may add
+        headers (``response.headers``: ``(name, value)`` bytes) or change
+        ``response.body`` (read ``response.file`` first if it is set, and
+        drop it).  Response headers a filter adds to backend answers in
+        :meth:`response_head` are added to local ones here (CORS).  Only
+        filters overriding the base class's hook are called; last to first.
+        """
+
 
 class FilterContext:
     """What a filter may use: the worker's reactor and the route's name."""

@@ -11,11 +11,14 @@ filters of :mod:`speedproxy.hls.filter` around its cache filter.  Modules:
   knows of, per route;
 - :mod:`~speedproxy.hls.viewers`: sequential viewing vs seeking;
 - :mod:`~speedproxy.hls.prefetch`: fetching the next segments into the cache;
+- :mod:`~speedproxy.hls.streams`: per-stream figures (viewers, bytes, hit ratio);
+- :mod:`~speedproxy.hls.bandwidth`: ``rate_limit`` and ``max_bandwidth`` pacing;
+- :mod:`~speedproxy.hls.heat`: decaying popularity for the memory tier;
+- :mod:`~speedproxy.hls.warmup`: warm-up jobs (``/api/v1/hls/warmup``);
 - :mod:`~speedproxy.hls.filter`: the filters, and the per-worker state and
   counters (:func:`~speedproxy.hls.filter.hls_info`).
 
-Not here yet (see README.rst, "HLS"): LL-HLS parts and blocking playlist
-reloads, warmup and streams API calls, popularity-driven memory tier,
-bandwidth limits (``rate_limit``, ``max_bandwidth`` are accepted, not
-applied), Prometheus metrics, stream knowledge shared between workers.
+Workers do not share what they know of viewers (each follows the
+connections it serves); per-stream figures are summed by the admin API
+(:mod:`speedproxy.admin.api_hls_streams`).
 """

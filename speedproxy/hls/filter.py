@@ -11,7 +11,12 @@ lifetimes (``view.state["lifetime_override"]``, the cache's documented
 hook) and to refresh stale playlists once for all players
 (``collapse_stale``), learns the streams from the playlists that pass or are
 served from the cache, follows viewers and prefetches the segments after
-the one a sequential viewer asks for.
+the one a sequential viewer asks for.  It also puts the route's bandwidth
+limits on client connections (:mod:`speedproxy.hls.bandwidth`, only when
+the route has some), accounts every request to its stream
+(:mod:`speedproxy.hls.streams`) and heats the segments players ask for
+(:mod:`speedproxy.hls.heat`).  The cache key of the route always keeps the
+LL-HLS directives (:func:`key_ll_hls`).
 
 :class:`HlsRewriteFilter` (after the cache, so on misses only) rewrites
 playlists coming from the origin (variant cap, absolute URIs); the cache
@@ -20,15 +25,18 @@ stores and serves the rewritten playlist.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.logger import Logger
 
 from speedproxy.cache.entry import CachedObject, VaryMarker
+from speedproxy.cache.fetch import InternalClient
 from speedproxy.cache.keys import variant_key
 from speedproxy.config.model import RouteConfig, RouteHlsConfig
 from speedproxy.filters.base import Filter
 from speedproxy.filters.messages import FilterRequest, FilterResponse
+from speedproxy.hls.bandwidth import RouteBucket, throttle_for, worker_share
+from speedproxy.hls.heat import heat_of
 from speedproxy.hls.playlist import (
     SEGMENT,
     Playlist,
@@ -37,10 +45,12 @@ from speedproxy.hls.playlist import (
     is_segment_type,
     parse_playlist,
     playlist_lifetime,
+    playlist_outline,
 )
 from speedproxy.hls.prefetch import PREFETCH_HEADER_LOWER, Prefetcher
 from speedproxy.hls.registry import StreamRegistry
 from speedproxy.hls.rewrite import origin_hosts, rewrite_playlist
+from speedproxy.hls.streams import StreamFigures
 from speedproxy.hls.viewers import ViewerTracker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +62,9 @@ log = Logger(namespace="speedproxy.hls")
 
 #: Playlists larger than this are neither parsed nor rewritten (relayed as they are).
 MAX_PLAYLIST = 8 * 1024 * 1024
+#: Playlists larger than this (some 400 segments, ~7 ms of m3u8) are parsed
+#: in the reactor's thread pool, not in the reactor (see :mod:`speedproxy.hls.playlist`).
+THREAD_PARSE = 16 * 1024
 
 #: What a request is, in ``view.state["hls"]``.
 PLAYLIST = "playlist"
@@ -71,7 +84,14 @@ class HlsRoute:
         self.registry = StreamRegistry()
         self.viewers = ViewerTracker()
         self.prefetcher = Prefetcher(core)
-        self.counters: Dict[str, float] = {"playlists_parsed": 0, "parse_seconds": 0.0, "live_segments_seen": 0}
+        self.streams = StreamFigures()
+        #: The ``max_bandwidth`` bucket of the route in this worker, if limited.
+        self.bandwidth: Optional[RouteBucket] = None
+        self.counters: Dict[str, float] = {
+            "playlists_parsed": 0, "parse_seconds": 0.0, "live_segments_seen": 0, "threaded_parses": 0
+        }
+        #: Versions of stored playlists being parsed in the thread pool.
+        self.parsing: Set[float] = set()
 
     def parsed(self, playlist: Optional[Playlist], seconds: float = 0.0) -> None:
         self.counters["playlists_parsed"] += 1
@@ -84,8 +104,12 @@ class HlsRoute:
             "playlists_parsed": int(self.counters["playlists_parsed"]),
             "parse_ms": round(self.counters["parse_seconds"] * 1000.0, 3),
             "live_segments_seen": int(self.counters["live_segments_seen"]),
+            "threaded_parses": int(self.counters["threaded_parses"]),
+            "served_bytes": self.streams.served_bytes,
+            "origin_bytes": self.streams.origin_bytes,
         }
         figures.update(self.registry.info())
+        figures["streams"] = self.streams.info(now)
         return figures
 
 
@@ -159,15 +183,12 @@ class Lifetimes:
         settings = self.settings
         if self._kind(headers, lowered) != PLAYLIST:
             return settings.segment_ttl or None
-        playlist = self.state.get("hls_parsed")
-        if playlist is None:
-            if body is None or len(body) > MAX_PLAYLIST:
-                return None
-            playlist = parse_playlist(body)
-            if playlist is None:
-                return None
-            self.state["hls_parsed"] = playlist
-        return playlist_lifetime(playlist, settings.live_playlist_ttl, settings.vod_playlist_ttl)
+        if body is None or len(body) > MAX_PLAYLIST:
+            return None
+        outline = playlist_outline(body)  # a scan, not a parse: the cache is storing now
+        if outline is None:
+            return None
+        return playlist_lifetime(outline, settings.live_playlist_ttl, settings.vod_playlist_ttl)
 
 
 class HlsFilter(Filter):
@@ -182,7 +203,30 @@ class HlsFilter(Filter):
         self.settings = config.hls
         self.cache = cache
         self.route = route_state(core, config.name)
+        self.heat = heat_of(core)
+        self.throttle = self._throttle(core, self.settings)
         self._key_headers = tuple(name.lower().encode("latin-1") for name in config.cache.key.headers)
+
+    def _throttle(self, core: "ProxyCore", settings: RouteHlsConfig) -> Optional[Callable[["Exchange"], Any]]:
+        """What paces a client connection of this route (``None``: no limits, nothing to pay)."""
+        rate, after, total = settings.rate_limit, settings.rate_limit_after, settings.max_bandwidth
+        if not rate and not total:
+            self.route.bandwidth = None
+            return None
+        bucket = None
+        if total:
+            share = worker_share(total, core.config.server.workers)
+            route_bucket = self.route.bandwidth
+            if route_bucket is None:
+                route_bucket = self.route.bandwidth = RouteBucket(share, core.clock.seconds())
+            route_bucket.set_rate(share)
+            bucket = route_bucket.bucket
+        reactor = core.reactor
+
+        def throttle(exchange: "Exchange") -> Any:
+            return throttle_for(exchange, reactor, rate, after, bucket)
+
+        return throttle
 
     def _hosts(self, exchange: "Exchange") -> frozenset:
         request_host = exchange.request.host
@@ -199,20 +243,41 @@ class HlsFilter(Filter):
             return None
         state = view.state
         path = request.path
-        if is_playlist_path(path) or self.route.registry.version(path.decode("latin-1")) is not None:
+        registry = self.route.registry
+        throttle = self.throttle
+        if throttle is not None:
+            if type(exchange.client) is not InternalClient:
+                throttle(exchange)
+        elif getattr(exchange.client, "hls_throttle", None) is not None:
+            exchange.client.hls_throttle.configure(0, 0, None)  # limits gone (a reload): unpaced
+        if is_playlist_path(path) or registry.version(path.decode("latin-1")) is not None:
             state["hls"] = PLAYLIST
             state["lifetime_override"] = Lifetimes(self.settings, PLAYLIST, state)
             state["collapse_stale"] = True
+            text = path.decode("latin-1")
+            group = registry.groups.get(text)  # a rendition some master playlist lists
+            if group is not None:
+                state["hls_stream"] = (group[0], text)
+            elif text in registry.renditions:
+                state["hls_stream"] = (text, text)
+            else:
+                state["hls_stream"] = (text, None)
             return None
         target = (path + request.query).decode("latin-1")
-        ref = self.route.registry.segment(target)
+        ref = registry.segment(target)
         if ref is None:
             state["hls"] = OTHER
             state["lifetime_override"] = Lifetimes(self.settings, OTHER, state)
             return None
         state["hls"] = ref.role
         state["lifetime_override"] = Lifetimes(self.settings, ref.role, state)
-        if ref.role == SEGMENT and PREFETCH_HEADER_LOWER not in request.lowered:
+        rendition = ref.rendition
+        state["hls_stream"] = (registry.group_of(rendition)[0], rendition.path)
+        if (
+            ref.role == SEGMENT
+            and PREFETCH_HEADER_LOWER not in request.lowered
+            and type(exchange.client) is not InternalClient  # warm-ups are no viewers
+        ):
             self._viewer_asked(exchange, ref)
         return None
 
@@ -253,6 +318,22 @@ class HlsFilter(Filter):
             self.settings.max_prefetch_downloads,
         )
 
+    def _account(self, exchange: "Exchange", stream: Tuple[str, Optional[str]]) -> None:
+        """Per-stream figures of a request that is over."""
+        internal = type(exchange.client) is InternalClient
+        origin = exchange.bytes_sent if exchange.upstream_started else 0
+        viewer = None
+        if not internal:
+            request = exchange.request
+            agent = b""
+            if b"user-agent" in request.lowered:
+                agent = request.headers[request.lowered.index(b"user-agent")][1]
+            viewer = (exchange.client_ip, agent)
+        self.route.streams.finished(
+            self.core.clock.seconds(), stream[0], stream[1], viewer,
+            0 if internal else exchange.bytes_sent, origin, not exchange.upstream_started,
+        )
+
     # -- response side: learning from playlists -----------------------------------------
 
     def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
@@ -284,15 +365,36 @@ class HlsFilter(Filter):
         if chunks is None:
             return None
         exchange: "Exchange" = view._exchange
-        playlist = state.get("hls_parsed")  # parsed already when the cache stored it
-        if playlist is None:
-            playlist = parse_playlist(b"".join(chunks))
+        state["hls_learned"] = True
+        self._parse(b"".join(chunks), self._learn_passed, view, exchange)
+        return None
+
+    def _parse(self, body: bytes, then: Callable[..., None], *args: Any) -> None:
+        """``then(playlist, *args)`` once ``body`` is parsed: at once for a small
+        body, from the reactor's thread pool for one over :data:`THREAD_PARSE`."""
+        reactor = self.core.reactor
+        pool = getattr(reactor, "getThreadPool", None)
+        if len(body) <= THREAD_PARSE or pool is None:
+            then(parse_playlist(body), *args)
+            return
+        from twisted.internet.threads import deferToThreadPool
+
+        self.route.counters["threaded_parses"] += 1
+        call = deferToThreadPool(reactor, pool(), parse_playlist, body)
+        call.addCallback(then, *args)
+        call.addErrback(lambda failure: log.failure("hls: parsing a playlist failed", failure))
+
+    def _learn_passed(self, playlist: Optional[Playlist], view: FilterRequest, exchange: "Exchange") -> None:
+        """Learn a playlist that passed this filter (from the origin, or a cache hit)."""
+        state = view.state
         self.route.parsed(playlist)
         if playlist is None:
-            return None
-        state["hls_learned"] = True
+            state["hls_learned"] = False
+            return
+        # The version stored, when finished() ran before a threaded parse was done.
+        version = state.get("hls_version", -1.0)
         fresh = self.route.registry.learn(
-            exchange.request.path.decode("latin-1"), playlist, self._hosts(exchange), version=-1.0
+            exchange.request.path.decode("latin-1"), playlist, self._hosts(exchange), version=version
         )
         if fresh and playlist.is_live and state.get("stored"):
             # A live playlist this worker fetched lists new segments: the
@@ -301,13 +403,21 @@ class HlsFilter(Filter):
             depth = self.settings.prefetch_depth
             if depth > 0 and self.settings.max_prefetch_downloads > 0:
                 self._prefetch(exchange, fresh[-depth:])
-        return None
 
     def finished(self, view: FilterRequest, complete: bool) -> None:
         """A playlist request is over: learn the version the cache holds now
         (served from the cache, maybe stored by another worker)."""
         state = view.state
-        if state.get("hls") != PLAYLIST:
+        stream = state.get("hls_stream")
+        if stream is not None:
+            self._account(view._exchange, stream)
+        kind = state.get("hls")
+        if kind == SEGMENT:
+            key = state.get("key")
+            if key is not None and type(view._exchange.client) is not InternalClient:
+                self.heat.touch(key)  # a player's demand (not a prefetch's, nor a warm-up's)
+            return
+        if kind != PLAYLIST:
             return
         key = state.get("key")
         tiers = self.core.cache
@@ -324,16 +434,25 @@ class HlsFilter(Filter):
         registry = self.route.registry
         version = entry.policy.response_time
         if state.get("hls_learned"):
+            state["hls_version"] = version
             registry.set_version(path, version)
             return
         if registry.version(path) == version or len(entry.body) > MAX_PLAYLIST:
             return
         if not is_playlist_path(request.path) and not is_playlist_type(entry.header(b"content-type")):
             return
-        playlist = parse_playlist(entry.body)
-        self.route.parsed(playlist)
-        if playlist is not None:
-            registry.learn(path, playlist, self._hosts(exchange), version=version)
+        if version in self.route.parsing:
+            return  # this version is being parsed (in the thread pool) for another request
+        hosts = self._hosts(exchange)
+        self.route.parsing.add(version)
+
+        def learn(playlist: Optional[Playlist]) -> None:
+            self.route.parsing.discard(version)
+            self.route.parsed(playlist)
+            if playlist is not None:
+                registry.learn(path, playlist, hosts, version=version)
+
+        self._parse(entry.body, learn)
 
 
 class HlsRewriteFilter(Filter):
@@ -450,14 +569,30 @@ def _bits(raw: bytes) -> int:
     return int(number * scale)
 
 
+#: LL-HLS delivery directives (RFC 8216bis 6.2.5.2): a blocking playlist
+#: reload names the media sequence number and part it waits for, and a
+#: delta update what it may skip; the answers differ, so they are part of the key.
+LL_HLS_DIRECTIVES = (b"_HLS_msn", b"_HLS_part", b"_HLS_skip")
+
+
+def key_ll_hls(cache: "CacheFilter") -> None:
+    """Keep the LL-HLS directives in the cache key of ``cache`` whatever its
+    route's ``cache.key`` says (``query: none``, a list, ``ignore_query``).
+
+    With them in the key, players held on the same blocking reload share
+    one cache fill: the first one's request goes to the origin and is held
+    there; the others wait for its answer (in the worker, the fill; across
+    workers, the disk tier's lock), and later ones get it from the cache.
+    """
+    query = cache._query
+    if query == "none":
+        cache._query = frozenset(LL_HLS_DIRECTIVES)
+    elif not isinstance(query, str):
+        cache._query = frozenset(query) | frozenset(LL_HLS_DIRECTIVES)
+    cache._ignore = frozenset(cache._ignore) - frozenset(LL_HLS_DIRECTIVES)
+
+
 def build_hls_filters(core: "ProxyCore", config: RouteConfig, cache: "CacheFilter") -> Tuple[Filter, Filter]:
     """The filters to put before and after the route's cache filter."""
-    settings = config.hls
-    inactive = [name for name in ("rate_limit", "max_bandwidth") if getattr(settings, name)]
-    if inactive:
-        log.warn(
-            "route {route}: hls.{names} accepted but not applied yet",
-            route=config.name,
-            names=", hls.".join(inactive),
-        )
+    key_ll_hls(cache)
     return HlsFilter(core, config, cache), HlsRewriteFilter(core, config)

@@ -15,7 +15,7 @@ endings), so a player sees the origin's playlist minus what was taken out.
 from __future__ import annotations
 
 import re
-from typing import Collection, List, Optional, Tuple
+from typing import Callable, Collection, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 _BANDWIDTH = re.compile(r"(?:^|,)\s*BANDWIDTH=(\d+)")
@@ -135,3 +135,29 @@ def origin_hosts(request_host: bytes, backends: Collection[Tuple[str, int, str]]
         if (scheme, port) in (("http", 80), ("https", 443)):
             hosts.add(name)
     return frozenset(hosts)
+
+
+def map_uris(body: bytes, transform: Callable[[str], str]) -> bytes:
+    """The playlist ``body`` with every URI (URI lines and ``URI="..."``
+    attributes) replaced by ``transform(uri)``; everything else kept byte
+    for byte.  Returns ``body`` itself when nothing changes (signed URIs,
+    :mod:`speedproxy.edge.signed_urls`)."""
+    text = body.decode("utf-8", "surrogateescape")
+    out: List[str] = []
+    changed = False
+    for line in text.splitlines(keepends=True):
+        content, ending = _split_ending(line)
+        if content.startswith("#"):
+            new = _URI_ATTRIBUTE.sub(lambda match: match.group(1) + transform(match.group(2)) + match.group(3), content)
+        elif content.strip():
+            new = transform(content.strip())
+            new = new if new != content.strip() else content
+        else:
+            new = content
+        if new != content:
+            changed = True
+            line = new + ending
+        out.append(line)
+    if not changed:
+        return body
+    return "".join(out).encode("utf-8", "surrogateescape")

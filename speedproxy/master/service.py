@@ -42,6 +42,7 @@ from speedproxy.master.control import (
     Shutdown,
 )
 from speedproxy.master.cache_fanout import MasterCacheFanout
+from speedproxy.cluster.amp import AccountingRows
 from speedproxy.master.affinity import pinner
 from speedproxy.master.environment import last_level_cache, worker_environment
 from speedproxy.accesslog import ACCESS_LOG_FD
@@ -95,6 +96,13 @@ class MasterControl(amp.AMP):
     @Ready.responder
     def ready(self, pid: int, slot: int, version: int) -> dict:
         self.master.worker_ready(self.handle, pid, version)
+        return {}
+
+    @AccountingRows.responder
+    def accounting_rows(self, rows: bytes, dropped: int) -> dict:
+        """A worker's traffic accounting counts (kept when accounting is on)."""
+        if self.master.accounting is not None:
+            self.master.accounting.add_json(rows, dropped)
         return {}
 
     @Invalidated.responder
@@ -211,6 +219,10 @@ class MasterService(Service):
         self._cache_bytes = last_level_cache() if self._pypy else None
         #: The admin API's way to the workers' caches.
         self.cache_fanout = MasterCacheFanout(self)
+        #: This node's place in the fleet (``cluster.redis``; ``None``: alone).
+        self.fleet: Any = None
+        #: Traffic accounting (``accounting``; ``None``: off).
+        self.accounting: Any = None
 
     # -- start ---------------------------------------------------------------
 
@@ -249,6 +261,12 @@ class MasterService(Service):
         self.reader = StatsReader(self.segment)
         self.index.assign_config(config, layout)
         self._start_admin()
+        from speedproxy.cluster.node import start_fleet
+
+        from speedproxy.cluster.accounting import start_accounting
+
+        self.fleet = start_fleet(self)
+        self.accounting = start_accounting(self)
         from speedproxy.health.http import HTTPHealthChecker
         from speedproxy.health.monitor import HealthMonitor
 
@@ -611,7 +629,11 @@ class MasterService(Service):
     def metrics_text(self, cache_disk: Optional[Dict[str, Any]] = None) -> bytes:
         """Prometheus text; ``cache_disk``: the disk tier's figures, if known."""
         assert self.reader is not None
-        return render_metrics(SegmentCollector(self.reader, self.state, cache_disk))
+        text = render_metrics(SegmentCollector(self.reader, self.state, cache_disk))
+        for part in (self.fleet, self.accounting):  # speedproxy.cluster's own figures
+            if part is not None:
+                text += part.metrics_text()
+        return text
 
     def broadcast(self, command: Any, **arguments: Any) -> Deferred:
         """Send one command to every live worker; fires with their answers."""
@@ -775,6 +797,10 @@ class MasterService(Service):
             self.admin_port.stopListening()
         if self.admin_site is not None:
             self.admin_site.stop()
+        if self.accounting is not None:
+            self.accounting.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
 
         def kill_stragglers() -> None:
             for handle in self.workers.values():
@@ -792,10 +818,11 @@ class MasterService(Service):
                 timer.cancel()
             if self.segment is not None:
                 self.segment.close()
-            try:
-                os.unlink(self._stats_path)
-            except OSError:
-                pass
+            for path in (self._stats_path, self._stats_path + ".edge"):  # .edge: speedproxy.edge.host_table
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             log.info("speedproxy master stopped")
             return result
 

@@ -201,6 +201,12 @@ class ClientConnection(Protocol):
                             # (bare LF, HTTP/0.9, NUL...): no waiting for a timeout.
                             self._checked = check_partial_head(buffer, server.max_request_line, self._checked)
                         except ProtocolError as error:
+                            if error.status == 505 and not self.requests:
+                                from speedproxy.proxy.http2 import is_preface, take_over
+
+                                if is_preface(buffer):
+                                    take_over(self, buffer)  # the start of an HTTP/2 preface
+                                    return
                             self._refuse(error.status, error.code, error.detail)
                             return
                     if len(buffer) > server.max_header_size or end > server.max_header_size:
@@ -224,6 +230,12 @@ class ClientConnection(Protocol):
             request = parse_request_head(head, server.max_request_line)
             path = normalise_path(request.path, server.merge_slashes, server.escaped_slashes == "keep")
         except ProtocolError as error:
+            if error.status == 505 and head == b"PRI * HTTP/2.0" and not self.requests:
+                # HTTP/2: ALPN chose h2, or h2c with prior knowledge.
+                from speedproxy.proxy.http2 import take_over
+
+                take_over(self, head + b"\r\n\r\n" + self._buffer)
+                return
             self._refuse(error.status, error.code, error.detail)
             return
         except PathError as error:

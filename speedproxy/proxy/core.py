@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from speedproxy import __version__
 from speedproxy.accesslog import AccessLogFormatter, IAccessLog, JsonAccessLogFormatter, open_access_log
 from speedproxy.config.model import Config, ServerConfig
+from speedproxy.edge.upstream_credentials import rules_for
 from speedproxy.panic import describe as describe_panic, group_threshold
 from speedproxy.proxy.backlog import Backlog
 from speedproxy.proxy.forwarding import ClientAddressResolver
@@ -169,6 +170,7 @@ class ProxyCore:
         server = config.server
         group.panic_threshold = group_threshold(config.backends.get(name, ()), server.panic_threshold)
         group.stats_index = stats_index.upstreams.get(name, -1)
+        group.rules = rules_for(config.upstreams.get(name))
         group.update_panic()
         if group.backlog is None:
             group.backlog = Backlog(self.clock, group, self.shared)
@@ -276,12 +278,23 @@ class ProxyCore:
         """
         config = backend.config
         closed = self.pool.close_backend(config.host, config.port) if close_idle else 0
-        for client in list(self.clients):
-            exchange = client.exchange
-            if exchange is not None and exchange.backend is backend and exchange.upstream is not None:
+        for exchange in self.in_flight():
+            if exchange.backend is backend and exchange.upstream is not None:
                 exchange.cut_by_operator()
                 closed += 1
         return closed
+
+    def in_flight(self) -> List["Exchange"]:
+        """Every exchange in progress: one per HTTP/1.1 connection, one per HTTP/2 stream."""
+        found = []
+        for client in list(self.clients):
+            exchange = client.exchange
+            if exchange is not None:
+                found.append(exchange)
+            streams = getattr(client, "streams", None)  # speedproxy.proxy.http2
+            if streams:
+                found.extend(stream.exchange for stream in list(streams.values()) if stream.exchange is not None)
+        return found
 
     def start(self) -> None:
         """Start the timers of the data path."""

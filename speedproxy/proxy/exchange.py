@@ -256,6 +256,7 @@ class Exchange:
             return
         if self.waiting is not None:
             self._leave_queue()
+        self._decorate(response)
         body = response.file
         if body is not None and self.request.method != b"HEAD" and self.client.plain:
             transport = self.client.transport
@@ -264,6 +265,19 @@ class Exchange:
                 return
         self._write_local(response)
         self._finish()
+
+    def _decorate(self, response: LocalResponse) -> None:
+        """Show a local answer to the filters that add to every answer (CORS)."""
+        view = self.view
+        if view is None:
+            return
+        chain = self.route.filters  # type: ignore[union-attr]
+        if chain is None or not chain.decorates:
+            return
+        try:
+            chain.local_response(view, response)
+        except Exception:
+            _log.failure("filter on route {route} failed on a local answer", route=self.route.name)  # type: ignore[union-attr]
 
     def _send_file(self, response: LocalResponse, body: LocalBody, transport: Any) -> None:
         """Send a local response whose body is a file region with sendfile(2)."""
@@ -447,10 +461,14 @@ class Exchange:
         else:
             framing = b""
         client = self.client
+        target, headers, lowered = request.target, request.headers, request.lowered
+        rules = self.balanced.group.rules  # type: ignore[union-attr]
+        if rules is not None:  # credentials of the upstream (speedproxy.edge.upstream_credentials)
+            target, headers, lowered = rules.outgoing(target, headers, lowered)
         head = upstream_request_head(
             request.method,
-            request.target,
-            request.headers,
+            target,
+            headers,
             request.connection_tokens,
             peer=client.peer_ip,
             client_ip=self.client_ip,
@@ -459,7 +477,7 @@ class Exchange:
             request_id=self.request_id,
             framing=framing,
             upgrade=self.upgrade,
-            lowered=request.lowered,
+            lowered=lowered,
             default_host=b"" if request.host else connection.backend.config.address.encode("ascii"),
             trace=self.trace,
             drop_tracestate=request.traceparent is None and request.tracestate is not None,
@@ -534,6 +552,21 @@ class Exchange:
         else:
             self.fail(504, "gateway_timeout", "the backend did not answer in time")
 
+    def unexpected_response(self, detail: str) -> None:
+        """The backend answered with a type its upstream must not send
+        (:mod:`speedproxy.edge.response_validation`): a failure of that
+        backend; another one is tried if the retry rules allow."""
+        connection = self.upstream
+        self.upstream = None
+        if connection is not None:
+            connection.abort()  # its body is never read, never relayed
+        self._release_backend(True)
+        self._last_error = (502, "bad_gateway", detail)
+        if self._may_retry():
+            self._connect()
+        else:
+            self.fail(*self._last_error)
+
     def upstream_bad_response(self, detail: str, got_response: bool) -> None:
         """The backend sent something that is not valid HTTP/1.1."""
         self.upstream = None
@@ -547,6 +580,11 @@ class Exchange:
 
     def response_head(self, response: ResponseHead, no_body: bool) -> None:
         """Send the backend's response head on to the client."""
+        if self.backend is not None:
+            rules = self.balanced.group.rules  # type: ignore[union-attr]
+            if rules is not None and rules.rejects(response):
+                self.unexpected_response(rules.expect.reason(response))
+                return
         filtered = self.filtered
         if filtered is not None:
             chain = self.route.filters  # type: ignore[union-attr]
@@ -562,6 +600,7 @@ class Exchange:
                 self.response_started = True
                 if self.backend is not None:
                     self.backend.record_response_time(self.core.clock.seconds() - self.upstream_started)
+                self._decorate(replacement)
                 self._write_local(replacement)
                 return
             if chain.rewrites_body and response.content_length is not None and not no_body:  # type: ignore[union-attr]
@@ -760,6 +799,8 @@ class Exchange:
             connection.transport.loseConnection()
         self._release_backend(False)
         self.core.log_exchange(self, 101)
+        if self.view is not None:
+            self._filters_finished()  # a connection limit counted this tunnel until now
         self.client.exchange_finished(self, False)
 
     # -- events from the client side ---------------------------------------
@@ -858,6 +899,7 @@ class Exchange:
                 replacement = None
             if replacement is not None:  # e.g. a stale response (stale-if-error)
                 self._head = b""
+                self._decorate(replacement)
                 self._write_local(replacement)
                 self._finish()
                 return

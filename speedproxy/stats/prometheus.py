@@ -154,6 +154,12 @@ class SegmentCollector:
         b_responses = CounterMetricFamily("speedproxy_backend_responses", "Responses relayed.", labels=labels)
         up = GaugeMetricFamily("speedproxy_backend_up", "1 when the backend takes traffic.", labels=labels)
         weight = GaugeMetricFamily("speedproxy_backend_weight", "Configured weight.", labels=labels)
+        # The backend's display name (SpeedMimi's ``name``) beside its id,
+        # as an info metric so that renaming one starts no new series.
+        info = GaugeMetricFamily(
+            "speedproxy_backend_info", "Always 1: a backend's name and address.",
+            labels=labels + ["name", "address"],
+        )
         backend_up = state.get("backend_up", {})
         for upstream, backend, word in reader.backend_words(config, index):
             key = [upstream, backend.id]
@@ -165,9 +171,16 @@ class SegmentCollector:
             healthy = backend_up.get((upstream, backend.id), True)
             up.add_metric(key, 1.0 if (backend.active and healthy and backend.weight > 0) else 0.0)
             weight.add_metric(key, backend.weight)
-        yield from (active, b_requests, b_failures, b_latency, b_responses, up, weight)
+            info.add_metric(key + [backend.name, backend.address], 1.0)
+        yield from (active, b_requests, b_failures, b_latency, b_responses, up, weight, info)
         yield from self._upstreams(reader, config, index, slots, total)
         yield from self._cache(reader, config, index, total)
+        from speedproxy.edge.metrics import refused_metrics
+
+        yield from refused_metrics(reader, config, index, total)
+        from speedproxy.edge.compression_metrics import compression_metrics
+
+        yield from compression_metrics(reader, config, index, total)
 
     def _cache(self, reader: StatsReader, config: Any, index: StatsIndex, total: List[int]) -> Iterator[Metric]:
         """Cache lookups by route and result, origin requests, and the tiers' size."""

@@ -205,6 +205,7 @@ class StatsReader:
                 {
                     "upstream": upstream,
                     "id": backend.id,
+                    "name": backend.name,
                     "address": backend.address,
                     "weight": backend.weight,
                     "active": backend.active,
@@ -232,6 +233,14 @@ class StatsReader:
                 counts = self.cache_counts(total, word)
                 if getattr(getattr(route, "cache", None), "enabled", False) or any(counts.values()):
                     row["cache"] = counts
+        # Refusals of edge protection, for the routes that refused something.
+        from speedproxy.edge.metrics import refused_counts
+
+        refusals = refused_counts(self, config, index, total)
+        for row in routes:
+            counts = refusals.get(row["route"])
+            if counts and any(counts.values()):
+                row["refused"] = counts
         result: Dict[str, Any] = {
             "totals": summary(total),
             "latency_histogram": self.histogram(total),

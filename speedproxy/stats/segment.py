@@ -12,11 +12,12 @@ gives the slot to a new worker (after folding the old worker's counters into
 its retired totals), so a reader that sees the generation change while it
 copies a slot knows the copy is stale and takes it again.
 
-Slot layout (version 3): the fixed words, then per route (requests by status
-class), per backend, per upstream group, and last the cache words: the
+Slot layout (version 4): the fixed words, then per route (requests by status
+class), per backend, per upstream group, then the cache words: the
 worker's memory tier (bytes and objects now, evictions so far) followed by
 per route cache results (hit, miss, stale, revalidated, bypass) and origin
-requests.
+requests; then, per route, requests refused by edge protection, by reason;
+last, per route, compression events (stream, copy made, copy hit).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from speedproxy.config.model import Config
 
 MAGIC = 0x5350_5354_4154_5331  # "SPSTATS1"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 HEADER_WORDS = 16
 
 #: Upper bounds (seconds) of the latency histogram buckets; +Inf is implied.
@@ -78,6 +79,16 @@ CACHE_HIT, CACHE_MISS, CACHE_STALE, CACHE_REVALIDATED, CACHE_BYPASS = range(5)
 RC_ORIGIN = len(CACHE_RESULTS)
 ROUTE_CACHE_WORDS = RC_ORIGIN + 1
 
+#: Why edge protection refused a request (``speedproxy_refused_total{route,reason}``),
+#: in word order.  A new reason is appended here (and to nothing else): there
+#: is room for :data:`REFUSAL_WORDS` reasons per route without a new layout.
+REFUSAL_REASONS = ("ip", "cors", "signature", "rate_limit", "session", "connection_limit")
+REFUSAL_WORDS = 8
+assert len(REFUSAL_REASONS) <= REFUSAL_WORDS
+#: Per route, compression events (``speedproxy_compression_total{route,event}``,
+#: :data:`speedproxy.edge.compression.EVENTS` in word order), with room to grow.
+COMPRESSION_WORDS = 4
+
 #: Gauges are not folded into retired totals when a worker goes away.
 GAUGE_WORDS = frozenset({ACTIVE_CLIENTS, ACTIVE_UPSTREAM})
 
@@ -115,8 +126,18 @@ class Layout:
         return self.cache_base + CACHE_WORDS
 
     @property
-    def slot_words(self) -> int:
+    def refused_base(self) -> int:
+        """Per-route refusal words, :data:`REFUSAL_WORDS` per route (:data:`REFUSAL_REASONS`)."""
         return self.route_cache_base + self.routes * ROUTE_CACHE_WORDS
+
+    @property
+    def compression_base(self) -> int:
+        """Per-route compression words, :data:`COMPRESSION_WORDS` per route."""
+        return self.refused_base + self.routes * REFUSAL_WORDS
+
+    @property
+    def slot_words(self) -> int:
+        return self.compression_base + self.routes * COMPRESSION_WORDS
 
     @property
     def total_words(self) -> int:
@@ -238,7 +259,7 @@ class SlotWriter:
 
     __slots__ = (
         "words", "base", "route_base", "backend_base", "upstream_base", "hist_base", "status_base",
-        "cache_base", "route_cache_base",
+        "cache_base", "route_cache_base", "refused_base", "compression_base",
     )
 
     def __init__(self, segment: StatsSegment, slot: int) -> None:
@@ -252,6 +273,8 @@ class SlotWriter:
         self.status_base = self.base + STATUS_BASE
         self.cache_base = self.base + layout.cache_base
         self.route_cache_base = self.base + layout.route_cache_base
+        self.refused_base = self.base + layout.refused_base
+        self.compression_base = self.base + layout.compression_base
 
     def add(self, word: int, amount: int = 1) -> None:
         self.words[self.base + word] += amount
@@ -290,6 +313,18 @@ class SlotWriter:
         """Count one request a cached route sent to the origin (miss, revalidation, bypass)."""
         if route >= 0:
             self.words[self.route_cache_base + route * ROUTE_CACHE_WORDS + RC_ORIGIN] += 1
+
+    def refused(self, route: int, reason: int) -> None:
+        """Count one request of route ``route`` refused for ``reason`` (an
+        index in :data:`REFUSAL_REASONS`)."""
+        if route >= 0 and 0 <= reason < REFUSAL_WORDS:
+            self.words[self.refused_base + route * REFUSAL_WORDS + reason] += 1
+
+    def compression_event(self, route: int, event: int) -> None:
+        """Count one compression ``event`` of route ``route`` (an index in
+        :data:`speedproxy.edge.compression.EVENTS`)."""
+        if route >= 0 and 0 <= event < COMPRESSION_WORDS:
+            self.words[self.compression_base + route * COMPRESSION_WORDS + event] += 1
 
     def cache_memory(self, size: int, objects: int, evictions: int) -> None:
         """Publish this worker's memory tier: bytes and objects held now,

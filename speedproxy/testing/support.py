@@ -6,7 +6,11 @@ import hashlib
 import re
 import socket
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speedproxy.testing.http_backend import HTTPBackend
+    from speedproxy.testing.raw import RawBackend
 
 
 #: The line ``ProxyProcess`` waits for, as logged by the worker service.

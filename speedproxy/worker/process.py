@@ -217,6 +217,10 @@ class Worker:
             self.core.open_access_log = lambda setting: open_access_log(setting, pipe)
             self.core.announce_invalidation = self._announce_invalidation
             self.core.start()
+            from speedproxy.cluster.ledger import report_rows
+
+            # Traffic accounting counts go to the master (a no-op while none is counted).
+            self.accounting_reports = report_rows(self.core, self._report_accounting, self.reactor)
             self.tracker = RequestTracker(self.core)
             scheme = b"https" if config.ssl.enabled else b"http"
             factory: Any = ProxyServerFactory(self.core, scheme)
@@ -243,6 +247,13 @@ class Worker:
             if new_certificate is not None and self.tls is not None:
                 self.tls.current = new_certificate
             self.version = version
+
+    def _report_accounting(self, rows: bytes, dropped: int) -> None:
+        """Traffic accounting rows of this worker: the master batches and flushes them."""
+        from speedproxy.cluster.amp import AccountingRows
+
+        if self.control is not None:
+            self.control.callRemote(AccountingRows, rows=rows, dropped=dropped)
 
     def _announce_invalidation(self, keys: List[bytes]) -> None:
         """Cache keys this worker invalidated: the master tells the other workers."""

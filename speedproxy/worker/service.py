@@ -140,6 +140,7 @@ class ProxyWorkerService(Service):
 
         self.admin_site = admin_site(self)
         self.admin_port = self._adopt(admin_listener, self.admin_site)
+        self._start_cluster()
         address = port.getHost()
         log.info(
             "speedproxy {version} serving on {host}:{port} ({routes} routes, {groups} upstream groups)",
@@ -149,6 +150,17 @@ class ProxyWorkerService(Service):
             routes=len(config.routing),
             groups=len(config.backends),
         )
+
+    def _start_cluster(self) -> None:
+        """The fleet (``cluster.redis``) and traffic accounting, as the master runs them."""
+        from speedproxy.cluster.accounting import start_accounting
+        from speedproxy.cluster.ledger import report_rows
+        from speedproxy.cluster.node import start_fleet
+
+        self.fleet = start_fleet(self)
+        self.accounting = start_accounting(self)
+        if self.accounting is not None:  # the one process counts and flushes itself
+            self._accounting_reports = report_rows(self.core, self.accounting.add_json, self.reactor)
 
     # The same control surface as the master, for the admin site.
 
@@ -186,7 +198,11 @@ class ProxyWorkerService(Service):
         from speedproxy.stats.reader import StatsReader
 
         assert self.core is not None
-        return render_metrics(SegmentCollector(StatsReader(self.core.shared.segment), self.state, cache_disk))
+        text = render_metrics(SegmentCollector(StatsReader(self.core.shared.segment), self.state, cache_disk))
+        for part in (getattr(self, "fleet", None), getattr(self, "accounting", None)):  # speedproxy.cluster's
+            if part is not None:
+                text += part.metrics_text()
+        return text
 
     def apply_config(self, config: Config) -> None:
         """Apply a new config to the running data path (listener unchanged).
@@ -265,6 +281,9 @@ class ProxyWorkerService(Service):
             self.admin_port.stopListening()
         if self.admin_site is not None:
             self.admin_site.stop()
+        for part in (getattr(self, "accounting", None), getattr(self, "fleet", None)):
+            if part is not None:
+                part.stop()
         if self.core is None:
             return succeed(None)
         return drain(self.reactor, self.core, ports, self.config.server.shutdown_grace)

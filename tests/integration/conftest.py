@@ -8,7 +8,6 @@ started is stopped at teardown, whatever the test did.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Union
 
@@ -125,8 +124,7 @@ def module_proxy(module_stack: Stack, module_backend: HTTPBackend) -> ProxyProce
 
 @pytest.fixture(scope="session")
 def curl() -> str:
-    """Path of the curl binary, or skip."""
-    path = shutil.which("curl")
-    if path is None:
-        pytest.skip("curl is not installed")
-    return path
+    """Path of the curl binary (Debian's ``curl``, installed if missing)."""
+    from debian_support import ensure_program
+
+    return ensure_program("curl", "curl", "tests that use curl")

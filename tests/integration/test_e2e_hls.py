@@ -287,3 +287,59 @@ def test_live_playlist_one_origin_refresh_per_interval_serves_every_player(setup
     final = live.sequence
     for each in seen:
         assert each == sorted(each) and each[-1] >= final - 1, (each, final)
+
+
+# -- LL-HLS ---------------------------------------------------------------------------------
+
+
+def lists_part(body: bytes, uri: str) -> bool:
+    """Does an LL-HLS playlist list the part ``uri`` (not only hint at it)?"""
+    return any(line.startswith("#EXT-X-PART:") and f'URI="{uri}"' in line for line in body.decode().splitlines())
+
+
+def test_ll_hls_blocking_reloads_are_coalesced_into_one_held_origin_request(
+    setup: Tuple[ProxyProcess, HlsOrigin]
+) -> None:
+    """20 players (both workers) ask for the part not published yet
+    (``_HLS_msn``/``_HLS_part``); the origin holds what it gets until the part
+    exists.  It gets one request; every player gets the playlist listing the part."""
+    proxy, origin = setup
+    stream = origin.ll("ll1")
+    path = "/ll/ll1/index.m3u8"
+    with Session(proxy) as first:
+        assert not lists_part(first.get(path).body, "seg2.part0.ts")
+    blocking = f"{path}?_HLS_msn=2&_HLS_part=0"
+    other = f"{path}?_HLS_msn=2&_HLS_part=1"
+    players = 20
+    sessions = [Session(proxy, timeout=20.0) for _ in range(players)]
+    admin = AdminClient.of(proxy)
+    try:
+        results: List[Any] = []
+        threads = [threading.Thread(target=lambda s=session: results.append(s.get(blocking))) for session in sessions]
+        for thread in threads:
+            thread.start()
+
+        def all_held() -> bool:
+            active = admin.get("/api/v1/performance/active-requests?limit=1000").json
+            return sum(1 for row in active["requests"] if row["path"] == blocking) == players
+
+        wait_until(all_held, 10.0, "every player's blocking reload to be held by the proxy")
+        assert origin.paths(blocking) == [blocking]  # one held origin request for all
+        assert stream.advance() == (2, 0)  # the part exists: the origin answers
+        for thread in threads:
+            thread.join(10.0)
+        assert len(results) == players
+        for response in results:
+            assert response.status == 200 and lists_part(response.body, "seg2.part0.ts"), response.status
+        # A late player asking the same gets it from the cache; the next part is a new key.
+        assert cache_status(sessions[0].get(blocking)).hit
+        held = threading.Thread(target=lambda: results.append(sessions[1].get(other)))
+        held.start()
+        origin.wait_for("", [other])
+        stream.advance()
+        held.join(10.0)
+        assert lists_part(results[-1].body, "seg2.part1.ts")
+    finally:
+        for session in sessions:
+            session.close()
+    assert origin.paths(blocking) == [blocking] and origin.paths(other) == [other]

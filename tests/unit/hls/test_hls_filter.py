@@ -428,3 +428,63 @@ def test_counters_are_in_the_workers_cache_info() -> None:
     info = harness.info()
     assert info["renditions"] == 1 and info["uris"] == 8 and info["playlists_parsed"] == 1
     assert set(info["prefetch"]) == {"started", "ok", "failed", "cached", "coalesced", "dropped", "in_flight"}  # type: ignore[arg-type]
+
+
+# -- LL-HLS keys and threaded parses ----------------------------------------------------------
+
+
+def test_ll_hls_directives_stay_in_the_cache_key_whatever_the_route_keeps() -> None:
+    from speedproxy.hls.filter import LL_HLS_DIRECTIVES, key_ll_hls
+
+    class Cache:
+        _ignore = frozenset({b"_HLS_msn", b"sig"})
+
+    for query, expected in (("all", "all"), ("none", frozenset(LL_HLS_DIRECTIVES)),
+                            (frozenset({b"v"}), frozenset(LL_HLS_DIRECTIVES) | {b"v"})):
+        cache = Cache()
+        cache._query = query  # type: ignore[attr-defined]
+        key_ll_hls(cache)  # type: ignore[arg-type]
+        assert cache._query == expected and cache._ignore == frozenset({b"sig"})  # type: ignore[attr-defined]
+    harness = Harness()
+    harness.origin.add(b"/ll/index.m3u8", answer(media(2, end=False), PLAYLIST_TYPE))
+    harness.get(b"/ll/index.m3u8?_HLS_msn=5&_HLS_part=1")
+    assert status_of(harness.get(b"/ll/index.m3u8?_HLS_msn=5&_HLS_part=1")).startswith(b"speedproxy; hit")
+    assert status_of(harness.get(b"/ll/index.m3u8?_HLS_msn=5&_HLS_part=2")).startswith(b"speedproxy; fwd=miss")
+
+
+def test_large_playlists_are_parsed_in_the_thread_pool_small_ones_at_once() -> None:
+    from speedproxy.hls import filter as hls_filter
+
+    class Pool:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def callInThreadWithCallback(self, done, function, *args):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            done(True, function(*args))
+
+    pool = Pool()
+
+    class Reactor:
+        def getThreadPool(self) -> Pool:
+            return pool
+
+        def callFromThread(self, function, *args):  # type: ignore[no-untyped-def]
+            function(*args)
+
+    harness = Harness()
+    core = harness.proxy.core
+    real = core.reactor
+    state = hls_filter.route_state(core, "default")
+    parsed: List[object] = []
+    small, large = media(3), media(2000)
+    assert len(small) < hls_filter.THREAD_PARSE < len(large)
+    core.reactor = Reactor()
+    try:
+        hls_filter.HlsFilter._parse(type("F", (), {"core": core, "route": state})(), small, parsed.append)
+        assert pool.calls == 0 and len(parsed[-1].segments) == 3  # type: ignore[attr-defined]
+        hls_filter.HlsFilter._parse(type("F", (), {"core": core, "route": state})(), large, parsed.append)
+        assert pool.calls == 1 and len(parsed[-1].segments) == 2000  # type: ignore[attr-defined]
+        assert state.counters["threaded_parses"] == 1
+    finally:
+        core.reactor = real

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from speedproxy.proxy.forwarding import sane_request_id, upstream_request_head
@@ -470,8 +470,9 @@ def obs_text_target(raw: bytes) -> bool:
 #: (none left: each one found was fixed, and is kept as a test below)
 KNOWN_DIVERGENCES: List[Tuple[str, Callable[[RequestHead], bool]]] = []
 
-#: The Host an HTTP/1.0 request without one is given (the backend's address).
-BACKEND_ADDRESS = b"127.0.0.1:8081"
+#: The Host an HTTP/1.0 request without one is given: the backend's address
+#: (the in-memory proxy's backend, ``b1`` of speedproxy.testing.IN_MEMORY_CONFIG).
+BACKEND_ADDRESS = b"10.1.0.1:8081"
 
 
 def known_divergence(request: RequestHead) -> Optional[str]:
@@ -812,6 +813,7 @@ def test_head_boundary_and_rest_agree(head: bytes, body: bytes) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.one_of(request_heads(max_odd=1).map(lambda head: head + b"\r\n\r\n"), mutated_requests()))
+@example(raw=b"GET / HTTP/1.0\r\n\r\nHost: h\r\n\r\n")  # hostless HTTP/1.0: the backend's address
 def test_helper_is_what_the_proxy_sends(raw: bytes) -> None:
     """:func:`speedproxy_forward` agrees with the real client connection (in memory)."""
     proxy = InMemoryProxy()  # default settings, one route, WebSocket relayed

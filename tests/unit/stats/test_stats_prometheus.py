@@ -126,6 +126,7 @@ def test_the_rendered_text_parses_into_the_documented_families(segment: StatsSeg
         "speedproxy_backend_responses": "counter",
         "speedproxy_backend_up": "gauge",
         "speedproxy_backend_weight": "gauge",
+        "speedproxy_backend_info": "gauge",
         "speedproxy_upstream_queue": "gauge",
         "speedproxy_upstream_panic": "gauge",
         "speedproxy_upstream_queued": "counter",
@@ -136,6 +137,7 @@ def test_the_rendered_text_parses_into_the_documented_families(segment: StatsSeg
         "speedproxy_cache_bytes": "gauge",
         "speedproxy_cache_objects": "gauge",
         "speedproxy_cache_evictions": "counter",
+        "speedproxy_refused": "counter",
     }
 
 
@@ -281,3 +283,15 @@ def test_the_served_certificate_expiry_is_a_gauge(segment: StatsSegment) -> None
     types, samples = _scrape(reader, _state(certificate=certificate))
     assert types[name] == "gauge"
     assert samples[name] == {_labels(cert_file="/etc/speedproxy/server.crt", sha256="AB:CD"): 1803211200.0}
+
+
+def test_a_backends_name_is_an_info_metric_beside_its_id(segment: StatsSegment) -> None:
+    config = parse_config(BACKENDS.replace("{id: a1,", '{id: a1, name: "API One",') + "routing:\n  api: {path: /api, upstream: api}\n")
+    _, samples = _scrape(StatsReader(segment), _state(config))
+    assert samples["speedproxy_backend_info"] == {
+        _labels(upstream="api", backend="a1", name="API One", address="10.0.0.1:8001"): 1.0,
+        _labels(upstream="api", backend="a2", name="", address="10.0.0.2:8002"): 1.0,
+        _labels(upstream="web", backend="w1", name="", address="10.0.0.3:8003"): 1.0,
+    }
+    # The counters keep their labels: renaming a backend starts no new series.
+    assert _labels(upstream="api", backend="a1") in samples["speedproxy_backend_requests_total"]

@@ -288,15 +288,15 @@ def test_snapshot_reports_totals_workers_backends_and_routes(segment: StatsSegme
     assert snapshot["workers"][1]["status"] == {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 2, "5xx": 0}
     assert snapshot["backends"] == [
         {
-            "upstream": "api", "id": "a1", "address": "10.0.0.1:8001", "weight": 100, "active": True,
+            "upstream": "api", "id": "a1", "name": "", "address": "10.0.0.1:8001", "weight": 100, "active": True,
             "active_requests": 3, "requests": 4, "failures": 0, "avg_response_ms": 416.667,
         },
         {
-            "upstream": "api", "id": "a2", "address": "10.0.0.2:8002", "weight": 0, "active": True,
+            "upstream": "api", "id": "a2", "name": "", "address": "10.0.0.2:8002", "weight": 0, "active": True,
             "active_requests": 0, "requests": 1, "failures": 1, "avg_response_ms": 1.0,
         },
         {
-            "upstream": "web", "id": "w1", "address": "10.0.0.3:8003", "weight": 100, "active": False,
+            "upstream": "web", "id": "w1", "name": "", "address": "10.0.0.3:8003", "weight": 100, "active": False,
             "active_requests": 0, "requests": 0, "failures": 0, "avg_response_ms": 125.0,
         },
     ]

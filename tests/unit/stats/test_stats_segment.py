@@ -32,6 +32,8 @@ from speedproxy.stats.segment import (
     LATENCY_BUCKETS,
     LATENCY_SUM_US,
     LAYOUT_VERSION,
+    REFUSAL_WORDS,
+    COMPRESSION_WORDS,
     MAGIC,
     PID,
     REQUESTS,
@@ -68,11 +70,11 @@ def _slot(segment: StatsSegment, slot: int) -> List[int]:
 # -- layout ----------------------------------------------------------------------
 
 
-def test_fixed_words_are_the_cross_process_contract_of_layout_3() -> None:
+def test_fixed_words_are_the_cross_process_contract_of_layout_4() -> None:
     # Workers and the master agree on these offsets; moving any of them needs
     # a new LAYOUT_VERSION (2: per-upstream words after the backends; 3: the
-    # cache words after those).
-    assert LAYOUT_VERSION == 3
+    # cache words after those; 4: per-route refusal words last).
+    assert LAYOUT_VERSION == 4
     assert (GENERATION, PID, STARTED, REQUESTS) == (0, 1, 2, 3)
     assert STATUS_BASE == 10
     assert HIST_BASE == 15
@@ -85,9 +87,11 @@ def test_layout_offsets_place_routes_then_backends_after_the_fixed_words() -> No
     assert LAYOUT.backend_base == FIXED_WORDS + 3 * ROUTE_WORDS == 44
     assert LAYOUT.upstream_base == LAYOUT.cache_base == 44 + 5 * BACKEND_WORDS == 74
     assert LAYOUT.route_cache_base == 74 + CACHE_WORDS
-    assert LAYOUT.slot_words == 77 + 3 * ROUTE_CACHE_WORDS == 95
-    assert LAYOUT.total_words == HEADER_WORDS + 4 * 95 == 396
-    assert [LAYOUT.slot_offset(slot) for slot in range(4)] == [16, 111, 206, 301]
+    assert LAYOUT.refused_base == 77 + 3 * ROUTE_CACHE_WORDS == 95
+    assert LAYOUT.compression_base == 95 + 3 * REFUSAL_WORDS == 119
+    assert LAYOUT.slot_words == 119 + 3 * COMPRESSION_WORDS == 131
+    assert LAYOUT.total_words == HEADER_WORDS + 4 * 131 == 540
+    assert [LAYOUT.slot_offset(slot) for slot in range(4)] == [16, 147, 278, 409]
 
 
 def test_only_active_counts_and_down_until_are_gauges() -> None:
@@ -115,9 +119,9 @@ def test_layout_for_leaves_room_to_grow() -> None:
 def test_create_sizes_the_file_and_writes_the_header(tmp_path: Path) -> None:
     segment = _create(tmp_path)
     try:
-        assert os.path.getsize(tmp_path / "stats") == 396 * 8
-        assert segment.words[:6].tolist() == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 95]
-        assert segment.words[HEADER_WORDS:].tolist() == [0] * (4 * 95)
+        assert os.path.getsize(tmp_path / "stats") == 540 * 8
+        assert segment.words[:6].tolist() == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 131]
+        assert segment.words[HEADER_WORDS:].tolist() == [0] * (4 * 131)
     finally:
         segment.close()
 
@@ -128,7 +132,7 @@ def test_create_truncates_an_existing_file(tmp_path: Path) -> None:
     first.close()
     second = _create(tmp_path, Layout(slots=1, routes=1, backends=1))
     try:
-        words = HEADER_WORDS + FIXED_WORDS + ROUTE_WORDS + BACKEND_WORDS + CACHE_WORDS + ROUTE_CACHE_WORDS
+        words = HEADER_WORDS + FIXED_WORDS + ROUTE_WORDS + BACKEND_WORDS + CACHE_WORDS + ROUTE_CACHE_WORDS + REFUSAL_WORDS + COMPRESSION_WORDS
         assert os.path.getsize(tmp_path / "stats") == words * 8
         assert second.read_slot(0) == [0] * second.layout.slot_words
     finally:
@@ -200,12 +204,14 @@ def test_a_writer_stays_inside_its_own_slot(segment: StatsSegment) -> None:
     writer = segment.writer(1)
     for word in range(LAYOUT.slot_words):
         writer.add(word, word + 1)
-    assert _slot(segment, 1) == list(range(1, 96))
-    assert _slot(segment, 0) == [0] * 95
-    assert _slot(segment, 2) == [0] * 95
-    assert segment.words[:HEADER_WORDS].tolist()[:6] == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 95]
-    # The cache words of the last route of slot 1 sit right before slot 2.
-    assert writer.route_cache_base + 3 * ROUTE_CACHE_WORDS == LAYOUT.slot_offset(2)
+    assert _slot(segment, 1) == list(range(1, 132))
+    assert _slot(segment, 0) == [0] * 131
+    assert _slot(segment, 2) == [0] * 131
+    assert segment.words[:HEADER_WORDS].tolist()[:6] == [MAGIC, LAYOUT_VERSION, 4, 3, 5, 131]
+    # The cache words of the last route of slot 1, then its refusal and compression words, sit right before slot 2.
+    assert writer.route_cache_base + 3 * ROUTE_CACHE_WORDS == writer.refused_base
+    assert writer.refused_base + 3 * REFUSAL_WORDS == writer.compression_base
+    assert writer.compression_base + 3 * COMPRESSION_WORDS == LAYOUT.slot_offset(2)
 
 
 def test_reset_slot_bumps_the_generation_zeroes_and_records_the_worker(segment: StatsSegment) -> None:
@@ -221,7 +227,7 @@ def test_reset_slot_bumps_the_generation_zeroes_and_records_the_worker(segment: 
     assert values[GENERATION] == 2
     assert values[PID] == 5151
     assert values[STARTED] == 1_700_000_100
-    assert values[3:] == [0] * (95 - 3)
+    assert values[3:] == [0] * (131 - 3)
     assert segment.read_slot(2)[REQUESTS] == 9
     assert segment.read_slot(2)[GENERATION] == 0
 
@@ -389,9 +395,21 @@ def test_latency_lands_in_the_bucket_with_the_first_bound_at_or_above_it(
 
 def test_backend_word_is_the_absolute_index_in_the_segment(segment: StatsSegment) -> None:
     writer = segment.writer(2)
-    assert writer.backend_word(3, B_FAILURES) == 206 + 44 + 3 * BACKEND_WORDS + B_FAILURES
+    assert writer.backend_word(3, B_FAILURES) == 278 + 44 + 3 * BACKEND_WORDS + B_FAILURES
     segment.words[writer.backend_word(3, B_FAILURES)] += 1
     assert segment.read_slot(2)[44 + 18 + B_FAILURES] == 1
+
+
+def test_refused_counts_a_route_reason_word_of_the_own_slot(segment: StatsSegment) -> None:
+    writer = segment.writer(1)
+    writer.refused(2, 3)
+    writer.refused(2, 3)
+    writer.refused(-1, 0)  # no route: not counted
+    writer.refused(0, REFUSAL_WORDS)  # beyond the room: not counted
+    values = segment.read_slot(1)
+    assert values[LAYOUT.refused_base + 2 * REFUSAL_WORDS + 3] == 2
+    assert sum(values[LAYOUT.refused_base:]) == 2
+    assert not any(LAYOUT.is_gauge(word) for word in range(LAYOUT.refused_base, LAYOUT.slot_words))
 
 
 def test_add_counts_a_fixed_word_of_the_own_slot(segment: StatsSegment) -> None:

@@ -1,0 +1,320 @@
+"""``signed_urls``: a route only answers URLs signed with its key, until they expire.
+
+A signed URL carries two query parameters (``param_expires``, default
+``exp``: a Unix time; ``param_signature``, default ``sig``)::
+
+    /hls/live/index.m3u8?exp=1767225600&sig=<hex HMAC-SHA256>
+
+The signature is the lower-case hex HMAC-SHA256, keyed with a secret, of
+the request path (normalised, as routed: no query) and the expiry, joined
+by a line feed, and of the client address too (a third line) with
+``bind_client_ip``::
+
+    HMAC-SHA256(secret, "/hls/live/index.m3u8\\n1767225600")
+
+The first of ``secrets`` signs (``POST /api/v1/sign``), every one verifies
+(rotation: add the new key first, drop the old one when its URLs have
+expired).  Signatures are compared in constant time.  Missing, bad or
+expired: 403 whose JSON ``error`` says which (``signature_missing``,
+``signature_invalid``, ``signature_expired``), counted as
+``speedproxy_refused_total{reason="signature"}``.
+
+Both parameters are taken off the request before anything else sees it: the
+cache key, the HLS filters and the backend get the URL without them.  Other
+query parameters are not covered by the signature.
+
+With ``hls.enabled``, a playlist answered to a signed request has its URIs
+signed in turn (same expiry, same client address), each with the settings
+of the route it leads to, so a player can follow them: the cache keeps the
+playlist unsigned and it is signed per answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from typing import Any, List, Optional, Tuple
+from urllib.parse import urljoin
+
+from speedproxy.config.model import SignedUrlsConfig
+from speedproxy.edge import is_internal
+from speedproxy.edge.ip_lists import parse_address
+from speedproxy.edge.refusals import refuse
+from speedproxy.filters.base import Filter
+from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
+
+#: ``view.state`` key of a request whose signature was valid: ``(expires, client_ip or None)``.
+SIGNED = "edge.signed"
+_BODY = "edge.signed.body"
+
+#: Longest playlist signed (larger ones go out as they are).
+MAX_PLAYLIST = 8 * 1024 * 1024
+
+
+# -- signatures -----------------------------------------------------------------------
+
+
+def canonical_ip(text: str) -> str:
+    """The form of a client address a bound signature covers (IPv4-mapped as IPv4)."""
+    address = parse_address(text)
+    return str(address) if address is not None else text
+
+
+def _mac(key: bytes, path: str, expires: int, client_ip: Optional[str]) -> bytes:
+    message = f"{path}\n{expires}" if client_ip is None else f"{path}\n{expires}\n{canonical_ip(client_ip)}"
+    return hmac.digest(key, message.encode("utf-8"), "sha256")
+
+
+def signature(secret: str, path: str, expires: int, client_ip: Optional[str] = None) -> str:
+    """The hex HMAC-SHA256 of ``path`` and ``expires`` (and ``client_ip``) under ``secret``."""
+    return _mac(secret.encode("utf-8"), path, expires, client_ip).hex()
+
+
+def signed_query(settings: SignedUrlsConfig, path: str, expires: int, client_ip: Optional[str] = None) -> str:
+    """``exp=...&sig=...`` for ``path`` signed with the first secret."""
+    sig = signature(settings.secrets[0], path, expires, client_ip if settings.bind_client_ip else None)
+    return f"{settings.param_expires}={expires}&{settings.param_signature}={sig}"
+
+
+def verify(settings: SignedUrlsConfig, path: str, expires: int, sig: str, client_ip: str) -> bool:
+    """Does ``sig`` (hex) sign ``path``/``expires`` (and ``client_ip`` when bound) under any secret?"""
+    if len(sig) != 64:
+        return False
+    try:
+        given = bytes.fromhex(sig)
+    except ValueError:
+        return False
+    ip = client_ip if settings.bind_client_ip else None
+    ok = False
+    for secret in settings.secrets:
+        # Every secret is tried, each compared in constant time.
+        ok |= hmac.compare_digest(_mac(secret.encode("utf-8"), path, expires, ip), given)
+    return ok
+
+
+class Signer:
+    """A route's keys, made ready once (an HMAC object per key, copied per message)."""
+
+    __slots__ = ("settings", "_bases")
+
+    def __init__(self, settings: SignedUrlsConfig) -> None:
+        self.settings = settings
+        self._bases = tuple(hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256) for secret in settings.secrets)
+
+    def _message(self, path: str, expires: int, client_ip: Optional[str]) -> bytes:
+        if self.settings.bind_client_ip and client_ip is not None:
+            return f"{path}\n{expires}\n{canonical_ip(client_ip)}".encode("utf-8")
+        return f"{path}\n{expires}".encode("utf-8")
+
+    def verify(self, path: str, expires: int, sig: bytes, client_ip: str) -> bool:
+        """Does the hex ``sig`` sign this request under any key (each compared in constant time)?"""
+        if len(sig) != 64:
+            return False
+        try:
+            given = bytes.fromhex(sig.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return False
+        message = self._message(path, expires, client_ip)
+        ok = False
+        for base in self._bases:
+            mac = base.copy()
+            mac.update(message)
+            ok |= hmac.compare_digest(mac.digest(), given)
+        return ok
+
+    def query(self, path: str, expires: int, client_ip: Optional[str]) -> str:
+        """``exp=...&sig=...`` for ``path``, signed with the first key."""
+        mac = self._bases[0].copy()
+        mac.update(self._message(path, expires, client_ip))
+        settings = self.settings
+        return f"{settings.param_expires}={expires}&{settings.param_signature}={mac.hexdigest()}"
+
+
+def take_params(query: bytes, names: Tuple[bytes, ...]) -> Tuple[bytes, List[List[bytes]]]:
+    """``query`` (``?`` included, or empty) without the ``names`` parameters, and their values."""
+    values: List[List[bytes]] = [[] for _ in names]
+    kept = []
+    for part in query[1:].split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name in names:
+            values[names.index(name)].append(value)
+        elif part:
+            kept.append(part)
+    return (b"?" + b"&".join(kept) if kept else b""), values
+
+
+def _without_params(query: str, names: Tuple[str, str]) -> str:
+    parts = [part for part in query.split("&") if part and part.partition("=")[0] not in names]
+    return "&".join(parts)
+
+
+# -- the filter ---------------------------------------------------------------------
+
+
+class SignedUrlFilter(Filter):
+    """Checks the signature of every request of a route (and signs playlists it answers)."""
+
+    def __init__(self, core: Any, route: Any, clock: Any) -> None:
+        self.core = core
+        self.settings: SignedUrlsConfig = route.signed_urls
+        self.signer = Signer(self.settings)
+        self.clock = clock
+        self._names = (self.settings.param_signature.encode("ascii"), self.settings.param_expires.encode("ascii"))
+        #: Playlists of this route are HLS: sign the URIs they list.
+        self.signs_playlists = bool(route.hls.enabled)
+        self.wants_body = self.signs_playlists
+
+    def request(self, view: FilterRequest) -> Optional[LocalResponse]:
+        exchange = view._exchange
+        request = exchange.request
+        sigs: List[bytes] = []
+        exps: List[bytes] = []
+        if b"=" in request.query:
+            query, (sigs, exps) = take_params(request.query, self._names)
+            if query != request.query:
+                # Neither the cache key nor the backend sees them.
+                request.query = query
+                request.target = request.target.partition(b"?")[0] + query
+        if is_internal(view):
+            return None
+        settings = self.settings
+        if not sigs or not exps:
+            missing = settings.param_signature if not sigs else settings.param_expires
+            return self._refuse(view, "signature_missing", f"this URL must be signed (no {missing} parameter)")
+        if len(sigs) > 1 or len(exps) > 1:
+            return self._refuse(view, "signature_invalid", "the signature parameters are given more than once")
+        raw_exp, sig = exps[0], sigs[0]
+        if not raw_exp.isdigit() or len(raw_exp) > 12:
+            return self._refuse(view, "signature_invalid", f"{settings.param_expires} must be a Unix time")
+        expires = int(raw_exp)
+        if not self.signer.verify(view.path, expires, sig, exchange.client_ip):
+            return self._refuse(view, "signature_invalid", "the signature does not match this URL")
+        if expires < self.clock.seconds():
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+            return self._refuse(view, "signature_expired", f"this signed URL expired at {stamp}")
+        view.state[SIGNED] = (expires, exchange.client_ip)
+        return None
+
+    def _refuse(self, view: FilterRequest, code: str, detail: str) -> LocalResponse:
+        return refuse(self.core, view, "signature", 403, code, detail)
+
+    # -- signing playlists (HLS routes) ---------------------------------------------------
+
+    def _is_playlist(self, view: FilterRequest, content_type: Optional[bytes]) -> bool:
+        from speedproxy.hls.playlist import is_playlist_path, is_playlist_type
+
+        return is_playlist_path(view._exchange.request.path) or is_playlist_type(content_type)
+
+    def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
+        state = view.state
+        if not self.signs_playlists or SIGNED not in state or response.status != 200:
+            return None
+        if view._exchange.request.method != b"GET":
+            return None
+        head = response._head
+        content_type = head.headers[head.lowered.index(b"content-type")][1] if b"content-type" in head.lowered else None
+        if not self._is_playlist(view, content_type) or b"content-encoding" in head.lowered:
+            return None  # (an encoded playlist cannot be read here: sent as it is)
+        if head.content_length is not None and head.content_length > MAX_PLAYLIST:
+            return None
+        head.content_length = None  # signed URIs change its length: chunked
+        state[_BODY] = []
+        return None
+
+    def response_body(self, view: FilterRequest, data: bytes) -> bytes:
+        chunks = view.state.get(_BODY)
+        if chunks is None:
+            return data
+        chunks.append(bytes(data))
+        return b""
+
+    def response_end(self, view: FilterRequest) -> Optional[bytes]:
+        chunks = view.state.pop(_BODY, None)
+        if chunks is None:
+            return None
+        return self.sign_playlist(view, b"".join(chunks))
+
+    def local_response(self, view: FilterRequest, response: LocalResponse) -> None:
+        """A playlist answered from the cache (stored unsigned) is signed for this request."""
+        if not self.signs_playlists or SIGNED not in view.state or response.status != 200:
+            return
+        if not self._is_playlist(view, _field(response, b"content-type")):
+            return
+        if _field(response, b"content-encoding") is not None:
+            return  # a compressed copy: cannot be read here
+        file = response.file
+        if file is not None:
+            if file.length > MAX_PLAYLIST:
+                return
+            response.body = os.pread(file.fd, file.length, file.offset)
+            close = getattr(file.keep, "close", None)
+            if close is not None:
+                close()
+            response.file = None
+        if len(response.body) <= MAX_PLAYLIST:
+            response.body = self.sign_playlist(view, response.body)
+
+    def sign_playlist(self, view: FilterRequest, body: bytes) -> bytes:
+        """``body`` with its URIs signed for this request's expiry and address."""
+        from speedproxy.hls.rewrite import map_uris
+        from speedproxy.proxy.paths import PathError, normalise_path
+
+        expires, client_ip = view.state[SIGNED]
+        exchange = view._exchange
+        request = exchange.request
+        core = self.core
+        server = core.server
+        base = "http://x" + request.path.decode("latin-1")
+        router = core.router
+        signers: dict = {}
+
+        def sign(uri: str) -> str:
+            if not uri or "://" in uri or uri.startswith("//") or uri.startswith("data:"):
+                return uri  # another origin's, or inline: not ours to sign
+            rest, hash_mark, fragment = uri.partition("#")
+            target, question, query = rest.partition("?")
+            try:
+                absolute = urljoin(base, target).split("://x", 1)[1] if target else request.path.decode("latin-1")
+                path = normalise_path(absolute.encode("latin-1"), server.merge_slashes, server.escaped_slashes == "keep")
+            except (PathError, UnicodeEncodeError, IndexError):
+                return uri
+            route = router.match(request.host, path)
+            settings = getattr(getattr(route, "config", None), "signed_urls", None)
+            if settings is None:
+                return uri
+            signer = self.signer if settings is self.settings else signers.get(settings)
+            if signer is None:
+                signer = signers[settings] = Signer(settings)
+            kept = _without_params(query, (settings.param_signature, settings.param_expires))
+            params = signer.query(path.decode("latin-1"), expires, client_ip)
+            query = kept + "&" + params if kept else params
+            return target + "?" + query + hash_mark + fragment
+
+        return map_uris(body, sign)
+
+
+def _field(response: LocalResponse, name: bytes) -> Optional[bytes]:
+    """A field (lower-case ``name``) of a local answer: its fields, or its serialised block."""
+    for given, value in response.headers:
+        if given.lower() == name:
+            return value
+    block = response.block
+    if block:
+        lowered = block.lower()
+        wanted = name + b":"
+        start = 0 if lowered.startswith(wanted) else lowered.find(b"\n" + wanted)
+        if start > 0:
+            start += 1
+        if start >= 0:
+            end = block.find(b"\r\n", start)
+            return block[start + len(wanted) : end if end >= 0 else len(block)].strip()
+    return None
+
+
+def build(core: Any, config: Any, route: Any) -> Optional[SignedUrlFilter]:
+    """The filter of ``route`` (``None`` without ``signed_urls``)."""
+    if route.signed_urls is None:
+        return None
+    return SignedUrlFilter(core, route, core.clock)

@@ -1,0 +1,212 @@
+"""Tests for :mod:`speedproxy.edge.signed_urls`: HMAC-signed, expiring URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+
+import pytest
+
+from speedproxy.config.model import SignedUrlsConfig
+from speedproxy.edge.signed_urls import signature, signed_query, take_params, verify
+from speedproxy.hls.rewrite import map_uris
+
+from edge_support import error_of, proxy_with, refused
+
+KEY = "first-key-0123456789abcdef"
+OLD = "older-key-0123456789abcdef"
+
+ROUTES = f"""\
+video:
+  path: /v/
+  upstream: default
+  signed_urls: {{secrets: ["{KEY}", "{OLD}"]}}
+bound:
+  path: /b/
+  upstream: default
+  signed_urls: {{secrets: ["{KEY}"], bind_client_ip: true, param_signature: s, param_expires: e}}
+hls:
+  path: /hls/
+  upstream: default
+  cache: {{enabled: true}}
+  hls: {{enabled: true, prefetch_depth: 0}}
+  signed_urls: {{secrets: ["{KEY}"]}}
+plain: {{path: /, upstream: default}}
+"""
+
+SETTINGS = SignedUrlsConfig(secrets=(KEY, OLD), sources=(KEY, OLD))
+
+
+def test_the_signature_is_the_hmac_of_path_and_expiry_documented() -> None:
+    expected = hmac.new(KEY.encode(), b"/v/a.ts\n1767225600", hashlib.sha256).hexdigest()
+    assert signature(KEY, "/v/a.ts", 1767225600) == expected
+    bound = hmac.new(KEY.encode(), b"/v/a.ts\n1767225600\n192.0.2.1", hashlib.sha256).hexdigest()
+    assert signature(KEY, "/v/a.ts", 1767225600, "::ffff:192.0.2.1") == bound
+
+
+def test_the_first_secret_signs_and_every_one_verifies() -> None:
+    assert signed_query(SETTINGS, "/v/a", 100) == f"exp=100&sig={signature(KEY, '/v/a', 100)}"
+    assert verify(SETTINGS, "/v/a", 100, signature(OLD, "/v/a", 100), "192.0.2.1")
+    assert not verify(SETTINGS, "/v/a", 100, signature("a-third-key-0123456789", "/v/a", 100), "192.0.2.1")
+    assert not verify(SETTINGS, "/v/b", 100, signature(KEY, "/v/a", 100), "192.0.2.1")
+    assert not verify(SETTINGS, "/v/a", 101, signature(KEY, "/v/a", 100), "192.0.2.1")
+
+
+def test_take_params_removes_only_the_named_parameters() -> None:
+    assert take_params(b"?a=1&sig=x&exp=2&b", (b"sig", b"exp")) == (b"?a=1&b", [[b"x"], [b"2"]])
+    assert take_params(b"?sig=x&exp=2", (b"sig", b"exp")) == (b"", [[b"x"], [b"2"]])
+    assert take_params(b"", (b"sig", b"exp")) == (b"", [[], []])
+
+
+def _get(proxy, target: str, client_ip: str = "192.0.2.1"):
+    client = proxy.client(client_ip)
+    client.send(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target.encode())
+    return client
+
+
+def _now(proxy) -> int:
+    return int(proxy.reactor.seconds())
+
+
+@pytest.fixture()
+def proxy():
+    proxy = proxy_with(ROUTES)
+    proxy.reactor.advance(1_700_000_000)
+    return proxy
+
+
+def test_a_valid_signature_goes_to_the_backend_without_its_parameters(proxy) -> None:
+    exp = _now(proxy) + 60
+    client = _get(proxy, f"/v/a.ts?x=1&exp={exp}&sig={signature(OLD, '/v/a.ts', exp)}&y=2")
+    backend = proxy.accept()
+    assert backend.received().startswith(b"GET /v/a.ts?x=1&y=2 HTTP/1.1\r\n")
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert client.response().status == 200
+    assert refused(proxy, "video")["signature"] == 0
+
+
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        ("", "signature_missing"),
+        ("?exp=EXP", "signature_missing"),
+        ("?sig=SIG", "signature_missing"),
+        ("?exp=EXP&sig=0000", "signature_invalid"),
+        ("?exp=EXP&sig=SIG&sig=SIG", "signature_invalid"),
+        ("?exp=soon&sig=SIG", "signature_invalid"),
+        ("?exp=PAST&sig=PASTSIG", "signature_expired"),
+        ("?exp=EXP&sig=OTHER", "signature_invalid"),  # signed for another path
+    ],
+)
+def test_missing_bad_or_expired_is_a_403_naming_which(proxy, query: str, code: str) -> None:
+    exp = _now(proxy) + 60
+    past = _now(proxy) - 1
+    query = (
+        query.replace("PASTSIG", signature(KEY, "/v/a.ts", past))
+        .replace("PAST", str(past))
+        .replace("EXP", str(exp))
+        .replace("OTHER", signature(KEY, "/v/b.ts", exp))
+        .replace("SIG", signature(KEY, "/v/a.ts", exp))
+    )
+    client = _get(proxy, "/v/a.ts" + query)
+    response = client.response()
+    assert response.status == 403
+    assert error_of(response) == code
+    assert json.loads(response.body)["request_id"] == response.header(b"x-request-id").decode()
+    assert proxy.pending_connects() == 0
+    assert refused(proxy, "video")["signature"] == 1
+
+
+def test_the_signed_path_is_the_normalised_one(proxy) -> None:
+    exp = _now(proxy) + 60
+    client = _get(proxy, f"/v/x/../%61.ts?exp={exp}&sig={signature(KEY, '/v/a.ts', exp)}")
+    backend = proxy.accept()
+    assert backend.received().startswith(b"GET /v/a.ts HTTP/1.1")
+    backend.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert client.response().status == 204
+
+
+def test_a_bound_signature_holds_only_for_its_client_address(proxy) -> None:
+    exp = _now(proxy) + 60
+    sig = signature(KEY, "/b/a.ts", exp, "192.0.2.1")
+    client = _get(proxy, f"/b/a.ts?e={exp}&s={sig}", "192.0.2.1")
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert client.response().status == 200
+    other = _get(proxy, f"/b/a.ts?e={exp}&s={sig}", "192.0.2.2")
+    assert error_of(other.response()) == "signature_invalid"
+
+
+PLAYLIST = (
+    b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=AES-128,URI=\"key.bin\"\n"
+    b"#EXTINF:2,\nseg0.ts\n#EXTINF:2,\n../v0/seg1.ts?n=1\n#EXTINF:2,\n/elsewhere/seg2.ts\n"
+    b"#EXTINF:2,\nhttps://cdn.example.net/seg3.ts\n#EXT-X-ENDLIST\n"
+)
+
+
+def _uris(body: bytes):
+    found = []
+    map_uris(body, lambda uri: found.append(uri) or uri)
+    return found
+
+
+def _check_signed(proxy, body: bytes, exp: int) -> None:
+    uris = _uris(body)
+    assert uris[0] == f"key.bin?exp={exp}&sig={signature(KEY, '/hls/v0/key.bin', exp)}"
+    assert uris[1] == f"seg0.ts?exp={exp}&sig={signature(KEY, '/hls/v0/seg0.ts', exp)}"
+    assert uris[2] == f"../v0/seg1.ts?n=1&exp={exp}&sig={signature(KEY, '/hls/v0/seg1.ts', exp)}"
+    assert uris[3] == "/elsewhere/seg2.ts"  # a route without signed_urls: left alone
+    assert uris[4] == "https://cdn.example.net/seg3.ts"  # another origin's
+    assert body.startswith(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n")
+
+
+def test_hls_playlists_served_to_a_signed_request_list_signed_uris_on_a_miss_and_a_hit(proxy) -> None:
+    exp = _now(proxy) + 600
+    target = f"/hls/v0/index.m3u8?exp={exp}&sig={signature(KEY, '/hls/v0/index.m3u8', exp)}"
+    client = _get(proxy, target)
+    backend = proxy.accept()
+    assert backend.take().startswith(b"GET /hls/v0/index.m3u8 HTTP/1.1")
+    backend.send(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.apple.mpegurl\r\nContent-Length: %d\r\n"
+        b"Cache-Control: max-age=60\r\n\r\n%s" % (len(PLAYLIST), PLAYLIST)
+    )
+    _check_signed(proxy, client.response().body, exp)
+    # From the cache, which keeps it unsigned, for another expiry: signed for that one.
+    later = exp + 100
+    hit = _get(proxy, f"/hls/v0/index.m3u8?exp={later}&sig={signature(KEY, '/hls/v0/index.m3u8', later)}").response()
+    assert b"hit" in hit.header(b"cache-status")
+    _check_signed(proxy, hit.body, later)
+    assert int(hit.header(b"content-length")) == len(hit.body)
+    # A segment URI as signed in the playlist is accepted (on the pooled backend connection).
+    seg = re.search(rb"seg0\.ts\?[^\n]*", hit.body).group(0).decode()
+    _get(proxy, "/hls/v0/" + seg)
+    assert backend.take().startswith(b"GET /hls/v0/seg0.ts HTTP/1.1")
+
+
+def test_internal_requests_are_never_refused(proxy) -> None:
+    from speedproxy.cache.fetch import fetch
+
+    statuses = []
+    fetch(proxy.core, b"h", b"/v/warm.ts").addCallback(statuses.append)
+    backend = proxy.accept()
+    assert backend.received().startswith(b"GET /v/warm.ts HTTP/1.1")
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert statuses == [200]
+
+
+def test_a_route_without_signed_urls_keeps_its_query(proxy) -> None:
+    client = _get(proxy, "/x?sig=1&exp=2")
+    assert proxy.accept().received().startswith(b"GET /x?sig=1&exp=2 HTTP/1.1")
+
+
+def test_field_reads_a_prebuilt_block() -> None:
+    from speedproxy.edge.signed_urls import _field
+    from speedproxy.filters.messages import LocalResponse
+
+    response = LocalResponse.prebuilt(200, None, b"Content-Type: application/x-mpegURL\r\nX-Content-Encoding: no\r\n", b"")
+    assert _field(response, b"content-type") == b"application/x-mpegURL"
+    assert _field(response, b"content-encoding") is None
+    response = LocalResponse.prebuilt(200, None, b"Age: 1\r\nContent-Encoding: gzip\r\n", b"")
+    assert _field(response, b"content-encoding") == b"gzip"
