@@ -167,7 +167,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         reactor = default_reactor
     from speedproxy.admin.auth import AdminSecurityError, security_problem
     from speedproxy.master.listeners import ADMIN_KEY, DEMO_KEY, PROXY_KEY, bind_all, parse_listen
-    from speedproxy.master.service import MasterService, worker_count
+    from speedproxy.master.service import MasterService
+    from speedproxy.master.supervision import worker_count
     from speedproxy.worker import ProxyWorkerService
 
     config = options["loaded"]

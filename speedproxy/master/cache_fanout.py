@@ -17,7 +17,8 @@ from speedproxy.admin.cache_worker import answer_row
 from speedproxy.master.control import CacheInfo, CacheKeys, ClearCache, PurgeCache, SearchCache, WarmCache
 
 if TYPE_CHECKING:  # pragma: no cover
-    from speedproxy.master.service import MasterService, WorkerHandle
+    from speedproxy.master.service import MasterService
+    from speedproxy.master.supervision import WorkerHandle
 
 #: action → (command, answer key, seconds a worker has to answer).
 COMMANDS: Dict[str, Tuple[Any, str, float]] = {

@@ -21,7 +21,8 @@ from speedproxy.master.control import (
     SearchCache,
     WarmCache,
 )
-from speedproxy.master.service import MasterService, WorkerHandle
+from speedproxy.master.service import MasterService
+from speedproxy.master.supervision import WorkerHandle
 
 CONFIG = """\
 server: {workers: 2}

@@ -150,7 +150,7 @@ def test_totals_survive_a_respawn_and_keep_counting(segment: StatsSegment) -> No
         segment.writer(0).request_done(0, 0, 200, 0.001, 10)
     before = reader.totals()[REQUESTS]
 
-    # The master's worker_exited() then _spawn(): retire, then a new pid.
+    # The master's Supervisor.exited() then spawn(): retire, then a new pid.
     reader.retire(0)
     assert reader.totals()[REQUESTS] == before == 5
     segment.reset_slot(0, 11, 2)

@@ -1,57 +1,25 @@
-"""The master's side of live changes: serialised, all-or-nothing, late workers caught up."""
+"""Config rollout (:mod:`speedproxy.master.rollout`): serialised, all-or-nothing, late workers caught up."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any, List, Tuple
+from typing import Any, List
 
 import pytest
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionLost
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from speedproxy.config import parse_config
-from speedproxy.master.control import ApplyConfig, ConfigRefused, Inspect, SetReportedLoad
-from speedproxy.master.service import MasterService, WorkerHandle
-
-CONFIG = """\
-server: {workers: 2}
-backends:
-  default:
-    - {id: a, host: 10.0.0.1, port: 80}
-routing:
-  default: {path: /, upstream: default}
-"""
-
-
-class FakeControl:
-    """Records callRemote calls; the test fires their Deferreds."""
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[Any, dict, Deferred]] = []
-
-    def callRemote(self, command: Any, **arguments: Any) -> Deferred:
-        deferred: Deferred = Deferred()
-        self.calls.append((command, arguments, deferred))
-        return deferred
-
-    def pending(self, command: Any) -> List[Tuple[dict, Deferred]]:
-        return [(a, d) for c, a, d in self.calls if c is command and not d.called]
+from master_unit_support import FakeControl, control_of, two_worker_master
+from speedproxy.master.control import ApplyConfig, ConfigRefused
+from speedproxy.master.service import MasterService
 
 
 @pytest.fixture
 def master() -> MasterService:
-    service = MasterService(Clock(), parse_config(CONFIG), None)
-    service.segment = SimpleNamespace(layout=SimpleNamespace(slots=16, routes=64, backends=256, upstreams=256))  # type: ignore[assignment]
-    for slot in (0, 1):
-        handle = WorkerHandle(slot, pid=100 + slot, control=FakeControl(), ready=True)  # type: ignore[arg-type]
-        service.workers[slot] = handle
-    return service
+    return two_worker_master()
 
 
 def _control(master: MasterService, slot: int) -> FakeControl:
-    return master.workers[slot].control  # type: ignore[return-value]
+    return control_of(master, slot)
 
 
 def _with_backend(config: Any, backend_id: str) -> Any:
@@ -135,26 +103,3 @@ def test_a_worker_that_connected_during_a_change_is_caught_up(master) -> None:
     assert results == [2]
     (arguments, _), = late.pending(ApplyConfig)
     assert arguments["version"] == 2
-
-
-def test_reported_loads_and_inspection(master) -> None:
-    master.report_load("default", "a", 0.5)
-    for slot in (0, 1):
-        (arguments, deferred), = _control(master, slot).pending(SetReportedLoad)
-        assert arguments == {"upstream": "default", "backend_id": "a", "load": 0.5}
-        deferred.callback({"found": True})
-    # A worker that becomes ready later is told too.
-    master._announced = True
-    master.worker_ready(master.workers[0], 100, 1)
-    assert len(_control(master, 0).pending(SetReportedLoad)) == 1
-    reports: List[Any] = []
-    master.inspect_workers(3, 4).addCallback(reports.append)
-    (arguments, d0), = _control(master, 0).pending(Inspect)
-    assert arguments == {"active_limit": 3, "slow_limit": 4}
-    d0.callback({"report": {"slot": 0, "serving": True}})
-    (_, d1), = _control(master, 1).pending(Inspect)
-    d1.errback(DeferredTimeout())
-    assert reports[0][0] == {"slot": 0, "serving": True, "ready": True}
-    assert reports[0][1]["serving"] is False and "error" in reports[0][1]
-    table = master.process_table()
-    assert [row["role"] for row in table] == ["master", "worker", "worker"]
