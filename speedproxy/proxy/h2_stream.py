@@ -12,7 +12,9 @@ stream holding more than :data:`HIGH_WATER` unsent bytes pauses its own
 backend read (never the other streams').  Request body bytes are given back
 to the client's window only once the exchange took them; a paused exchange
 (backend slow to read, still connecting) stops acknowledging, so the client
-stops sending on that stream.
+stops sending on that stream.  Bytes held so are given back (to the
+connection window at least) however the stream ends: resumed, reset by the
+client, or answered first.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class H2Stream:
         exchange = self.exchange
         connection = self.connection
         if exchange is None or exchange.finished:
-            connection.h2.acknowledge_received_data(flow_length, self.stream_id)
+            connection.h2.acknowledge_received_data(flow_length + self.unacked, self.stream_id)
+            self.unacked = 0
             return
         if self.websocket:
             if self.tunnel:
@@ -140,13 +143,20 @@ class H2Stream:
     def resume_reading(self, reason: int) -> None:
         if self._paused & reason:
             self._paused &= ~reason
-            if not self._paused and self.unacked and not self.done:
-                unacked, self.unacked = self.unacked, 0
-                try:
-                    self.connection.h2.acknowledge_received_data(unacked, self.stream_id)
-                except H2Error:
-                    return
-                self.connection.flush()
+            if not self._paused:
+                self.give_back_window()
+
+    def give_back_window(self) -> None:
+        """Acknowledge the request body bytes held back (to the connection's
+        window even when the stream is over: else they are lost to it)."""
+        if not self.unacked or self.connection.gone:
+            return
+        unacked, self.unacked = self.unacked, 0
+        try:
+            self.connection.h2.acknowledge_received_data(unacked, self.stream_id)
+        except H2Error:
+            return
+        self.connection.flush()
 
     # -- the response side -----------------------------------------------------
 
@@ -359,6 +369,7 @@ class H2Stream:
             return
         self.exchange = None
         connection = self.connection
+        self.give_back_window()  # no one is left to take the body
         if abort:
             self.reset(ErrorCodes.INTERNAL_ERROR)
             return
@@ -394,6 +405,7 @@ class H2Stream:
         self._pending = []
         connection = self.connection
         connection.blocked.discard(self)
+        self.give_back_window()
         exchange = self.exchange
         self.exchange = None
         if exchange is not None:

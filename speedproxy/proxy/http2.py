@@ -13,8 +13,10 @@ request line and ``Host``) handled by an
 :class:`~speedproxy.proxy.h2_stream.H2Stream`: every route, balancer, filter
 and the cache work as for HTTP/1.1, and backends get HTTP/1.1 from the pool.
 
-Limits and defences: ``server.h2_max_concurrent_streams`` streams at once;
-header lists (after HPACK decoding, so an HPACK bomb stops there) up to
+Limits and defences: ``server.h2_max_concurrent_streams`` streams at once
+(advertised; a stream past it is refused alone, RST_STREAM
+``REFUSED_STREAM``, RFC 9113 5.1.2, and counts as a reset for the flood
+guard); header lists (after HPACK decoding, so an HPACK bomb stops there) up to
 ``server.max_header_size``; at most 64 CONTINUATION frames per header block
 (the h2 library); RST_STREAM, SETTINGS and PING floods close the connection
 with GOAWAY ``ENHANCE_YOUR_CALM`` (:mod:`speedproxy.proxy.h2_guard`); a
@@ -26,6 +28,10 @@ push.  Extended CONNECT (RFC 8441) carries WebSockets: the stream's
 ``:protocol websocket`` request goes to the backend as an HTTP/1.1 Upgrade
 (on routes whose ``protocols.websocket`` allows it), its 101 comes back as
 a 200 and the stream's DATA is the tunnel.
+
+A client's GOAWAY ``NO_ERROR`` is a graceful close (RFC 9113 6.8): the
+streams it opened are answered, new ones refused, then the connection
+closes.  A GOAWAY with an error code closes it at once.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from h2.events import (
 )
 from h2.exceptions import DenialOfServiceError, H2Error, ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -78,6 +84,9 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CONNECTION_WINDOW = 16 * 1024 * 1024
 #: How often a connection with streams checks their timeouts (seconds).
 CHECK_INTERVAL = 1.0
+#: Streams over the advertised limit the h2 library still lets through, for
+#: us to refuse one by one; past them the client is told GOAWAY.
+STREAM_SLACK = 100
 
 _log = Logger(namespace="speedproxy.http2")
 
@@ -180,6 +189,8 @@ def request_head(headers: List[Any], end_stream: bool, max_line: int) -> Request
     path = pseudo.get(b":path")
     if method is None or not path or b":scheme" not in pseudo:
         raise _malformed("missing :method, :scheme or :path")
+    if path[0] != 47 and not (path == b"*" and method == b"OPTIONS"):  # 47: "/"
+        raise _malformed(":path not in origin form")  # 8.3.1: never absolute
     lines[0] = method + b" " + path + b" HTTP/1.1"
     authority = pseudo.get(b":authority")
     if authority is not None:
@@ -194,6 +205,37 @@ def request_head(headers: List[Any], end_stream: bool, max_line: int) -> Request
     request = parse_request_head(head, max_line)
     request.version = b"HTTP/2.0"
     return request
+
+
+class _LocalSettings(Settings):
+    """Our SETTINGS: ``MAX_CONCURRENT_STREAMS`` is advertised, but the h2
+    library enforces only :attr:`hard_limit` (where it closes the whole
+    connection); below that a stream over the limit is refused on its own."""
+
+    hard_limit = 2**31
+
+    @property  # type: ignore[override]
+    def max_concurrent_streams(self) -> int:
+        return self.hard_limit
+
+
+class _ServerH2Connection(H2Connection):
+    """The h2 state machine, kept open by a client's GOAWAY.
+
+    h2 would close the connection state at once and drop what is queued,
+    the answers of the streams the client still waits for included.
+    """
+
+    def _receive_goaway_frame(self, frame: Frame) -> Any:
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code  # type: ignore[attr-defined]
+        try:
+            event.error_code = ErrorCodes(event.error_code)
+        except ValueError:
+            pass
+        event.last_stream_id = frame.last_stream_id  # type: ignore[attr-defined]
+        event.additional_data = frame.additional_data or None  # type: ignore[attr-defined]
+        return [], [event]
 
 
 @implementer(IPushProducer)
@@ -213,6 +255,8 @@ class H2ClientConnection(Protocol):
         self.blocked: Set[H2Stream] = set()
         self.deadline = 0.0
         self.closing = False
+        #: Nothing more goes out: the connection is lost or failed.
+        self.gone = False
         self.write_paused = False
         self.requests = 0
         self._write_deadline = 0.0
@@ -228,8 +272,9 @@ class H2ClientConnection(Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        h2 = H2Connection(config)
-        h2.local_settings = Settings(
+        h2 = _ServerH2Connection(config)
+        self.max_streams = server.h2_max_concurrent_streams
+        h2.local_settings = settings = _LocalSettings(
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: server.h2_max_concurrent_streams,
@@ -237,6 +282,7 @@ class H2ClientConnection(Protocol):
                 SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,  # WebSocket over HTTP/2 (RFC 8441)
             },
         )
+        settings.hard_limit = self.max_streams + STREAM_SLACK
         # The limit holds from the first HEADERS on, not only once the client acked it.
         h2.decoder.max_header_list_size = server.max_header_size
         h2.encoder = StaticEncoder()  # type: ignore[assignment]
@@ -260,7 +306,7 @@ class H2ClientConnection(Protocol):
         self.send_now()
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
-        self.closing = True
+        self.closing = self.gone = True
         streams = list(self.streams.values())
         for stream in streams:
             stream.client_gone()
@@ -309,7 +355,7 @@ class H2ClientConnection(Protocol):
                 code=ErrorCodes(code).name if code in ErrorCodes._value2member_map_ else code,
                 why=why.decode("ascii"),
             )
-        self.closing = True
+        self.closing = self.gone = True
         try:
             self.h2.close_connection(code, additional_data=why or None)
         except H2Error:
@@ -339,7 +385,11 @@ class H2ClientConnection(Protocol):
             for event in events:
                 kind = type(event)
                 if kind is RequestReceived:
-                    self._request(event)
+                    if self.closing or len(self.streams) >= self.max_streams:
+                        if not self._refuse_stream(event.stream_id):
+                            return
+                    else:
+                        self._request(event)
                 elif kind is DataReceived:
                     stream = self.streams.get(event.stream_id)
                     if stream is None:
@@ -367,8 +417,10 @@ class H2ClientConnection(Protocol):
                         return
                 elif kind is ConnectionTerminated:
                     self.closing = True
-                    self.transport.loseConnection()
-                    return
+                    if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
+                        self.transport.loseConnection()
+                        return
+                    # A graceful close: the open streams are answered first.
         except H2Error:
             self._fail(ErrorCodes.INTERNAL_ERROR)
             return
@@ -381,9 +433,6 @@ class H2ClientConnection(Protocol):
         core = self.core
         server = core.server
         stream_id = event.stream_id
-        if self.closing:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            return
         headers = event.headers
         head_request = False
         for name, value in headers:
@@ -423,6 +472,14 @@ class H2ClientConnection(Protocol):
         if not end_stream and not stream.websocket:
             stream.last_read = self.clock.seconds()
         exchange.start()
+
+    def _refuse_stream(self, stream_id: int) -> bool:
+        """Refuse a stream past the limit or the GOAWAY; False if that made it a flood."""
+        self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        if not self.closing and not self._resets.hit(self.clock.seconds()):
+            self._fail(ErrorCodes.ENHANCE_YOUR_CALM, b"streams over the limit")
+            return False
+        return True
 
     def _refuse(self, stream: H2Stream, status: int, code: str, detail: str) -> None:
         """Answer a stream whose request cannot be served (the connection goes on)."""

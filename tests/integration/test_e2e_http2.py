@@ -11,11 +11,12 @@ import pytest
 import trustme
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from h2_support import H2Socket, curl, ensure_curl, ensure_h2load, ws_frame, ws_messages
 
 from speedproxy.testing import HTTPBackend, backend_entry, fixed_body, pattern_sha256, upload_digest
+from speedproxy.testing.http_backend import delayed
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -243,6 +244,74 @@ def test_a_zero_stream_window_resets_only_that_stream(guarded) -> None:
                 break
         assert client.response(stream_id)[2], "the stalled stream was never reset"
         assert not client.closed
+    finally:
+        client.close()
+
+
+# -- stream limits, malformed paths, the client's GOAWAY --------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_proxy(module_stack):
+    origin = module_stack.backend(fixed_body(1024), name="origin")
+    origin.route("/slow", delayed(0.5, fixed_body(2048)))
+    return module_stack.proxy(origin, workers=1, h2_max_concurrent_streams=2)
+
+
+def _read_until(client: H2Socket, done, deadline: float = 10.0) -> None:
+    for _ in range(int(deadline / 0.2)):  # bounded
+        if done() or not client.read(0.2):
+            return
+
+
+def test_a_stream_over_the_limit_is_refused_alone(limited_proxy) -> None:
+    client = H2Socket(limited_proxy.port)
+    try:
+        # Three streams in the first flight, before the proxy's SETTINGS (limit 2) are read.
+        streams = []
+        for _ in range(3):
+            stream_id = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(stream_id, client.headers("/slow"), end_stream=True)
+            streams.append(stream_id)
+        client.flush()
+        _read_until(client, lambda: all(client.response(stream_id)[2] for stream_id in streams))
+        refused = [event for event in client.events if type(event).__name__ == "StreamReset"]
+        assert [(event.stream_id, event.error_code) for event in refused] == [(streams[2], ErrorCodes.REFUSED_STREAM)]
+        assert [(client.response(stream_id)[0], len(client.response(stream_id)[1])) for stream_id in streams[:2]] \
+            == [(200, 2048)] * 2
+        assert not client.closed and client.goaway() is None
+        assert client.get("/again")[0] == 200  # the client retries: served
+    finally:
+        client.close()
+
+
+def test_an_absolute_form_path_gets_400_on_its_stream(limited_proxy) -> None:
+    client = H2Socket(limited_proxy.port)
+    try:
+        client.h2.config.validate_outbound_headers = False
+        stream_id = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(stream_id, [(b":method", b"GET"), (b":path", b"http://elsewhere.test/x"),
+                                           (b":scheme", b"http"), (b":authority", b"localhost")], end_stream=True)
+        client.flush()
+        _read_until(client, lambda: client.response(stream_id)[2])
+        status, body, ended = client.response(stream_id)
+        assert (status, ended) == (400, True) and b"origin form" in body
+        assert client.get("/small")[0] == 200 and not client.closed
+    finally:
+        client.close()
+
+
+def test_a_client_goaway_lets_its_open_streams_finish(limited_proxy) -> None:
+    client = H2Socket(limited_proxy.port)
+    try:
+        stream_id = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(stream_id, client.headers("/slow"), end_stream=True)
+        client.flush()
+        # GOAWAY past the h2 client library, which would stop reading after it.
+        client.send_raw(GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.NO_ERROR).serialize())
+        assert client.wait_closed(10.0)
+        status, body, ended = client.response(stream_id)
+        assert (status, len(body), ended) == (200, 2048, True)
     finally:
         client.close()
 

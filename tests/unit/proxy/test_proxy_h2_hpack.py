@@ -31,12 +31,25 @@ def test_representations() -> None:
     assert encode_field(b"x-a", b"b" * 200)[5:7] == bytes((127, 200 - 127))
 
 
-def test_fields_are_remembered_within_bounds(monkeypatch) -> None:
+def test_only_repeating_fields_are_remembered_within_bounds(monkeypatch) -> None:
     monkeypatch.setattr(h2_hpack, "MEMORY", 3)
+    monkeypatch.setattr(h2_hpack, "_KNOWN", {})
     encoder = StaticEncoder()
-    encoder.encode([(b"x-%d" % index, b"v") for index in range(5)] + [(b"x-long", b"v" * 1000)])
-    assert len(encoder._known) <= 3
-    assert (b"x-long", b"v" * 1000) not in encoder._known
+    unique = [(b"x-request-id", b"1f2e3d4c-1a"), (b"etag", b'"abc"'), (b"date", b"Mon, 30 Nov 2026 12:00:00 GMT"),
+              (b"content-length", b"1234"), (b"age", b"7"), (b"cache-status", b"speedproxy; hit; ttl=12")]
+    repeated = [(b"content-type", b"video/mp2t"), (b"via", b"1.1 speedproxy")]
+    encoder.encode(unique + repeated + [(b"content-type", b"x" * 1000)])
+    assert set(h2_hpack._KNOWN) == set(repeated)  # never the per-response values, never the long ones
+    encoder.encode([(b"content-type", b"text/%d" % index) for index in range(5)])
+    assert len(h2_hpack._KNOWN) <= 3
+
+
+def test_the_memo_is_one_for_every_connection(monkeypatch) -> None:
+    monkeypatch.setattr(h2_hpack, "_KNOWN", {})
+    for _ in range(100):  # connections
+        StaticEncoder().encode([(b"content-type", b"text/html"), (b"x-request-id", b"%d" % _)])
+    assert list(h2_hpack._KNOWN) == [(b"content-type", b"text/html")]
+    assert not hasattr(StaticEncoder(), "_known")
 
 
 def test_a_smaller_table_size_setting_needs_nothing_more() -> None:

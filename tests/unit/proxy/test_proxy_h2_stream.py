@@ -35,6 +35,7 @@ class FakeConnection:
         self.peer_ip = "192.0.2.1"
         self.transport = None
         self.write_paused = False
+        self.gone = False
         self.blocked: set = set()
         self.streams: dict = {}
         self.over: List[H2Stream] = []
@@ -182,3 +183,61 @@ def test_request_body_window_waits_while_paused(connection) -> None:
     assert bodies == [b"abc"] and stream.unacked == 3
     stream.resume_reading(stream.PAUSED_CONNECTING)
     assert stream.unacked == 0
+
+
+def held_body(connection: FakeConnection) -> "tuple[H2Stream, FakeExchange]":
+    """A POST stream whose 40000 body bytes came in while its exchange was paused."""
+    client = connection.client
+    stream_id = client.get_next_available_stream_id()
+    client.send_headers(stream_id, [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"https"),
+                                    (b":authority", b"a")])
+    connection.h2.receive_data(client.data_to_send())
+    stream = H2Stream(connection, stream_id, False)  # type: ignore[arg-type]
+    connection.streams[stream_id] = stream
+    exchange = FakeExchange()
+    exchange.request_body = lambda data: None  # type: ignore[attr-defined]
+    stream.exchange = exchange  # type: ignore[assignment]
+    stream.pause_reading(stream.PAUSED_BY_UPSTREAM)
+    for _ in range(4):
+        client.send_data(stream_id, b"x" * 10_000)
+    for event in connection.h2.receive_data(client.data_to_send()):
+        if isinstance(event, DataReceived):
+            stream.request_data(event.data, event.flow_controlled_length)
+    assert stream.unacked == 40_000
+    return stream, exchange
+
+
+def client_window(connection: FakeConnection) -> int:
+    """The connection window the client sees, after what the server sent."""
+    connection.events()
+    return connection.client.outbound_flow_control_window
+
+
+def test_a_held_body_goes_back_to_the_window_when_the_client_resets(connection) -> None:
+    stream, _ = held_body(connection)
+    assert client_window(connection) == 65535 - 40_000
+    stream.client_gone()
+    assert stream.unacked == 0 and client_window(connection) == 65535
+
+
+def test_a_held_body_goes_back_to_the_window_when_the_answer_ends_first(connection) -> None:
+    stream, exchange = held_body(connection)
+    stream.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    stream.exchange_finished(exchange, True)  # type: ignore[arg-type]
+    assert stream.done and stream.unacked == 0
+    assert client_window(connection) == 65535
+
+
+def test_a_held_body_goes_back_when_resumed_after_the_answer(connection) -> None:
+    stream, _ = held_body(connection)
+    stream.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert stream.done
+    stream.resume_reading(stream.PAUSED_BY_UPSTREAM)
+    assert client_window(connection) == 65535
+
+
+def test_a_lost_connection_acknowledges_nothing(connection) -> None:
+    stream, _ = held_body(connection)
+    connection.gone = True
+    stream.client_gone()
+    assert client_window(connection) == 65535 - 40_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -16,7 +17,7 @@ from h2.events import (
     StreamReset,
 )
 from h2.settings import SettingCodes
-from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, SettingsFrame, PingFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, SettingsFrame, PingFrame
 
 from speedproxy.proxy.http2 import H2ClientConnection, is_preface, request_head
 from speedproxy.proxy.h2_stream import HIGH_WATER
@@ -344,18 +345,41 @@ def test_a_continuation_flood_closes_the_connection(proxy) -> None:
     assert proxy.connects == []
 
 
-def test_too_many_streams_are_refused(proxy) -> None:
+def test_a_stream_over_the_limit_is_refused_alone(proxy) -> None:
     peer = H2Peer(proxy)
-    for _ in range(8):
-        peer.request("/")
+    assert peer.h2.remote_settings.max_concurrent_streams == 8  # advertised
+    streams = [peer.request("/%d" % index) for index in range(8)]
     assert len(proxy.connects) == 8
-    # A client that ignores the limit it was given (the h2 library would not).
-    peer.h2.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 100
-    peer.h2.remote_settings.acknowledge()
-    peer.request("/")
+    first = proxy.accept()
+    # A client that has not seen the limit yet (its first flight) or ignores it.
+    peer.h2.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = deque([100])
+    over = peer.request("/over")
     assert len(proxy.connects) == 8
+    assert not peer.closed and peer.terminated() is None
+    refused = [event for event in peer.events if isinstance(event, StreamReset) and event.stream_id == over]
+    assert refused and refused[0].error_code == ErrorCodes.REFUSED_STREAM
+    # The streams within the limit go on; once one ends, a new one is served.
+    answer(first)
+    peer.pump()
+    assert peer.response(streams[0])[0] == 200
+    first.transport.clear()
+    again = peer.request("/again")
+    assert first.received().startswith(b"GET /again HTTP/1.1")  # on the pooled backend connection
+    assert not peer.closed
+
+
+def test_streams_refused_in_bulk_are_a_flood(proxy) -> None:
+    peer = H2Peer(proxy)
+    for index in range(8):
+        peer.request("/%d" % index)
+    peer.h2.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = deque([2**31])
+    for _ in range(300):
+        peer.request("/over")
+        if peer.closed:
+            break
     assert peer.closed
-    assert peer.terminated().error_code == ErrorCodes.PROTOCOL_ERROR
+    assert peer.terminated().error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert len(proxy.connects) == 8
 
 
 def test_a_zero_window_stall_resets_the_stream_after_write_timeout(proxy) -> None:
@@ -428,6 +452,85 @@ def test_graceful_shutdown_finishes_open_streams(proxy) -> None:
     assert sent[-1] == ("DataFrame", stream, ["END_STREAM"])
 
 
+def test_a_client_goaway_lets_its_open_streams_finish(proxy) -> None:
+    peer = H2Peer(proxy)
+    first = peer.request("/one", "POST", b"part", end=False)
+    second = peer.request("/two")
+    backends = [proxy.accept(), proxy.accept()]
+    # GOAWAY NO_ERROR past the client library, which would stop reading.
+    peer.send_raw(GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.NO_ERROR).serialize())
+    assert not peer.closed
+    later = peer.request("/later")  # opened after its GOAWAY: refused
+    assert any(isinstance(event, StreamReset) and event.stream_id == later
+               and event.error_code == ErrorCodes.REFUSED_STREAM for event in peer.events)
+    assert len(proxy.connects) == 2
+    answer(backends[1], b"two")
+    peer.pump()
+    assert peer.response(second)[1:] == (peer.response(second)[1], b"two", True) and not peer.closed
+    peer.h2.send_data(first, b"-rest", end_stream=True)
+    peer.flush()
+    assert backends[0].received().endswith(b"4\r\npart\r\n5\r\n-rest\r\n0\r\n\r\n")
+    answer(backends[0], b"one")
+    peer.pump()
+    assert peer.response(first)[2:] == (b"one", True)
+    assert peer.closed  # the last stream done: the connection closes
+
+
+def test_a_client_goaway_with_an_error_closes_at_once(proxy) -> None:
+    peer = H2Peer(proxy)
+    peer.request("/")
+    backend = proxy.accept()
+    peer.send_raw(GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.PROTOCOL_ERROR).serialize())
+    assert peer.closed
+    peer.protocol.connectionLost()
+    assert backend.transport.disconnecting
+
+
+def test_a_client_goaway_without_streams_closes_at_once(proxy) -> None:
+    peer = H2Peer(proxy)
+    peer.send_raw(GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.NO_ERROR).serialize())
+    assert peer.closed
+
+
+def held(peer: H2Peer) -> int:
+    """Request body bytes the proxy has not acknowledged on the connection window."""
+    manager = peer.protocol.h2._inbound_flow_control_window_manager
+    return manager.max_window_size - manager.current_window_size - manager._bytes_processed
+
+
+def test_a_reset_paused_upload_gives_its_window_back(proxy) -> None:
+    peer = H2Peer(proxy)
+    stream = peer.request("/up", "POST", b"a" * 10, end=False)
+    backend = proxy.accept()
+    peer.pump()
+    backend.protocol.pauseProducing()
+    for _ in range(4):
+        peer.h2.send_data(stream, b"b" * 15_000)
+    peer.flush()
+    peer.pump()
+    assert held(peer) == 60_000  # held back while paused
+    peer.h2.reset_stream(stream, ErrorCodes.CANCEL)
+    peer.flush()
+    peer.pump()
+    assert held(peer) == 0  # given back to the connection's window
+
+
+def test_an_upload_answered_first_gives_its_window_back(proxy) -> None:
+    peer = H2Peer(proxy)
+    stream = peer.request("/up", "POST", b"a" * 10, end=False)
+    backend = proxy.accept()
+    peer.pump()
+    backend.protocol.pauseProducing()
+    for _ in range(4):
+        peer.h2.send_data(stream, b"b" * 15_000)
+    peer.flush()
+    peer.pump()
+    answer(backend, b"early")  # the backend answers before reading it all
+    peer.pump()
+    assert peer.response(stream)[2:] == (b"early", True)
+    assert held(peer) == 0
+
+
 def test_client_loss_aborts_the_backends(proxy) -> None:
     peer = H2Peer(proxy)
     peer.request("/")
@@ -476,6 +579,9 @@ BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":autho
         BASE[:2] + BASE[3:],
         [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"h")],
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b""), (b":authority", b"h")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"http://other.test/x"), (b":authority", b"h")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"*"), (b":authority", b"h")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"x/y"), (b":authority", b"h")],
     ],
 )
 def test_malformed_field_lists_are_refused(fields) -> None:
@@ -492,6 +598,20 @@ def test_malformed_requests_get_400_on_their_stream(proxy) -> None:
     status, _, body, ended = peer.response(stream)
     assert status == 400 and ended and b"malformed HTTP/2 request" in body
     assert proxy.connects == []
+
+
+def test_an_absolute_form_path_gets_400_on_its_stream(proxy) -> None:
+    peer = H2Peer(proxy)
+    stream = peer.request("http://other.test/x")
+    status, _, body, ended = peer.response(stream)
+    assert status == 400 and ended and b"origin form" in body
+    assert proxy.connects == [] and not peer.closed
+
+
+def test_options_asterisk_is_origin_form_enough() -> None:
+    request = request_head([(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*"),
+                            (b":authority", b"h")], True, 0)
+    assert request.target == b"*" and request.host == b"h"
 
 
 def test_is_preface() -> None:
