@@ -22,7 +22,9 @@ Figures, per target: origin requests per segment and rendition (goal:
 exactly 1), the share of segment requests answered from the cache before
 the origin was asked (``Cache-Status: ...; hit``; nginx
 ``X-Cache-Status: HIT``), the player-side wait for a segment (request to
-last byte: p50, p99, max), and proxy CPU (user+system of the proxy's
+last byte: p50, p99, max), the wait for a playlist reload (p50, p99, max:
+speedproxy holds a refreshed live playlist until its new segments are
+stored, :mod:`speedproxy.hls.live`), and proxy CPU (user+system of the proxy's
 processes) per segment served.  Results: a Markdown table on stdout and
 ``bench/out/hls_audience.json``.
 
@@ -39,7 +41,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,7 +192,7 @@ def listed(playlist: bytes) -> Tuple[int, List[str]]:
 
 
 async def player(index: int, port: int, renditions: int, until: float, hit_word: Tuple[str, str], waits: List[float],
-                 hits: List[bool], misses: List[str], errors: List[str]) -> None:
+                 hits: List[bool], misses: List[str], errors: List[str], reloads: List[float]) -> None:
     await asyncio.sleep(index * 2.0 / 200 % 2.0)  # join over the first 2 s
     connection = Connection(port, f"bench-player/{index}")
     header, word = hit_word
@@ -219,7 +220,9 @@ async def player(index: int, port: int, renditions: int, until: float, hit_word:
                 wanted += 1
                 continue
             await asyncio.sleep(SEGMENT_SECONDS)  # not listed yet: reload after a target duration
+            asked = time.monotonic()
             status, _, body = await connection.get(base + "index.m3u8")
+            reloads.append(time.monotonic() - asked)
     except Exception as error:  # a broken player is reported, not fatal to the run
         errors.append(f"player {index}: {error!r}")
     finally:
@@ -231,9 +234,12 @@ async def audience(port: int, players: int, renditions: int, duration: float, hi
     hits: List[bool] = []
     errors: List[str] = []
     misses: List[str] = []
+    reloads: List[float] = []
     until = time.monotonic() + duration
-    await asyncio.gather(*(player(i, port, renditions, until, hit_word, waits, hits, misses, errors) for i in range(players)))
-    return {"waits": waits, "hits": hits, "misses": misses, "errors": errors}
+    await asyncio.gather(
+        *(player(i, port, renditions, until, hit_word, waits, hits, misses, errors, reloads) for i in range(players))
+    )
+    return {"waits": waits, "hits": hits, "misses": misses, "errors": errors, "reloads": reloads}
 
 
 # -- targets -----------------------------------------------------------------------------------
@@ -343,10 +349,11 @@ http {{
 def summarise(name: str, result: Dict[str, Any], counts: Dict[str, int], cpu: float) -> Dict[str, Any]:
     segments = {path: count for path, count in counts.items() if path.endswith(".ts")}
     waits = sorted(result["waits"])
+    reloads = sorted(result["reloads"])
     served = len(waits)
 
-    def percentile(share: float) -> float:
-        return waits[min(len(waits) - 1, int(share * len(waits)))] * 1000.0 if waits else 0.0
+    def percentile(share: float, values: List[float] = waits) -> float:
+        return values[min(len(values) - 1, int(share * len(values)))] * 1000.0 if values else 0.0
 
     return {
         "target": name,
@@ -359,6 +366,10 @@ def summarise(name: str, result: Dict[str, Any], counts: Dict[str, int], cpu: fl
         "wait_p50_ms": round(percentile(0.50), 2),
         "wait_p99_ms": round(percentile(0.99), 2),
         "wait_max_ms": round(waits[-1] * 1000.0, 2) if waits else 0.0,
+        "playlist_reloads": len(reloads),
+        "reload_p50_ms": round(percentile(0.50, reloads), 2),
+        "reload_p99_ms": round(percentile(0.99, reloads), 2),
+        "reload_max_ms": round(reloads[-1] * 1000.0, 2) if reloads else 0.0,
         "cpu_ms_per_segment": round(cpu * 1000.0 / served, 3) if served else 0.0,
         "not_hits": dict(Counter(result["misses"]).most_common(5)),
         "errors": len(result["errors"]),
@@ -431,6 +442,7 @@ def main() -> None:
         ("origin_requests_per_segment", "origin req/segment"), ("segments_fetched_more_than_once", "fetched >1"),
         ("playlist_origin_requests", "playlist origin req"), ("hit_share", "hit share"),
         ("wait_p50_ms", "wait p50 ms"), ("wait_p99_ms", "wait p99 ms"), ("wait_max_ms", "wait max ms"),
+        ("reload_p50_ms", "reload p50 ms"), ("reload_p99_ms", "reload p99 ms"), ("reload_max_ms", "reload max ms"),
         ("cpu_ms_per_segment", "proxy CPU ms/segment"), ("errors", "errors"),
     ]
     print(f"\n{args.players} players, {args.renditions} renditions, 2 s segments, {args.duration:g} s, "

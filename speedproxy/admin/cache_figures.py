@@ -82,7 +82,8 @@ def combine_info(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 
 
 def combine_hls(rows: Iterable[Any]) -> Dict[str, Any]:
-    """The HLS routes' per-worker figures summed per route (``prefetch`` per result)."""
+    """The HLS routes' per-worker figures summed per route (``prefetch`` and
+    ``live_hold`` per result)."""
     routes: Dict[str, Any] = {}
     for row in rows:
         if not isinstance(row, Mapping):
@@ -90,9 +91,10 @@ def combine_hls(rows: Iterable[Any]) -> Dict[str, Any]:
         for route, figures in row.items():
             total = routes.setdefault(route, {"prefetch": {}})
             for name, value in figures.items():
-                if name == "prefetch" and isinstance(value, Mapping):
+                if name in ("prefetch", "live_hold") and isinstance(value, Mapping):
+                    bucket = total.setdefault(name, {})
                     for result, count in value.items():
-                        total["prefetch"][result] = total["prefetch"].get(result, 0) + count
+                        bucket[result] = bucket.get(result, 0) + count
                 elif isinstance(value, (int, float)) and not isinstance(value, bool):
                     total[name] = total.get(name, 0) + value
     return routes

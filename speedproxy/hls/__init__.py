@@ -11,6 +11,8 @@ filters of :mod:`speedproxy.hls.filter` around its cache filter.  Modules:
   knows of, per route;
 - :mod:`~speedproxy.hls.viewers`: sequential viewing vs seeking;
 - :mod:`~speedproxy.hls.prefetch`: fetching the next segments into the cache;
+- :mod:`~speedproxy.hls.live`: players held until a refreshed live
+  playlist's new segments are stored (prefetch ahead of live players);
 - :mod:`~speedproxy.hls.streams`: per-stream figures (viewers, bytes, hit ratio);
 - :mod:`~speedproxy.hls.bandwidth`: ``rate_limit`` and ``max_bandwidth`` pacing;
 - :mod:`~speedproxy.hls.heat`: decaying popularity for the memory tier;

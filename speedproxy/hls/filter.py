@@ -11,9 +11,13 @@ lifetimes (``view.state["lifetime_override"]``, the cache's documented
 hook) and to refresh stale playlists once for all players
 (``collapse_stale``), learns the streams from the playlists that pass or are
 served from the cache, follows viewers and prefetches the segments after
-the one a sequential viewer asks for.  It also puts the route's bandwidth
-limits on client connections (:mod:`speedproxy.hls.bandwidth`, only when
-the route has some), accounts every request to its stream
+the one a sequential viewer asks for.  On a route that prefetches, a
+player asking for a stale live playlist waits while the worker refreshes
+it and prefetches the new segments it lists, so players learn of a
+segment only once it is stored (:mod:`speedproxy.hls.live`).  It also
+puts the route's bandwidth limits on client connections
+(:mod:`speedproxy.hls.bandwidth`, only when the route has some), accounts
+every request to its stream
 (:mod:`speedproxy.hls.streams`) and heats the segments players ask for
 (:mod:`speedproxy.hls.heat`).  The cache key of the route always keeps the
 LL-HLS directives (:func:`key_ll_hls`).
@@ -27,17 +31,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from speedproxy.cache import policy
 from speedproxy.cache.entry import CachedObject, VaryMarker
-from speedproxy.cache.fetch import InternalClient
+from speedproxy.cache.fetch import InternalClient, fetch
 from speedproxy.cache.keys import variant_key
 from speedproxy.config.model import RouteConfig, RouteHlsConfig
 from speedproxy.filters.base import Filter
 from speedproxy.filters.messages import FilterRequest, FilterResponse
 from speedproxy.hls.bandwidth import RouteBucket, throttle_for, worker_share
 from speedproxy.hls.heat import heat_of
+from speedproxy.hls.live import Hold, LiveHolds, hold_bound
 from speedproxy.hls.playlist import (
+    EVENT,
+    LIVE,
     SEGMENT,
     Playlist,
     is_playlist_path,
@@ -48,7 +57,7 @@ from speedproxy.hls.playlist import (
     playlist_outline,
 )
 from speedproxy.hls.prefetch import PREFETCH_HEADER_LOWER, Prefetcher
-from speedproxy.hls.registry import StreamRegistry
+from speedproxy.hls.registry import Rendition, StreamRegistry
 from speedproxy.hls.rewrite import origin_hosts, rewrite_playlist
 from speedproxy.hls.streams import StreamFigures
 from speedproxy.hls.viewers import ViewerTracker
@@ -92,6 +101,10 @@ class HlsRoute:
         }
         #: Versions of stored playlists being parsed in the thread pool.
         self.parsing: Set[float] = set()
+        #: Paths of playlists being parsed in the thread pool (how many parses each).
+        self.parsing_paths: Dict[str, int] = {}
+        #: Players held until a refreshed live playlist's new segments are stored.
+        self.live = LiveHolds(core.reactor, self.parsing_paths.__contains__)
 
     def parsed(self, playlist: Optional[Playlist], seconds: float = 0.0) -> None:
         self.counters["playlists_parsed"] += 1
@@ -100,6 +113,7 @@ class HlsRoute:
     def info(self, now: float) -> Dict[str, Any]:
         figures: Dict[str, Any] = {
             "prefetch": self.prefetcher.info(),
+            "live_hold": self.live.info(),
             "viewers": self.viewers.active(now),
             "playlists_parsed": int(self.counters["playlists_parsed"]),
             "parse_ms": round(self.counters["parse_seconds"] * 1000.0, 3),
@@ -206,6 +220,8 @@ class HlsFilter(Filter):
         self.heat = heat_of(core)
         self.throttle = self._throttle(core, self.settings)
         self._key_headers = tuple(name.lower().encode("latin-1") for name in config.cache.key.headers)
+        #: Players wait for a stale live playlist's new segments (the route prefetches).
+        self._holds_live = self.settings.prefetch_depth > 0 and self.settings.max_prefetch_downloads > 0
 
     def _throttle(self, core: "ProxyCore", settings: RouteHlsConfig) -> Optional[Callable[["Exchange"], Any]]:
         """What paces a client connection of this route (``None``: no limits, nothing to pay)."""
@@ -262,6 +278,15 @@ class HlsFilter(Filter):
                 state["hls_stream"] = (text, text)
             else:
                 state["hls_stream"] = (text, None)
+            if (
+                self._holds_live
+                and type(exchange.client) is not InternalClient
+                and PREFETCH_HEADER_LOWER not in request.lowered
+                and b"range" not in request.lowered
+            ):
+                rendition = registry.renditions.get(text)
+                if rendition is not None and rendition.kind in (LIVE, EVENT) and rendition.target_duration > 0:
+                    return self._live(exchange, text, rendition)
             return None
         target = (path + request.query).decode("latin-1")
         ref = registry.segment(target)
@@ -280,6 +305,81 @@ class HlsFilter(Filter):
         ):
             self._viewer_asked(exchange, ref)
         return None
+
+    def _live(self, exchange: "Exchange", path: str, rendition: Rendition) -> "Optional[Deferred[None]]":
+        """A player asks for a live playlist: wait if it is being refreshed (or
+        refresh it now, when it is stale) until its new segments are stored."""
+        holds = self.route.live
+        key = self.cache.key_for(exchange)
+        hold = holds.get(key)
+        if hold is not None:
+            return hold.wait(exchange)
+        core = self.core
+        tiers = core.cache
+        if tiers is None or key in core.cache_fills:
+            return None  # (a refresh under way without a hold: the cache joins it)
+        request = exchange.request
+        entry = tiers.memory.peek(key)
+        if isinstance(entry, VaryMarker):
+            entry = tiers.memory.peek((key, variant_key(entry.names, request.headers, request.lowered)))
+        if not isinstance(entry, CachedObject) or entry.status != 200:
+            return None
+        outcome, _ = policy.evaluate(entry.policy, policy.NO_DIRECTIVES, core.clock.seconds())
+        if outcome != policy.MUST_REVALIDATE:
+            return None  # fresh (or servable stale): the cache answers it
+        settings = self.settings
+        outline = Playlist(rendition.kind, target_duration=rendition.target_duration)
+        interval = playlist_lifetime(outline, settings.live_playlist_ttl, settings.vod_playlist_ttl)
+        bound = hold_bound(rendition.target_duration, interval if interval is not None else entry.policy.lifetime)
+        server = core.server
+        deadline = server.upstream_connect_timeout + server.upstream_read_timeout + bound
+        headers = self._copied_headers(request)
+        host, scheme, target = request.host, exchange.client.scheme, request.target
+        reactor = core.reactor
+
+        def refresh() -> "Deferred[int]":
+            # Next turn: not from inside this request's filter chain.
+            done: "Deferred[int]" = Deferred()
+
+            def start() -> None:
+                try:
+                    fetch(core, host, target, headers, scheme=scheme).chainDeferred(done)
+                except Exception:
+                    done.errback()
+
+            reactor.callLater(0, start)
+            return done
+
+        hold = holds.start(key, path, bound, deadline, refresh)
+        if hold is None:
+            return None
+        hold.context = (host, scheme, headers)
+        return hold.wait(exchange)
+
+    def _held_learned(self, hold: Hold, fresh: List[str]) -> None:
+        """The playlist a hold waits for is learnt: prefetch its new segments (next turn)."""
+        targets = hold.learned(fresh, self.settings.prefetch_depth)
+        if targets:
+            self.core.reactor.callLater(0, self._held_prefetch, hold, targets)
+
+    def _held_prefetch(self, hold: Hold, targets: List[str]) -> None:
+        if hold.released:
+            return
+        prefetcher = self.route.prefetcher
+        host, scheme, headers = hold.context
+        try:
+            prefetcher.prefetch(self.cache, host, scheme, targets, headers, self.settings.max_prefetch_downloads)
+        finally:
+            hold.watch(prefetcher.watch(targets, hold.segment_done))
+
+    def _copied_headers(self, request: Any) -> List[Tuple[bytes, bytes]]:
+        """The fields of a player's request an internal one on its behalf carries."""
+        wanted = self._key_headers
+        return [
+            (name, value)
+            for (name, value), lname in zip(request.headers, request.lowered)
+            if lname in _PREFETCH_COPIED or lname in wanted
+        ]
 
     def _viewer_asked(self, exchange: "Exchange", ref: Any) -> None:
         """A player asked for a segment: prefetch what follows if it watches sequentially."""
@@ -300,12 +400,7 @@ class HlsFilter(Filter):
 
     def _prefetch(self, exchange: "Exchange", targets: List[str]) -> None:
         request = exchange.request
-        wanted = self._key_headers
-        headers = [
-            (name, value)
-            for (name, value), lname in zip(request.headers, request.lowered)
-            if lname in _PREFETCH_COPIED or lname in wanted
-        ]
+        headers = self._copied_headers(request)
         # After this request's own hooks have run: not from inside the chain.
         self.core.reactor.callLater(
             0,
@@ -366,12 +461,13 @@ class HlsFilter(Filter):
             return None
         exchange: "Exchange" = view._exchange
         state["hls_learned"] = True
-        self._parse(b"".join(chunks), self._learn_passed, view, exchange)
+        self._parse(b"".join(chunks), exchange.request.path.decode("latin-1"), self._learn_passed, view, exchange)
         return None
 
-    def _parse(self, body: bytes, then: Callable[..., None], *args: Any) -> None:
-        """``then(playlist, *args)`` once ``body`` is parsed: at once for a small
-        body, from the reactor's thread pool for one over :data:`THREAD_PARSE`."""
+    def _parse(self, body: bytes, path: str, then: Callable[..., None], *args: Any) -> None:
+        """``then(playlist, *args)`` once ``body`` (of the playlist at ``path``) is
+        parsed: at once for a small body, from the reactor's thread pool for one
+        over :data:`THREAD_PARSE` (``path`` is in ``parsing_paths`` meanwhile)."""
         reactor = self.core.reactor
         pool = getattr(reactor, "getThreadPool", None)
         if len(body) <= THREAD_PARSE or pool is None:
@@ -379,8 +475,21 @@ class HlsFilter(Filter):
             return
         from twisted.internet.threads import deferToThreadPool
 
-        self.route.counters["threaded_parses"] += 1
+        route = self.route
+        route.counters["threaded_parses"] += 1
+        parsing = route.parsing_paths
+        parsing[path] = parsing.get(path, 0) + 1
+
+        def parsed(result: Any) -> Any:
+            left = parsing.get(path, 1) - 1
+            if left > 0:
+                parsing[path] = left
+            else:
+                parsing.pop(path, None)
+            return result
+
         call = deferToThreadPool(reactor, pool(), parse_playlist, body)
+        call.addBoth(parsed)
         call.addCallback(then, *args)
         call.addErrback(lambda failure: log.failure("hls: parsing a playlist failed", failure))
 
@@ -393,10 +502,14 @@ class HlsFilter(Filter):
             return
         # The version stored, when finished() ran before a threaded parse was done.
         version = state.get("hls_version", -1.0)
-        fresh = self.route.registry.learn(
-            exchange.request.path.decode("latin-1"), playlist, self._hosts(exchange), version=version
-        )
-        if fresh and playlist.is_live and state.get("stored"):
+        path = exchange.request.path.decode("latin-1")
+        fresh = self.route.registry.learn(path, playlist, self._hosts(exchange), version=version)
+        hold = self.route.live.learned(path, fresh) if self.route.live.holds else None
+        if hold is not None:
+            # The refresh players are held for: its new segments before them.
+            self.route.counters["live_segments_seen"] += len(fresh)
+            self._held_learned(hold, fresh)
+        elif fresh and playlist.is_live and state.get("stored"):
             # A live playlist this worker fetched lists new segments: the
             # players will ask for them now; fetch the newest ones at once.
             self.route.counters["live_segments_seen"] += len(fresh)
@@ -450,9 +563,14 @@ class HlsFilter(Filter):
             self.route.parsing.discard(version)
             self.route.parsed(playlist)
             if playlist is not None:
-                registry.learn(path, playlist, hosts, version=version)
+                fresh = registry.learn(path, playlist, hosts, version=version)
+                live = self.route.live
+                hold = live.learned(path, fresh) if live.holds else None
+                if hold is not None:  # (refreshed by another worker: from the disk tier)
+                    self.route.counters["live_segments_seen"] += len(fresh)
+                    self._held_learned(hold, fresh)
 
-        self._parse(entry.body, learn)
+        self._parse(entry.body, path, learn)
 
 
 class HlsRewriteFilter(Filter):

@@ -11,13 +11,15 @@ does not prefetch in a loop.
 
 Per route and worker at most ``max_prefetch_downloads`` are under way;
 further wishes are dropped (counted), not queued: the viewer's next
-segment request asks again for what is still missing.
+segment request asks again for what is still missing.  :meth:`Prefetcher.watch`
+tells when prefetches under way are over (a held live playlist waits for
+its new segments, :mod:`speedproxy.hls.live`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 
@@ -51,6 +53,8 @@ class Prefetcher:
         self.in_flight: Set[str] = set()
         self._recent: "OrderedDict[str, float]" = OrderedDict()
         self.counters: Dict[str, int] = dict.fromkeys(RESULTS, 0)
+        #: Target -> what to call when its prefetch is over.
+        self._watchers: Dict[str, List[Callable[[str], None]]] = {}
 
     def prefetch(
         self,
@@ -92,6 +96,24 @@ class Prefetcher:
             started.append(target)
         return started
 
+    def watch(self, targets: Iterable[str], callback: Callable[[str], None]) -> Set[str]:
+        """Call ``callback(target)`` when the prefetch of each of ``targets``
+        under way is over (stored or not); the targets watched."""
+        watched = set()
+        for target in targets:
+            if target in self.in_flight:
+                self._watchers.setdefault(target, []).append(callback)
+                watched.add(target)
+        return watched
+
+    def _over(self, target: str) -> None:
+        self.in_flight.discard(target)
+        for callback in self._watchers.pop(target, ()):
+            try:
+                callback(target)
+            except Exception:
+                log.failure("hls: a prefetch watcher failed")
+
     def _stored(self, key: bytes, now: float) -> bool:
         """Is a fresh response for ``key`` in this worker's memory tier?"""
         tiers = self.core.cache
@@ -117,25 +139,25 @@ class Prefetcher:
         self.counters["started"] += 1
 
         def done(status: Optional[int]) -> None:
-            self.in_flight.discard(target)
             if status is not None and 200 <= status < 300:
                 self.counters["ok"] += 1
                 self._remember(target, self.core.clock.seconds())
             else:
                 self.counters["failed"] += 1
+            self._over(target)
 
         def failed(failure: Any) -> None:
-            self.in_flight.discard(target)
             self.counters["failed"] += 1
             log.failure("hls: prefetch of {target} failed", failure, target=target)
+            self._over(target)
 
         request_headers = list(headers) + [(PREFETCH_HEADER, b"1")]
         try:
             fetch(self.core, host, raw, request_headers, scheme=scheme).addCallbacks(done, failed)
         except Exception:
-            self.in_flight.discard(target)
             self.counters["failed"] += 1
             log.failure("hls: prefetch of {target} failed", target=target)
+            self._over(target)
 
     def info(self) -> Dict[str, Any]:
         figures: Dict[str, Any] = dict(self.counters)

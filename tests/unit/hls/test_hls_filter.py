@@ -180,7 +180,7 @@ def test_origin_no_store_still_wins_and_other_objects_keep_origin_rules() -> Non
 
 
 def test_live_playlist_is_fresh_for_half_its_target_duration_whatever_the_origin_says() -> None:
-    harness = Harness()
+    harness = Harness(", prefetch_depth: 0")  # (with prefetch, a stale one is refreshed for the player: test_hls_live)
     harness.origin.add(
         b"/l/index.m3u8",
         answer(media(4, first=10, end=False, target=4), PLAYLIST_TYPE, (b"Cache-Control", b"no-cache"), (b"Date", b"Thu, 01 Jan 1970 00:00:00 GMT")),
@@ -213,7 +213,7 @@ def test_configured_lifetimes_and_zero_leaves_them_to_the_origin() -> None:
 
 
 def test_concurrent_players_share_one_refresh_of_a_stale_live_playlist() -> None:
-    harness = Harness()
+    harness = Harness(", prefetch_depth: 0")  # the cache's coalescing (with prefetch: test_hls_live)
     harness.origin.add(b"/l/index.m3u8", answer(media(4, end=False, target=2), PLAYLIST_TYPE))
     harness.get(b"/l/index.m3u8")
     harness.advance(1.5)  # stale (ttl 1 s)
@@ -481,9 +481,9 @@ def test_large_playlists_are_parsed_in_the_thread_pool_small_ones_at_once() -> N
     assert len(small) < hls_filter.THREAD_PARSE < len(large)
     core.reactor = Reactor()
     try:
-        hls_filter.HlsFilter._parse(type("F", (), {"core": core, "route": state})(), small, parsed.append)
+        hls_filter.HlsFilter._parse(type("F", (), {"core": core, "route": state})(), small, "/s", parsed.append)
         assert pool.calls == 0 and len(parsed[-1].segments) == 3  # type: ignore[attr-defined]
-        hls_filter.HlsFilter._parse(type("F", (), {"core": core, "route": state})(), large, parsed.append)
+        hls_filter.HlsFilter._parse(type("F", (), {"core": core, "route": state})(), large, "/l", parsed.append)
         assert pool.calls == 1 and len(parsed[-1].segments) == 2000  # type: ignore[attr-defined]
         assert state.counters["threaded_parses"] == 1
     finally:
