@@ -1,11 +1,16 @@
 """``/api/v1/sessions``: start, list and revoke client sessions (:mod:`speedproxy.edge.sessions`).
 
-* ``POST /api/v1/sessions`` ``{"client": "203.0.113.7", "route": "video"}``:
-  201 with the new session (``id``, ``client``, ``created``, ``expires``,
-  ``route``, ``cookie``: the ``Set-Cookie`` value to hand on, ``query``: the
-  query parameter).  ``route`` may be left out when one route has
-  ``sessions``; its ``ttl`` and ``max_per_client`` apply (``ttl`` in the body
-  may shorten it).  A client at ``max_per_client`` gets 429.
+* ``POST /api/v1/sessions`` ``{"client": "203.0.113.7", "route": "video"}``
+  (or ``"realm": "tv"``): 201 with the new session (``id``, ``client``,
+  ``created``, ``expires``, ``route``, ``realm``, ``cookie``: the
+  ``Set-Cookie`` value to hand on, ``query``: the query parameter).  The
+  session opens the routes of the route's realm (``sessions.realm``, by
+  default the route's name) and no other.  ``route`` may be left out when
+  one route has ``sessions``; given a ``realm``, the first route of that
+  realm (by name) says the settings.  Its ``ttl`` and ``max_per_client``
+  apply (``ttl`` in the body may shorten it).  A client at
+  ``max_per_client`` gets 429; a session store with no room left, 503
+  ``session_store_full``.
 * ``GET /api/v1/sessions[?client=...]``: the live sessions.
 * ``DELETE /api/v1/sessions/<id>``: revoke it; every worker refuses it from
   its next request on (404 when no such live session exists).
@@ -28,9 +33,9 @@ from speedproxy.admin.context import AdminContext, APIResource
 from speedproxy.admin.json_resource import APIError, NotFoundResource, bad_request, not_found, query, read_json_object
 from speedproxy.config.model import SessionsConfig
 from speedproxy.config.units import parse_duration
-from speedproxy.edge.state import IEdgeState, Session, SessionLimitReached
+from speedproxy.edge.state import IEdgeState, Session, SessionLimitReached, SessionStoreFull
 
-_BODY_KEYS = ("client", "route", "ttl")
+_BODY_KEYS = ("client", "route", "realm", "ttl")
 
 
 def store_of(control: Any) -> IEdgeState:
@@ -51,6 +56,23 @@ def store_of(control: Any) -> IEdgeState:
     store = host_edge_for_master(segment.path)
     control.edge_state = store
     return store
+
+
+def realm_of(route: str, settings: SessionsConfig) -> str:
+    """The realm whose sessions open ``route``."""
+    return settings.realm or route
+
+
+def _realm_sessions(api: AdminContext, realm: Any) -> Tuple[str, SessionsConfig]:
+    routes = sorted(
+        (route, config.sessions) for route, config in api.config.routing.items()
+        if config.sessions is not None and realm_of(route, config.sessions) == realm
+    )
+    if not isinstance(realm, str) or not routes:
+        known = sorted({realm_of(route, config.sessions) for route, config in api.config.routing.items()
+                        if config.sessions is not None})
+        raise bad_request(f"no route has sessions of realm {realm!r} (realms: {', '.join(known) or 'none'})", "realm")
+    return routes[0]
 
 
 def _route_sessions(api: AdminContext, name: Optional[str]) -> Tuple[str, SessionsConfig]:
@@ -87,7 +109,7 @@ class SessionsResource(APIResource):
         body = read_json_object(request)
         for key in body:
             if key not in _BODY_KEYS:
-                raise bad_request(f"unknown key {key!r} (give client, and route or ttl if needed)", key)
+                raise bad_request(f"unknown key {key!r} (give client, and route or realm, or ttl if needed)", key)
         client = body.get("client")
         if not isinstance(client, str):
             raise bad_request("client must be the client's IP address", "client")
@@ -95,7 +117,13 @@ class SessionsResource(APIResource):
             client = str(ipaddress.ip_address(client))
         except ValueError:
             raise bad_request(f"client must be an IP address, got {client!r}", "client") from None
-        route, settings = _route_sessions(self.api, body.get("route"))
+        if "realm" in body and "route" in body:
+            raise bad_request("give route or realm, not both", "realm")
+        if "realm" in body:
+            route, settings = _realm_sessions(self.api, body["realm"])
+        else:
+            route, settings = _route_sessions(self.api, body.get("route"))
+        realm = realm_of(route, settings)
         ttl = settings.ttl
         if "ttl" in body:
             try:
@@ -104,17 +132,20 @@ class SessionsResource(APIResource):
                 raise bad_request(f"ttl: {error}", "ttl") from None
             if not 0 < ttl <= settings.ttl:
                 raise bad_request(f"ttl must be more than 0 and at most the route's ({settings.ttl:g}s)", "ttl")
-        result = maybeDeferred(store_of(self.api.control).open_session, client, ttl, settings.max_per_client)
+        result = maybeDeferred(store_of(self.api.control).open_session, client, ttl, settings.max_per_client, realm)
 
         def opened(session: Session) -> Tuple[int, Dict[str, Any]]:
             request.audit_note = f"session={session.id[:8]}... client={client}"  # type: ignore[attr-defined]
             answer = session.to_json()
             answer["route"] = route
+            answer["realm"] = realm
             answer["cookie"] = f"{settings.cookie}={session.id}; Path=/; Max-Age={int(ttl)}; HttpOnly; SameSite=Lax"
             answer["query"] = f"{settings.cookie}={session.id}"
             return 201, answer
 
         def refused(failure: Any) -> None:
+            if failure.check(SessionStoreFull):
+                raise APIError(503, "session_store_full", str(failure.value))
             failure.trap(SessionLimitReached)
             raise APIError(429, "too_many_sessions", str(failure.value), field="client")
 

@@ -47,7 +47,39 @@ def masked_mapping(config: Config) -> Dict[str, Any]:
     from speedproxy.admin.edge_masks import mask_signing_secrets
 
     mask_signing_secrets(data)
+    _mask_urls(data)
     return data
+
+
+#: URLs whose userinfo password is masked: (section, key).
+_URL_SECRETS = (("cluster", "redis"), ("accounting", "collector"))
+
+
+def _mask_urls(data: Dict[str, Any]) -> None:
+    from speedproxy.cluster.address import mask_url_password
+
+    for section, key in _URL_SECRETS:
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            block[key] = mask_url_password(block[key])
+
+
+def _unmask_urls(data: Dict[str, Any], current: Config) -> None:
+    """A URL sent back as it was shown (its password masked) keeps its current password."""
+    from speedproxy.cluster.address import PASSWORD_MASK, mask_url_password
+
+    for section, key in _URL_SECRETS:
+        block = data.get(section)
+        if not isinstance(block, dict) or not isinstance(block.get(key), str) or PASSWORD_MASK not in block[key]:
+            continue
+        now = getattr(getattr(current, section), key)
+        if now and mask_url_password(now) == block[key]:
+            block[key] = now
+        elif mask_url_password(block[key]) == block[key]:
+            raise bad_request(
+                f"{section}.{key}: the masked password can only stand for the current one (same URL otherwise)",
+                f"{section}.{key}",
+            )
 
 
 def mask_backend(entry: Dict[str, Any]) -> Dict[str, Any]:
@@ -149,6 +181,7 @@ def config_from_body(body: Mapping[str, Any], current: Config) -> Config:
     from speedproxy.admin.edge_masks import unmask_signing_secrets
 
     unmask_signing_secrets(data, current)
+    _unmask_urls(data, current)
     return validate(data, current)
 
 

@@ -70,7 +70,7 @@ def parse_redis_address(text: str) -> RedisAddress:
     if not sep or scheme not in ("redis", "sentinel"):
         raise ValueError(
             'expected "redis://host:port/db" or "sentinel://host:26379,host2:26379/service/db", '
-            f"got {text!r}"
+            f"got {mask_url_password(text)!r}"
         )
     credentials, at, rest = rest.rpartition("@")
     username: Optional[str] = None
@@ -84,7 +84,7 @@ def parse_redis_address(text: str) -> RedisAddress:
     location, _, path = rest.partition("/")
     parts = [part for part in path.split("/")] if path else []
     if not location:
-        raise ValueError(f"no host in {text!r}")
+        raise ValueError(f"no host in {mask_url_password(text)!r}")
     if scheme == "redis":
         if "," in location:
             raise ValueError("a redis:// address names one server; list Sentinels with sentinel://")
@@ -94,10 +94,47 @@ def parse_redis_address(text: str) -> RedisAddress:
         return RedisAddress((_host_port(location, REDIS_PORT),), db, "", password, username)
     hosts = tuple(_host_port(item.strip(), SENTINEL_PORT) for item in location.split(",") if item.strip())
     if not hosts:
-        raise ValueError(f"no Sentinel host in {text!r}")
+        raise ValueError(f"no Sentinel host in {mask_url_password(text)!r}")
     if not parts or not parts[0]:
         raise ValueError("a sentinel:// address needs the service name: sentinel://host:26379/mymaster[/db]")
     if len(parts) > 2:
         raise ValueError(f"expected sentinel://hosts/service/db, got {len(parts)} path parts")
     db = _db(parts[1]) if len(parts) == 2 and parts[1] else 0
     return RedisAddress(hosts, db, unquote(parts[0]), password, username)
+
+
+def redis_address_of(text: str) -> RedisAddress:
+    """``cluster.redis`` as written (a ``${env:}``/``${file:}`` reference or an
+    address) parsed; ``ValueError`` (a :class:`SubstitutionError` is one) says
+    what is wrong without quoting the password."""
+    from speedproxy.config.substitutions import resolve
+
+    return parse_redis_address(resolve(text.strip()))
+
+
+#: What stands for a password in the config the admin API shows (as :data:`speedproxy.admin.changes.MASK`).
+PASSWORD_MASK = "********"
+
+
+def mask_url_password(text: str) -> str:
+    """``text`` (a URL) with the password of its userinfo replaced by :data:`PASSWORD_MASK`.
+
+    ``redis://:secret@host/0`` → ``redis://:********@host/0``; a user with
+    no ``:`` is a password for Redis (``redis://secret@host``) and is masked
+    whole; a ``${...}`` reference or a URL without userinfo is left as it is.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    authority, slash, path = rest.partition("/")
+    credentials, at, hosts = authority.rpartition("@")
+    if not at:
+        return text
+    user, colon, _ = credentials.partition(":")
+    if colon:
+        credentials = f"{user}:{PASSWORD_MASK}"
+    elif scheme in ("redis", "sentinel"):
+        credentials = PASSWORD_MASK
+    else:
+        credentials = f"{user}:{PASSWORD_MASK}" if user else PASSWORD_MASK
+    return f"{scheme}://{credentials}@{hosts}{slash}{path}"

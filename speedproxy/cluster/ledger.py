@@ -7,14 +7,21 @@ one request, the bytes received from the client and the bytes sent to it
 to the row of ``(route, session, url_key, api_key)`` in the worker's
 :class:`Ledger`:
 
-- ``session``: the route's session cookie (or query parameter) when the
-  route has ``sessions``;
-- ``url_key``: the signature of a signed URL (``signed_urls.param_signature``),
+- ``session``: the request's live session, as the ``sessions`` filter
+  verified (or opened) it (``request.state["edge.session"]``);
+- ``url_key``: the signature of a signed URL (``signed_urls.param_signature``)
+  that the ``signed_urls`` filter verified (``request.state["edge.signed"]``),
   so that each issued link is one row;
 - ``api_key``: the ``accounting.api_key_header`` header.
 
 The three are recorded as the first 16 hex digits of their SHA-256, never
-as sent (they are credentials); empty when absent.  The worker hands its
+as sent (they are credentials); empty when absent.  A session id or
+signature the edge filters did not accept is counted under
+:data:`UNVERIFIED` (one row, however many values a client invents), and
+once the ledger is half full, new API keys (which nothing verifies) go to
+:data:`UNVERIFIED` too: made-up values cannot push the real rows out.
+The signature is read off the URL when the request comes in (this filter
+is first on the chain; ``signed_urls`` takes it off the URL later).  The worker hands its
 rows to the master (:func:`report_rows`) which batches and flushes them
 (:mod:`speedproxy.cluster.accounting`).  A route that is not accounted
 has no such filter and pays nothing.
@@ -37,6 +44,16 @@ log = Logger(namespace="speedproxy.cluster")
 
 Key = Tuple[str, str, str, str]
 
+#: The value of a key column the edge filters did not verify.
+UNVERIFIED = "unverified"
+
+#: ``request.state`` keys: the edge filters' (:mod:`speedproxy.edge.signed_urls`,
+#: :mod:`speedproxy.edge.sessions`) and this filter's own.
+SIGNED_STATE = "edge.signed"
+SESSION_STATE = "edge.session"
+_SIGNATURE = "accounting.signature"
+_PRESENTED = "accounting.session_presented"
+
 
 def fingerprint(value: Optional[str]) -> str:
     """The first 16 hex digits of ``value``'s SHA-256 (empty for none)."""
@@ -56,6 +73,9 @@ class Ledger:
 
     def add(self, key: Key, bytes_in: int, bytes_out: int) -> None:
         row = self.rows.get(key)
+        if row is None and key[3] and key[3] != UNVERIFIED and len(self.rows) * 2 >= self.limit:
+            key = (key[0], key[1], key[2], UNVERIFIED)  # unverified API keys get half the rows at most
+            row = self.rows.get(key)
         if row is None:
             if len(self.rows) >= self.limit:
                 self.dropped += 1
@@ -112,14 +132,30 @@ class AccountingFilter(Filter):
                 return morsel.value
         return self._from_query(request.query, self.session_name)
 
+    def request(self, request: Any) -> None:
+        """Note what the request presents before the edge filters take it off the URL."""
+        if self.signature_param:
+            signature = self._from_query(request.query, self.signature_param)
+            if signature:
+                request.state[_SIGNATURE] = signature
+        if self.session_name and self._session(request):
+            request.state[_PRESENTED] = True
+        return None
+
     def finished(self, request: Any, complete: bool) -> None:
         exchange = request._exchange
-        key = (
-            self.route,
-            fingerprint(self._session(request)),
-            fingerprint(self._from_query(request.query, self.signature_param)),
-            fingerprint(request.header(self.api_key_header)),
-        )
+        state = request.state
+        session = state.get(SESSION_STATE)
+        if session:
+            session_key = fingerprint(session)
+        else:
+            session_key = UNVERIFIED if state.get(_PRESENTED) else ""
+        signature = state.get(_SIGNATURE)
+        if signature:
+            url_key = fingerprint(signature) if state.get(SIGNED_STATE) else UNVERIFIED
+        else:
+            url_key = ""
+        key = (self.route, session_key, url_key, fingerprint(request.header(self.api_key_header)))
         self.ledger.add(key, exchange.bytes_received, exchange.bytes_sent + exchange.head_bytes)
 
 

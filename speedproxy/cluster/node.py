@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from speedproxy import __version__
-from speedproxy.cluster.address import parse_redis_address
+from speedproxy.cluster.address import redis_address_of
 from speedproxy.cluster.link import RedisLink
 from speedproxy.cluster.nodes import NodeRegistry
 from speedproxy.cluster.purge_bus import FleetCacheFanout, PurgeBus
@@ -47,7 +47,7 @@ class FleetNode:
         self.control = control
         self.config = cluster
         self.name = node_name(config)
-        self.address = parse_redis_address(cluster.redis)
+        self.address = redis_address_of(cluster.redis)
         self.link = RedisLink(reactor, self.address, timeout=cluster.timeout, name=f"speedproxy-{self.name}")
         self.registry = NodeRegistry(self.link, cluster.key_prefix, self.name, cluster.heartbeat, describe)
         self.local_fanout = control.cache_fanout

@@ -8,10 +8,16 @@ every node spends the same buckets and knows the same sessions:
   bucket in one step, on Redis's clock (``TIME``), so nodes whose clocks
   differ agree.  A bucket is a hash ``<prefix>tb:<sha1(key)>`` that expires
   once it would be full again.
-- **Sessions**: an id is ``F`` + base64url(client hash, expiry, random,
-  HMAC) under a fleet secret kept in Redis (``<prefix>session-secret``,
-  made once with ``SET NX``), so any node can tell a forged or expired id
-  without asking.  Live sessions are keys ``<prefix>session:<id>`` (TTL the
+- **Sessions**: an id is ``F`` + base64url(client hash, realm hash,
+  expiry, random, HMAC) under a fleet secret kept in Redis
+  (``<prefix>session-secret``, made once with ``SET NX``), so any node can
+  tell a forged or expired id, or one of another realm or client, without
+  asking.  A worker never drops a secret it knew: when Redis holds another
+  one (it was emptied and another worker got there first) the worker signs
+  with Redis's but still accepts its own, and every secret known is kept in
+  ``<prefix>session-secrets`` for the others to learn (on connecting, and
+  when an id none of its secrets signed comes in, at most every
+  :data:`RELEARN` seconds), so no live session becomes unknown.  Live sessions are keys ``<prefix>session:<id>`` (TTL the
   session's), indexed per client and in ``<prefix>sessions`` (sorted by
   expiry) for ``max_per_client`` and listings; opening one is a Lua script
   (count and add in one step).  A check asks only whether the id is
@@ -82,9 +88,24 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(reset * 1000) + 1000)
 return {allowed, tostring(tokens), tostring(retry), tostring(reset)}
 """
 
-#: KEYS: session key, client index, all sessions; ARGV: id, record, ttl ms, expires, max, now.
+#: Secrets a worker accepts at most (its signing one first).
+ACCEPTED = 8
+#: Seconds between two looks at ``<prefix>session-secrets`` prompted by an id no known secret signed.
+RELEARN = 10.0
+
+#: KEYS: session key, client index, all sessions, reuse key;
+#: ARGV: id, record, ttl ms, expires, max, now, session key prefix, reuse ("1": look the reuse key up).
 OPEN = """
 local now = tonumber(ARGV[6])
+if ARGV[8] == '1' then
+  local again = redis.call('GET', KEYS[4])
+  if again then
+    local id = cjson.decode(again)['id']
+    if id and redis.call('EXISTS', ARGV[7] .. id) == 1 then
+      return again
+    end
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local max = tonumber(ARGV[5])
 if max > 0 and redis.call('ZCARD', KEYS[2]) >= max then
@@ -95,11 +116,14 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if ARGV[8] == '1' then
+  redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
+end
 return 1
 """
 
-_ID = struct.Struct(">4sI8s12s")  # client hash, expiry (unix s), random, MAC
-_SIGNED = 16
+_ID = struct.Struct(">4s4sI8s12s")  # client hash, realm hash, expiry (unix s), random, MAC
+_SIGNED = 20
 
 
 def _b64(data: bytes) -> str:
@@ -136,7 +160,11 @@ class FleetEdgeState:
         self.wall = wall
         self.monotonic = monotonic
         self.random = random
+        #: The secret new session ids are signed with (Redis's).
         self.secret: Optional[bytes] = None
+        #: Every secret whose ids are accepted (:data:`ACCEPTED` at most, ``secret`` first).
+        self.secrets: List[bytes] = []
+        self._relearnt: Optional[float] = None
         self._shas: Dict[str, str] = {}
         #: id → (expires, monotonic time it was last found valid in Redis).
         self._valid: Dict[str, Tuple[float, float]] = {}
@@ -156,16 +184,44 @@ class FleetEdgeState:
             self._load_secret()
 
     def _load_secret(self) -> Deferred:
-        """Learn the fleet's session secret (a Redis that lost it gets ours back)."""
+        """Learn the fleet's session secret (a Redis that lost it gets ours back).
+
+        A secret this worker knew is never dropped: when Redis holds another
+        one, ids are signed with Redis's from now on and both are accepted;
+        the secrets known are added to ``<prefix>session-secrets`` and the
+        others' learnt from it.
+        """
         key = self.prefix + "session-secret"
+        everyone = self.prefix + "session-secrets"
         offered = self.secret.decode("ascii") if self.secret is not None else _b64(self.random(32))
         done = self.link.call("SET", key, offered, "NX").addCallback(lambda _: self.link.call("GET", key))
 
-        def keep(value: Any) -> None:
+        def keep(value: Any) -> Deferred:
             if value:
-                self.secret = _text(value).encode("ascii")
+                self._adopt(_text(value).encode("ascii"))
+            return self.link.call("SADD", everyone, *[item.decode("ascii") for item in self.secrets]).addCallback(
+                lambda _: self.link.call("SMEMBERS", everyone)
+            )
 
-        return done.addCallbacks(keep, lambda failure: None)
+        def learn(values: Any) -> None:
+            for value in values or ():
+                self._accept(_text(value).encode("ascii"))
+
+        return done.addCallback(keep).addCallbacks(learn, lambda failure: None)
+
+    def _adopt(self, secret: bytes) -> None:
+        """Sign with ``secret`` (Redis's); the one signed with until now stays accepted."""
+        if self.secret is not None and secret != self.secret:
+            log.warn(
+                "redis holds another session secret than this worker's (was it emptied?): new sessions use "
+                "Redis's, the sessions made under this worker's stay valid"
+            )
+        self.secret = secret
+        self.secrets = [secret] + [item for item in self.secrets if item != secret][: ACCEPTED - 1]
+
+    def _accept(self, secret: bytes) -> None:
+        if secret and secret not in self.secrets and len(self.secrets) < ACCEPTED:
+            self.secrets.append(secret)
 
     def _script(self, source: str, keys: List[str], args: List[Any]) -> Deferred:
         sha = self._shas.get(source)
@@ -211,47 +267,68 @@ class FleetEdgeState:
 
     # -- sessions ------------------------------------------------------------------
 
-    def _mac(self, body: bytes) -> bytes:
-        assert self.secret is not None
-        return hmac.new(self.secret, body, hashlib.sha256).digest()[:12]
+    def _mac(self, body: bytes, secret: Optional[bytes] = None) -> bytes:
+        secret = secret or self.secret
+        assert secret is not None
+        return hmac.new(secret, body, hashlib.sha256).digest()[:12]
 
     def _client_hash(self, client: str) -> bytes:
         return hashlib.sha256(client.encode("utf-8")).digest()[:4]
 
-    def _parse(self, session_id: str) -> Optional[Tuple[bytes, int]]:
-        """``(client hash, expiry)`` of a well-formed fleet id with a good MAC, else ``None``."""
-        if not session_id.startswith("F") or self.secret is None:
+    @staticmethod
+    def _realm_hash(realm: str) -> bytes:
+        return hashlib.sha256(b"realm\0" + realm.encode("utf-8")).digest()[:4]
+
+    def _parse(self, session_id: str) -> Optional[Tuple[bytes, int, bytes]]:
+        """``(client hash, expiry, realm hash)`` of a well-formed fleet id with a good MAC, else ``None``."""
+        if not session_id.startswith("F") or not self.secrets:
             return None
         raw = _unb64(session_id[1:])
         if raw is None or len(raw) != _ID.size:
             return None
-        client, expires, _, mac = _ID.unpack(raw)
-        if not hmac.compare_digest(mac, self._mac(raw[:_SIGNED])):
+        client, realm, expires, _, mac = _ID.unpack(raw)
+        body = raw[:_SIGNED]
+        if not any(hmac.compare_digest(mac, self._mac(body, secret)) for secret in self.secrets):
             return None
-        return client, expires
+        return client, expires, realm
 
     def _key(self, session_id: str) -> str:
         return self.prefix + "session:" + session_id
 
-    def open_session(self, client: str, ttl: float, max_per_client: int) -> Any:
+    def open_session(self, client: str, ttl: float, max_per_client: int, realm: str = "", reuse: bytes = b"") -> Any:
         if self.link.up and self.secret is None:
-            return self._load_secret().addCallback(lambda _: self._open(client, ttl, max_per_client))
-        return self._open(client, ttl, max_per_client)
+            return self._load_secret().addCallback(lambda _: self._open(client, ttl, max_per_client, realm, reuse))
+        return self._open(client, ttl, max_per_client, realm, reuse)
 
-    def _open(self, client: str, ttl: float, max_per_client: int) -> Any:
+    def _open(self, client: str, ttl: float, max_per_client: int, realm: str, reuse: bytes) -> Any:
+        def on_host() -> Any:
+            return self.fallback.open_session(client, ttl, max_per_client, realm, reuse)
+
         if not self.link.up or self.secret is None:
             self.fallbacks += 1
-            return self.fallback.open_session(client, ttl, max_per_client)
+            return on_host()
         now = self.wall()
         expires = int(now + ttl) + 1
-        body = struct.pack(">4sI8s", self._client_hash(client), expires, self.random(8))
+        body = struct.pack(">4s4sI8s", self._client_hash(client), self._realm_hash(realm), expires, self.random(8))
         session_id = "F" + _b64(body + self._mac(body))
-        session = Session(session_id, client, round(now, 3), float(expires))
+        session = Session(session_id, client, round(now, 3), float(expires), realm)
         record = json.dumps(session.to_json())
-        keys = [self._key(session_id), self.prefix + "client-sessions:" + client, self.prefix + "sessions"]
-        args = [session_id, record, max(1, int((expires - now) * 1000)), expires, max_per_client, now]
+        again = hashlib.sha256(b"\0".join((client.encode("utf-8"), realm.encode("utf-8"), reuse))).hexdigest()
+        keys = [
+            self._key(session_id), self.prefix + "client-sessions:" + client, self.prefix + "sessions",
+            self.prefix + "session-reuse:" + again,
+        ]
+        args = [
+            session_id, record, max(1, int((expires - now) * 1000)), expires, max_per_client, now,
+            self.prefix + "session:", "1" if reuse else "0",
+        ]
 
         def opened(reply: Any) -> Session:
+            if isinstance(reply, (bytes, str)) and not _text(reply).isdigit():
+                data = json.loads(reply)  # the live session of the same signed link
+                found = Session(data["id"], data["client"], data["created"], data["expires"], data.get("realm", ""))
+                self._remember(found.id, float(found.expires))
+                return found
             if int(reply) != 1:
                 raise SessionLimitReached(client, max_per_client)
             self._remember(session_id, float(expires))
@@ -260,7 +337,7 @@ class FleetEdgeState:
         def failed(failure: Any) -> Any:
             if failure.check(SessionLimitReached):
                 return failure
-            return self._fall_back(failure, lambda: self.fallback.open_session(client, ttl, max_per_client))
+            return self._fall_back(failure, on_host)
 
         return self._script(OPEN, keys, args).addCallback(opened).addErrback(failed)
 
@@ -269,19 +346,46 @@ class FleetEdgeState:
             self._valid.clear()
         self._valid[session_id] = (expires, self.monotonic())
 
-    def check_session(self, session_id: str) -> Any:
+    def check_session(self, session_id: str, realm: Optional[str] = None, client: Optional[str] = None) -> Any:
         if self.secret is None and session_id.startswith("F") and self.link.up:
             # Just connected: learn the secret before telling a fleet id from a forged one.
-            return self._load_secret().addCallback(lambda _: self._check(session_id))
-        return self._check(session_id)
+            return self._load_secret().addCallback(lambda _: self._check(session_id, realm, client))
+        return self._check(session_id, realm, client)
 
-    def _check(self, session_id: str) -> Any:
+    def _check(self, session_id: str, realm: Optional[str] = None, client: Optional[str] = None) -> Any:
         parsed = self._parse(session_id)
         if parsed is None:
             if session_id.startswith("F"):
+                if self._may_relearn():  # signed under a secret another worker knows?
+                    return self._load_secret().addCallback(lambda _: self._check_known(session_id, realm, client))
                 return SessionStatus.UNKNOWN
-            return self.fallback.check_session(session_id)
-        _, expires = parsed
+            return self.fallback.check_session(session_id, realm, client)
+        return self._check_parsed(session_id, parsed, realm, client)
+
+    def _may_relearn(self) -> bool:
+        """Look at the fleet's secrets again? (At most once per :data:`RELEARN`: forged ids cost nothing.)"""
+        if not self.link.up:
+            return False
+        now = self.monotonic()
+        if self._relearnt is not None and now - self._relearnt < RELEARN:
+            return False
+        self._relearnt = now
+        return True
+
+    def _check_known(self, session_id: str, realm: Optional[str], client: Optional[str]) -> Any:
+        parsed = self._parse(session_id)
+        if parsed is None:
+            return SessionStatus.UNKNOWN
+        return self._check_parsed(session_id, parsed, realm, client)
+
+    def _check_parsed(
+        self, session_id: str, parsed: Tuple[bytes, int, bytes], realm: Optional[str], client: Optional[str]
+    ) -> Any:
+        client_hash, expires, realm_hash = parsed
+        if realm is not None and realm_hash != self._realm_hash(realm):
+            return SessionStatus.UNKNOWN  # another realm's session does not open this route
+        if client is not None and client_hash != self._client_hash(client):
+            return SessionStatus.UNKNOWN
         if session_id in self._revoked:
             return SessionStatus.REVOKED
         if expires <= self.wall():
@@ -362,7 +466,7 @@ class FleetEdgeState:
                 if value is None:
                     continue
                 data = json.loads(value)
-                found.append(Session(data["id"], data["client"], data["created"], data["expires"]))
+                found.append(Session(data["id"], data["client"], data["created"], data["expires"], data.get("realm", "")))
             return found
 
         def with_host(fleet: List[Session]) -> Any:
@@ -385,10 +489,10 @@ def fleet_state_for(core: Any) -> Any:
     store = getattr(core, "_fleet_state", None)
     if store is None:
         config = core.config
-        from speedproxy.cluster.address import parse_redis_address
+        from speedproxy.cluster.address import redis_address_of
 
         link = RedisLink(
-            core.reactor, parse_redis_address(config.cluster.redis), timeout=config.cluster.timeout, quiet=True
+            core.reactor, redis_address_of(config.cluster.redis), timeout=config.cluster.timeout, quiet=True
         )
         store = FleetEdgeState(link, host_edge_for(core).state, config.cluster.key_prefix)
         link.start()

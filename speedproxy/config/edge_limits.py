@@ -29,6 +29,16 @@ from speedproxy.config.units import describe_value, format_duration
 _COOKIE = re.compile(r"[A-Za-z0-9_.~\-]{1,64}")
 
 
+_REALM = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def _realm(val: _Val) -> str:
+    text = _text(val)
+    if text and not _REALM.fullmatch(text):
+        raise ValueError(f"expected a realm name (letters, digits, _ . : -, at most 64), got {describe_value(text)}")
+    return text
+
+
 def _bucket_key(problems: _Problems, val: _Val, path: str) -> str:
     text = _text(val)
     if text in ("client_ip", "session"):
@@ -68,6 +78,8 @@ _SESSION_FIELDS: Dict[str, Converter] = {
     "cookie": _cookie,
     "ttl": _duration(positive=True),
     "max_per_client": _integer(1, 16),
+    "realm": lambda problems, val, path: _realm(val),
+    "bind_client_ip": _boolean,
 }
 
 
@@ -137,3 +149,7 @@ def dump_route(route: RouteConfig, data: Dict[str, Any]) -> None:
             "ttl": format_duration(settings.ttl),
             "max_per_client": settings.max_per_client,
         }
+        if settings.realm:
+            data["sessions"]["realm"] = settings.realm
+        if settings.bind_client_ip:
+            data["sessions"]["bind_client_ip"] = True

@@ -829,9 +829,9 @@ def _redis_address(problems: _Problems, val: _Val, path: str) -> str:
     """``cluster.redis``: empty, ``redis://...`` or ``sentinel://...`` (:mod:`speedproxy.cluster.address`)."""
     text = _text(val).strip()
     if text:
-        from speedproxy.cluster.address import parse_redis_address
+        from speedproxy.cluster.address import redis_address_of
 
-        parse_redis_address(text)
+        redis_address_of(text)  # a ${env:}/${file:} reference is resolved (and kept as written)
     return text
 
 

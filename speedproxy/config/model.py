@@ -227,6 +227,11 @@ class SessionsConfig:
     ttl: float = 4 * 3600.0
     #: Live sessions one client IP may hold at once.
     max_per_client: int = 3
+    #: Routes with the same realm accept each other's sessions; empty: the route's name
+    #: (a session opens only the route it was started on).
+    realm: str = ""
+    #: A session is accepted only from the client IP it was opened for.
+    bind_client_ip: bool = False
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,15 @@ def resolve(text: str, environ: Optional[Mapping[str, str]] = None) -> str:
         return text
     match = _REFERENCE.fullmatch(text)
     if match is None:
+        # The value may be a literal secret that happens to hold "${": say where, never what.
         raise SubstitutionError(
-            f"{text!r} is not a substitution: write the whole value as ${{file:/absolute/path}} or ${{env:NAME}}"
+            f"the value has '${{' at character {text.index('${') + 1} of {len(text)} but is not a substitution: "
+            "write the whole value as ${file:/absolute/path} or ${env:NAME}"
         )
     kind, name = match.group(1), match.group(2).strip()
     if kind == "env":
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise SubstitutionError(f"${{env:{name}}}: not an environment variable name")
+            raise SubstitutionError("${env:...}: what follows env: is not an environment variable name")
         value = (os.environ if environ is None else environ).get(name)
         if value is None:
             raise SubstitutionError(f"${{env:{name}}}: the environment variable {name} is not set")

@@ -10,7 +10,11 @@
   sessions of one client are kept in the set its address hashes to, so its
   live sessions are counted by reading one set.  A session id names its
   record (4 bytes) and carries 12 random bytes compared in constant time;
-  reusing a record for a new session makes the old id unknown.
+  reusing a record for a new session makes the old id unknown.  A record
+  keeps a hash of its realm (a session of another realm is unknown to a
+  route) and, for sessions opened by signed URLs, a tag of the signed link
+  they came with, so that a cookie-less player gets its live session back
+  (``reuse``) rather than a new one per request.
 
 Times: buckets use a monotonic clock (``CLOCK_MONOTONIC`` is one clock for
 every process of the host), sessions the wall clock (they are shown to
@@ -53,8 +57,12 @@ from speedproxy.edge.host_table import (
     client_text,
     edge_state_path,
     key_hash,
+    realm_tag,
+    reuse_tag,
 )
-from speedproxy.edge.state import IEdgeState, Session, SessionLimitReached, SessionStatus, Take
+from speedproxy.edge.state import IEdgeState, Session, SessionLimitReached, SessionStatus, SessionStoreFull, Take
+
+__all__ = ["HostEdgeState", "SessionStoreFull", "host_edge_for", "host_edge_for_master"]
 
 log = Logger(namespace="speedproxy.edge")
 
@@ -141,8 +149,12 @@ class HostEdgeState:
 
     # -- sessions -------------------------------------------------------------
 
-    def open_session(self, client: str, ttl: float, max_per_client: int) -> Session:
+    def open_session(
+        self, client: str, ttl: float, max_per_client: int, realm: str = "", reuse: bytes = b""
+    ) -> Session:
         raw_client = client_bytes(client)
+        tag = realm_tag(realm)
+        again = reuse_tag(realm, reuse)
         index = int.from_bytes(hashlib.blake2b(raw_client, digest_size=8).digest(), "little") % SESSION_SETS
         table = self.table
         data = table.map
@@ -153,9 +165,13 @@ class HostEdgeState:
             live = 0
             free = -1
             for way in range(SESSION_WAYS):
-                _, owner, _, expires, state = SESSION.unpack_from(data, SESSIONS_AT + (first + way) * SESSION.size)
+                secret, reused, owner, created, expires, state, realm_of = SESSION.unpack_from(
+                    data, SESSIONS_AT + (first + way) * SESSION.size
+                )
                 if state == SESSION_LIVE and expires > now:
                     if owner == raw_client:
+                        if reuse and reused == again and realm_of == tag:
+                            return Session(_session_id(first + way, secret), client_text(owner), created, expires, realm)
                         live += 1
                 elif free < 0:
                     free = way
@@ -166,11 +182,11 @@ class HostEdgeState:
             secret = self.random(12)
             record = first + free
             SESSION.pack_into(
-                data, SESSIONS_AT + record * SESSION.size, secret, raw_client, now, now + ttl, SESSION_LIVE
+                data, SESSIONS_AT + record * SESSION.size, secret, again, raw_client, now, now + ttl, SESSION_LIVE, tag
             )
         finally:
             table.unlock(LOCK_SESSIONS + index)
-        return Session(_session_id(record, secret), client_text(raw_client), now, now + ttl)
+        return Session(_session_id(record, secret), client_text(raw_client), now, now + ttl, realm)
 
     def _find(self, session_id: str) -> Optional[Tuple[int, bytes]]:
         """The record a session id names and its random part (``None``: not an id)."""
@@ -185,7 +201,9 @@ class HostEdgeState:
             return None
         return record, raw[4:]
 
-    def check_session(self, session_id: str) -> SessionStatus:
+    def check_session(
+        self, session_id: str, realm: Optional[str] = None, client: Optional[str] = None
+    ) -> SessionStatus:
         found = self._find(session_id)
         if found is None:
             return SessionStatus.UNKNOWN
@@ -194,10 +212,16 @@ class HostEdgeState:
         table = self.table
         table.lock(lock, shared=True)
         try:
-            stored, _, _, expires, state = SESSION.unpack_from(table.map, SESSIONS_AT + record * SESSION.size)
+            stored, _, owner, _, expires, state, realm_of = SESSION.unpack_from(
+                table.map, SESSIONS_AT + record * SESSION.size
+            )
         finally:
             table.unlock(lock)
         if not state or not hmac.compare_digest(stored, secret):
+            return SessionStatus.UNKNOWN
+        if realm is not None and realm_of != realm_tag(realm):
+            return SessionStatus.UNKNOWN  # another realm's: it does not open this route
+        if client is not None and owner != client_bytes(client):
             return SessionStatus.UNKNOWN
         if state == SESSION_REVOKED:
             return SessionStatus.REVOKED
@@ -213,10 +237,10 @@ class HostEdgeState:
         at = SESSIONS_AT + record * SESSION.size
         table.lock(lock)
         try:
-            stored, owner, created, expires, state = SESSION.unpack_from(table.map, at)
+            stored, reused, owner, created, expires, state, realm_of = SESSION.unpack_from(table.map, at)
             if state != SESSION_LIVE or expires <= self.wall() or not hmac.compare_digest(stored, secret):
                 return False
-            SESSION.pack_into(table.map, at, stored, owner, created, expires, SESSION_REVOKED)
+            SESSION.pack_into(table.map, at, stored, reused, owner, created, expires, SESSION_REVOKED, realm_of)
         finally:
             table.unlock(lock)
         return True
@@ -234,18 +258,13 @@ class HostEdgeState:
         data = self.table.map
         for index in sets:
             for record in range(index * SESSION_WAYS, (index + 1) * SESSION_WAYS):
-                secret, owner, created, expires, state = SESSION.unpack_from(data, SESSIONS_AT + record * SESSION.size)
+                secret, _, owner, created, expires, state, _ = SESSION.unpack_from(
+                    data, SESSIONS_AT + record * SESSION.size
+                )
                 if state != SESSION_LIVE or expires <= now or (raw_client is not None and owner != raw_client):
                     continue
                 found.append(Session(_session_id(record, secret), client_text(owner), created, expires))
         return found
-
-
-class SessionStoreFull(Exception):
-    """Every record a client's sessions may use holds another live session."""
-
-    def __init__(self, client: str) -> None:
-        super().__init__(f"no room for another session of client {client} (the host's session table is full there)")
 
 
 def _session_id(record: int, secret: bytes) -> str:

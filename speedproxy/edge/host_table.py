@@ -38,8 +38,9 @@ BUCKET_SET = struct.Struct("<" + "Qddd" * WAYS)
 
 SESSION_WAYS = 16
 SESSION_SETS = 4096
-#: random part, client address (16 bytes), created, expires, state.
-SESSION = struct.Struct("<12s4x16sddQ8x")
+#: random part, reuse tag (:func:`reuse_tag`), client address (16 bytes),
+#: created, expires, state, realm tag (:func:`realm_tag`).
+SESSION = struct.Struct("<12s4s16sddQ8s")
 SESSION_LIVE, SESSION_REVOKED = 1, 2
 
 #: Worker slots with a connection-count table each.
@@ -72,6 +73,21 @@ def key_hash(key: bytes) -> int:
     """A non-zero 63-bit hash of a key (0 marks a free record)."""
     value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
     return value or 1
+
+
+def realm_tag(realm: str) -> bytes:
+    """The 8 bytes a session record keeps of its realm (never all zero: a
+    record written before realms were kept matches no realm)."""
+    tag = hashlib.blake2b(realm.encode("utf-8"), digest_size=8, person=b"spx-realm").digest()
+    return tag if any(tag) else b"\0" * 7 + b"\1"
+
+
+def reuse_tag(realm: str, reuse: bytes) -> bytes:
+    """The 4 bytes a session record keeps of what it may be reused for (zero: nothing)."""
+    if not reuse:
+        return b"\0" * 4
+    tag = hashlib.blake2b(realm.encode("utf-8") + b"\0" + reuse, digest_size=4, person=b"spx-reuse").digest()
+    return tag if any(tag) else b"\0\0\0\1"
 
 
 def remember(hashes: Dict[bytes, int], key: bytes) -> int:

@@ -1,11 +1,18 @@
 """``sessions``: requests of a route need a live session, shared by the workers.
 
-``sessions: {required: true, cookie: spx_session, ttl: 4h, max_per_client: 3}``
+``sessions: {required: true, cookie: spx_session, ttl: 4h, max_per_client: 3, realm: tv, bind_client_ip: false}``
+
+A session belongs to a **realm**: ``realm``, by default the route's name.
+It opens the routes of its realm only (a session started on ``video`` is
+``session_unknown`` on ``premium`` unless both say ``realm: tv``); with
+``bind_client_ip`` it is accepted only from the client IP it was opened for.
 
 A session starts in two ways: a request that carries a valid signed URL
-(the ``signed_urls`` filter earlier on the chain says so with
-:func:`mark_signed`) and no live session of its own gets one, sent back as
-``Set-Cookie`` and ``X-Speedproxy-Session``; or an application asks the
+(the ``signed_urls`` filter earlier on the chain says so in
+``request.state["edge.signed"]``) and no live session of its own gets one,
+sent back as ``Set-Cookie`` and ``X-Speedproxy-Session`` (a player sending no
+cookies gets the same live session back for every URL of one signed link,
+the same expiry from the same client, rather than a new one per request); or an application asks the
 admin API (``POST /api/v1/sessions``, :mod:`speedproxy.admin.api_sessions`)
 and hands the id to its player.  Later requests present the id as the
 cookie or as a query parameter of the same name (for players that send no
@@ -23,6 +30,7 @@ from its next request on.  The id of a request's live session is left in
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
@@ -32,7 +40,7 @@ from speedproxy.edge import is_internal
 from speedproxy.edge.refusals import refusal
 from speedproxy.edge.signed_urls import take_params
 from speedproxy.edge.rate_limit import SESSION_STATE, _no_refusal_counter
-from speedproxy.edge.state import IEdgeState, Session, SessionLimitReached, SessionStatus
+from speedproxy.edge.state import IEdgeState, Session, SessionLimitReached, SessionStatus, SessionStoreFull
 from speedproxy.filters.base import Filter
 from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
 
@@ -41,9 +49,13 @@ log = Logger(namespace="speedproxy.edge")
 #: ``reason`` label of ``speedproxy_refused_total`` for this filter.
 REASON = "session"
 
-#: Set by the signed-URL filter on a request whose signature it verified.
+#: Set by the signed-URL filter on a request whose signature it verified:
+#: ``(expires, client_ip or None)`` (``True`` from :func:`mark_signed`).
 SIGNED_STATE = "edge.signed"
 _NEW = "edge.new_session"
+
+#: Seconds between two log lines saying the session store is full.
+FULL_LOG_INTERVAL = 60.0
 
 
 def mark_signed(request: FilterRequest) -> None:
@@ -53,6 +65,19 @@ def mark_signed(request: FilterRequest) -> None:
 
 def is_signed(request: FilterRequest) -> bool:
     return bool(request.state.get(SIGNED_STATE))
+
+
+def signed_link(request: FilterRequest) -> bytes:
+    """What tells one signed link from another for :meth:`IEdgeState.open_session`'s ``reuse``.
+
+    Its expiry: the URLs of one issue (a playlist and the segments it lists,
+    signed together) share it.  Empty when the signed-URL filter said no more
+    than "signed".
+    """
+    signed = request.state.get(SIGNED_STATE)
+    if isinstance(signed, tuple) and signed:
+        return f"expires={signed[0]}".encode("ascii")
+    return b""
 
 
 def find_token(request: FilterRequest, name: str) -> Optional[str]:
@@ -96,6 +121,7 @@ class SessionsFilter(Filter):
         config: SessionsConfig,
         state: IEdgeState,
         count_refused: Callable[[str], None] = _no_refusal_counter,
+        clock: Optional[Callable[[], float]] = None,
     ) -> None:
         self.route = route
         self.config = config
@@ -103,6 +129,13 @@ class SessionsFilter(Filter):
         self.count_refused = count_refused
         self._cookie = config.cookie
         self._max_age = int(config.ttl)
+        #: The realm whose sessions open this route.
+        self.realm = config.realm or route
+        self._bind = config.bind_client_ip
+        self._clock = clock or time.monotonic
+        self._full_logged: Optional[float] = None
+        #: Requests let through without a session because the store was full.
+        self.store_full = 0
 
     # -- request side -----------------------------------------------------------
 
@@ -113,7 +146,7 @@ class SessionsFilter(Filter):
         if token is None:
             return self._without_session(request, "session_required", "this route needs a session")
         try:
-            status = self.state.check_session(token)
+            status = self.state.check_session(token, self.realm, request.client_ip if self._bind else None)
         except Exception:
             log.failure("route {route}: the session store failed; request let through", route=self.route)
             return None
@@ -142,9 +175,13 @@ class SessionsFilter(Filter):
     def _open(self, request: FilterRequest) -> Any:
         config = self.config
         try:
-            opened = self.state.open_session(request.client_ip, config.ttl, config.max_per_client)
+            opened = self.state.open_session(
+                request.client_ip, config.ttl, config.max_per_client, self.realm, signed_link(request)
+            )
         except SessionLimitReached as error:
             return self._too_many(request, error)
+        except SessionStoreFull as error:
+            return self._store_full(error)
         except Exception:
             log.failure("route {route}: could not open a session; request let through", route=self.route)
             return None
@@ -160,7 +197,23 @@ class SessionsFilter(Filter):
     def _open_failed(self, failure: Any, request: FilterRequest) -> Optional[LocalResponse]:
         if failure.check(SessionLimitReached):
             return self._too_many(request, failure.value)
+        if failure.check(SessionStoreFull):
+            return self._store_full(failure.value)
         log.failure("route {route}: could not open a session; request let through", failure, route=self.route)
+        return None
+
+    def _store_full(self, error: SessionStoreFull) -> None:
+        """Let the (validly signed) request through without a session; one log line per interval."""
+        self.store_full += 1
+        now = self._clock()
+        if self._full_logged is None or now - self._full_logged >= FULL_LOG_INTERVAL:
+            log.warn(
+                "route {route}: {error}; {count} request(s) let through without a session "
+                "(logged once per {interval:g}s)",
+                route=self.route, error=str(error), count=self.store_full, interval=FULL_LOG_INTERVAL,
+            )
+            self._full_logged = now
+            self.store_full = 0
         return None
 
     def _too_many(self, request: FilterRequest, error: SessionLimitReached) -> LocalResponse:

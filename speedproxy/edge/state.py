@@ -72,9 +72,15 @@ class Session:
     #: Unix times.
     created: float
     expires: float
+    #: The realm it opens (``sessions.realm``, by default the route's name);
+    #: empty when the store cannot say (the host's keeps only a hash of it).
+    realm: str = ""
 
     def to_json(self) -> dict:
-        return {"id": self.id, "client": self.client, "created": self.created, "expires": self.expires}
+        found = {"id": self.id, "client": self.client, "created": self.created, "expires": self.expires}
+        if self.realm:
+            found["realm"] = self.realm
+        return found
 
 
 class SessionLimitReached(Exception):
@@ -84,6 +90,15 @@ class SessionLimitReached(Exception):
         super().__init__(f"client {client} already has {limit} live session(s)")
         self.client = client
         self.limit = limit
+
+
+class SessionStoreFull(Exception):
+    """Every record a client's sessions may use holds another live session
+    (the store's fault, not the client's: the API answers 503)."""
+
+    def __init__(self, client: str) -> None:
+        super().__init__(f"no room for another session of client {client} (the host's session table is full there)")
+        self.client = client
 
 
 class IEdgeState(Interface):
@@ -96,15 +111,27 @@ class IEdgeState(Interface):
         a second and starts full.  Returns a :class:`Take`.
         """
 
-    def open_session(client: str, ttl: float, max_per_client: int) -> "Union[Session, Deferred]":
-        """Start a session for ``client`` (an IP address) lasting ``ttl`` seconds.
+    def open_session(
+        client: str, ttl: float, max_per_client: int, realm: str = "", reuse: bytes = b""
+    ) -> "Union[Session, Deferred]":
+        """Start a session of ``realm`` for ``client`` (an IP address) lasting ``ttl`` seconds.
+
+        ``reuse``: when not empty, a live session of the same client and
+        realm opened with the same ``reuse`` is handed back instead of a new
+        one (a player without cookies sending signed URLs of one issue).
 
         :raises SessionLimitReached: (or fails with it) when the client
             already has ``max_per_client`` live sessions.
+        :raises SessionStoreFull: (or fails with it) when the store has no
+            room for it.
         """
 
-    def check_session(session_id: str) -> "Union[SessionStatus, Deferred]":
-        """Is ``session_id`` a live session?  Cheap: asked on every request."""
+    def check_session(
+        session_id: str, realm: Optional[str] = None, client: Optional[str] = None
+    ) -> "Union[SessionStatus, Deferred]":
+        """Is ``session_id`` a live session (of ``realm``, and opened for
+        ``client``, when given)?  A session of another realm or client is
+        :attr:`SessionStatus.UNKNOWN`.  Cheap: asked on every request."""
 
     def revoke_session(session_id: str) -> "Union[bool, Deferred]":
         """End a session at once for every worker (and node).

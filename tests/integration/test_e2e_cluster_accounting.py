@@ -64,7 +64,9 @@ def test_counts_per_key_and_route_reach_the_collector(stack: Any, collector: Col
 
 def test_a_collector_down_for_a_while_loses_nothing_then_drops_past_the_bound(stack: Any, collector: Collector) -> None:
     backend = stack.backend()
-    proxy = stack.proxy(config=_config(backend, {"collector": collector.url, "interval": "300ms", "max_buffer": 5}))
+    config = _config(backend, {"collector": collector.url, "interval": "300ms", "max_buffer": 5})
+    config["routing"]["default"]["sessions"] = {"required": False, "ttl": "1h", "max_per_client": 16}
+    proxy = stack.proxy(config=config)
     admin = AdminClient.of(proxy, KEY)
     collector.refusing = True
     for index in range(4):
@@ -73,9 +75,12 @@ def test_a_collector_down_for_a_while_loses_nothing_then_drops_past_the_bound(st
     collector.refusing = False
     wait_until(lambda: collector.total("requests") == 4, 10.0, "the held counts sent")
     assert metric(admin.get("/metrics").raw.decode(), "speedproxy_accounting_dropped_total") == 0
+    # Twelve rows: twelve live sessions (verified keys; made-up ones would share one row).
+    sessions = [admin.post("/api/v1/sessions", {"route": "default", "client": "127.0.0.1"}).json["id"]
+                for _ in range(12)]
     collector.refusing = True
-    for index in range(12):
-        assert get(proxy, "/k", headers={"X-API-Key": f"other-{index}"})[0] == 200
+    for session in sessions:
+        assert get(proxy, "/k", headers={"Cookie": f"spx_session={session}"})[0] == 200
     wait_until(lambda: metric(admin.get("/metrics").raw.decode(), "speedproxy_accounting_dropped_total") == 7,
                10.0, "rows past the bound counted as dropped")
     collector.refusing = False

@@ -306,11 +306,44 @@ def test_a_signed_url_starts_a_session(stack) -> None:
     # The session lets the signed URL's client in on both workers...
     answers, _ = _spread(proxy, 6, path="/live/a.m3u8?" + query, headers=[("Cookie", f"spx_session={session_id}")])
     assert all(a.status == 200 and a.header("Set-Cookie") is None for a in answers)
-    # ...and a second signed request without it would be a second session: over max_per_client.
+    # A player sending no cookie gets the same session back for the same signed link, on both workers...
+    answers, _ = _spread(proxy, 6, path="/live/a.m3u8?" + query)
+    assert all(a.status == 200 and a.header("X-Speedproxy-Session") == session_id for a in answers), [
+        (a.status, a.header("X-Speedproxy-Session")) for a in answers
+    ]
+    # ...while another signed link without it would be a second session: over max_per_client.
+    other = signed_query(SignedUrlsConfig(secrets=(secret,)), "/live/a.m3u8", int(time.time()) + 900)
     with RawClient(*proxy.address, timeout=5.0) as client:
-        client.request("GET", "/live/a.m3u8?" + query)
+        client.request("GET", "/live/a.m3u8?" + other)
         second = client.read_response()
     assert second.status == 429 and second.json()["error"] == "too_many_sessions"
+
+
+def test_a_session_opens_the_routes_of_its_realm_only(stack) -> None:
+    origin = stack.backend(name="origin")
+    config = {
+        "routing": {
+            "default": {"path": "/", "upstream": "default", "sessions": {"ttl": "1h"}},
+            "premium": {"path": "/p/", "upstream": "default", "sessions": {"ttl": "1h"}},
+            "extras": {"path": "/x/", "upstream": "default", "sessions": {"ttl": "1h", "realm": "default"}},
+            "probe": {"path": "/probe", "upstream": "default"},
+        }
+    }
+    proxy = stack.proxy(origin, config=config, **SERVER)
+    wait_workers(proxy, 2)
+    status, session = _admin(proxy, "POST", "/api/v1/sessions", {"client": "127.0.0.1", "route": "default"})
+    assert status == 201 and session["realm"] == "default", session
+    cookie = [("Cookie", f"spx_session={session['id']}")]
+    answers, per_worker = _spread(proxy, 4, path="/a", headers=cookie)
+    assert all(a.status == 200 for a in answers), [a.status for a in answers]
+    answers, _ = _spread(proxy, 4, path="/x/a", headers=cookie)  # realm: default
+    assert all(a.status == 200 for a in answers), [a.status for a in answers]
+    answers, _ = _spread(proxy, 4, path="/p/a", headers=cookie)  # another realm
+    assert all(a.status == 403 and a.json()["error"] == "session_unknown" for a in answers)
+    status, gold = _admin(proxy, "POST", "/api/v1/sessions", {"client": "127.0.0.1", "realm": "premium"})
+    assert status == 201 and gold["route"] == "premium"
+    answers, _ = _spread(proxy, 2, path="/p/a", headers=[("Cookie", f"spx_session={gold['id']}")])
+    assert all(a.status == 200 for a in answers)
 
 
 def test_check_reports_bad_limit_keys_with_file_and_line(tmp_path) -> None:

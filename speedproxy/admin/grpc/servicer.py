@@ -160,10 +160,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             return DEFAULT_TIMEOUT
         return max(0.0, min(remaining, DEFAULT_TIMEOUT * 10))
 
-    def _wait(self, context: Any, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function`` in the reactor; abort the RPC with the matching status on failure."""
+    def _wait(self, context: Any, function: Callable[..., Any], *args: Any, current: Optional[List[Any]] = None) -> Any:
+        """Run ``function`` in the reactor; abort the RPC with the matching status on failure.
+
+        ``current``: a one-item list the RPC's single callback cancels (a
+        stream waits many times; grpc keeps every callback added until the
+        RPC ends, so a stream registers one and points it at each waiter).
+        """
         waiter = self.bridge.submit(function, *args)
-        context.add_callback(waiter.cancel)
+        if current is None:
+            context.add_callback(waiter.cancel)
+        else:
+            current[0] = waiter
         try:
             return self.bridge.wait(waiter, self._timeout(context))
         except APIError as error:
@@ -238,11 +246,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         with self._lock:
             self._wakes.append(wake)
             stopping = self._stopping
-        context.add_callback(wake.set)
+        current: List[Any] = [None]
+
+        def ended() -> None:
+            wake.set()
+            waiter = current[0]
+            if waiter is not None:
+                waiter.cancel()
+
+        context.add_callback(ended)  # one per RPC, whatever the number of updates
         try:
             sequence = 0
             while not stopping:
-                server, backends = self._wait(context, self._snapshot, request.backends)
+                server, backends = self._wait(context, self._snapshot, request.backends, current=current)
+                current[0] = None
                 sequence += 1
                 update = admin_pb2.StatsUpdate(sequence=sequence, time=time.time())
                 update.server.CopyFrom(convert.to_struct(server, struct_pb2.Struct))

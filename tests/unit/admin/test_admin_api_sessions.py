@@ -132,3 +132,34 @@ def test_the_master_opens_the_workers_file(tmp_path: Path) -> None:
     worker_side = HostEdgeState(EdgeTable(edge_state_path(Segment.path)))
     session = store.open_session("192.0.2.1", 60.0, 1)
     assert worker_side.check_session(session.id) is SessionStatus.VALID
+
+
+def test_a_session_opens_its_route_s_realm_only() -> None:
+    text = CONFIG + (
+        "  extras: {path: /extras/, upstream: default, sessions: {realm: video}}\n"
+        "  premium: {path: /p/, upstream: default, sessions: {realm: gold}}\n"
+    )
+    control = FakeControl(parse_config(text))
+    control.edge_state = store = HostEdgeState(EdgeTable(None))
+    site = admin_site(control, environ={})
+    by_route = call(site, "POST", "/api/v1/sessions", {"client": "203.0.113.7", "route": "video"}, AUTH).json
+    assert by_route["realm"] == "video"
+    assert store.check_session(by_route["id"], "video") is SessionStatus.VALID
+    assert store.check_session(by_route["id"], "gold") is SessionStatus.UNKNOWN
+    by_realm = call(site, "POST", "/api/v1/sessions", {"client": "203.0.113.7", "realm": "gold"}, AUTH)
+    assert by_realm.status == 201 and by_realm.json["route"] == "premium" and by_realm.json["realm"] == "gold"
+    assert store.check_session(by_realm.json["id"], "gold") is SessionStatus.VALID
+    assert store.check_session(by_realm.json["id"], "video") is SessionStatus.UNKNOWN
+    unknown = call(site, "POST", "/api/v1/sessions", {"client": "203.0.113.7", "realm": "silver"}, AUTH)
+    assert (unknown.status, unknown.json["field"]) == (400, "realm") and "gold, video" in unknown.json["detail"]
+
+
+def test_a_full_session_store_is_503(site, control) -> None:
+    from speedproxy.edge.state import SessionStoreFull
+
+    def full(*args: Any) -> Any:
+        raise SessionStoreFull("203.0.113.7")
+
+    control.edge_state.open_session = full
+    answer = call(site, "POST", "/api/v1/sessions", {"client": "203.0.113.7"}, AUTH)
+    assert (answer.status, answer.json["error"]) == (503, "session_store_full")

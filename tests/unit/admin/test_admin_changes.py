@@ -142,3 +142,36 @@ def test_write_config_file(tmp_path, config) -> None:
     fresh = tmp_path / "new.yaml"
     assert write_config_file(config, str(fresh)) == ""
     assert load_config(str(fresh)).routing == config.routing
+
+
+FLEET = BASE + """\
+cluster: {redis: "redis://:hunter2-secret@127.0.0.1:6379/0"}
+accounting: {collector: "http://acct:pa55word@collector.internal:8000/batches"}
+"""
+
+
+def test_redis_and_collector_passwords_are_masked_and_kept_on_put() -> None:
+    current = parse_config(FLEET)
+    shown = masked_mapping(current)
+    assert shown["cluster"]["redis"] == f"redis://:{MASK}@127.0.0.1:6379/0"
+    assert shown["accounting"]["collector"] == f"http://acct:{MASK}@collector.internal:8000/batches"
+    assert "hunter2" not in repr(shown) and "pa55word" not in repr(shown)
+    kept = config_from_body(shown, current)
+    assert kept.cluster.redis == current.cluster.redis
+    assert kept.accounting.collector == current.accounting.collector
+    shown["cluster"]["redis"] = f"redis://:{MASK}@10.9.9.9:6379/0"  # the mask cannot move to another server
+    assert _error(config_from_body, shown, current).field == "cluster.redis"
+
+
+def test_redis_address_may_be_a_substitution(monkeypatch) -> None:
+    monkeypatch.setenv("SPX_TEST_REDIS", "redis://:hunter2@127.0.0.1:6380/1")
+    config = parse_config(BASE + 'cluster: {redis: "${env:SPX_TEST_REDIS}"}\n')
+    assert config.cluster.redis == "${env:SPX_TEST_REDIS}"  # kept as written, shown as written
+    assert masked_mapping(config)["cluster"]["redis"] == "${env:SPX_TEST_REDIS}"
+    from speedproxy.cluster.address import redis_address_of
+
+    address = redis_address_of(config.cluster.redis)
+    assert (address.hosts, address.db, address.password) == ((("127.0.0.1", 6380),), 1, "hunter2")
+    monkeypatch.delenv("SPX_TEST_REDIS")
+    with pytest.raises(Exception, match="SPX_TEST_REDIS is not set"):
+        parse_config(BASE + 'cluster: {redis: "${env:SPX_TEST_REDIS}"}\n')

@@ -124,3 +124,51 @@ def test_a_worker_that_just_connected_learns_the_secret_before_checking(nodes: L
     yield fresh.link.start()
     fresh.store.secret = None  # as if the link came up a moment ago
     assert (yield answer(fresh.store.check_session(session.id))) == SessionStatus.VALID
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_session_opens_its_realm_only_and_its_client_when_bound(nodes: List[Node]) -> Any:
+    yield start(nodes)
+    a, b = nodes[0].store, nodes[1].store
+    session = yield answer(a.open_session("192.0.2.1", 3600, 3, "video"))
+    assert session.realm == "video"
+    assert (yield answer(b.check_session(session.id, "video"))) == SessionStatus.VALID
+    assert (yield answer(b.check_session(session.id, "premium"))) == SessionStatus.UNKNOWN
+    assert (yield answer(b.check_session(session.id, "video", "192.0.2.1"))) == SessionStatus.VALID
+    assert (yield answer(b.check_session(session.id, "video", "198.51.100.9"))) == SessionStatus.UNKNOWN
+    assert (yield answer(b.check_session(session.id))) == SessionStatus.VALID  # the admin API asks without a realm
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_same_signed_link_gets_its_live_session_back(nodes: List[Node]) -> Any:
+    yield start(nodes)
+    a, b = nodes[0].store, nodes[1].store
+    first = yield answer(a.open_session("192.0.2.1", 3600, 1, "video", b"exp=1700000600"))
+    again = yield answer(b.open_session("192.0.2.1", 3600, 1, "video", b"exp=1700000600"))
+    assert again.id == first.id  # no second session, so max_per_client=1 is not reached
+    with pytest.raises(SessionLimitReached):
+        yield answer(a.open_session("192.0.2.1", 3600, 1, "video", b"exp=1700000999"))
+    assert (yield answer(a.revoke_session(first.id))) is True
+    fresh = yield answer(b.open_session("192.0.2.1", 3600, 1, "video", b"exp=1700000600"))
+    assert fresh.id != first.id  # a revoked session is not handed out again
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_emptied_redis_ends_no_session(nodes: List[Node], redis: RedisServer) -> Any:
+    yield start(nodes[:1])
+    old = nodes[0].store
+    session = yield answer(old.open_session("192.0.2.3", 3600, 3, "video"))
+    yield old.link.call("FLUSHALL")
+    # A fresh worker reaches the empty Redis first and publishes a new secret.
+    fresh = nodes[1]
+    yield fresh.link.start()
+    yield until(lambda: fresh.store.secret is not None)
+    assert fresh.store.secret != old.secret
+    # The old worker reconnects: it signs with Redis's secret but keeps accepting its own...
+    yield old._load_secret()
+    assert old.secret == fresh.store.secret
+    assert (yield answer(old.check_session(session.id, "video"))) == SessionStatus.VALID
+    # ...and the fresh worker learns it from Redis when it meets an id it cannot verify.
+    assert (yield answer(fresh.store.check_session(session.id, "video"))) == SessionStatus.VALID
+    new = yield answer(fresh.store.open_session("192.0.2.4", 3600, 3, "video"))
+    assert (yield answer(old.check_session(new.id, "video"))) == SessionStatus.VALID

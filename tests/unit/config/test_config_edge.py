@@ -99,8 +99,8 @@ routing:
         "the environment variable SPX_SURELY_UNSET_VAR is not set",
         "edge.yaml:14: routing.default.signed_urls.secrets[3]: ${file:/nonexistent/key}: cannot read it: "
         "No such file or directory",
-        "edge.yaml:14: routing.default.signed_urls.secrets[4]: 'x${env:A}' is not a substitution: write the whole "
-        "value as ${file:/absolute/path} or ${env:NAME}",
+        "edge.yaml:14: routing.default.signed_urls.secrets[4]: the value has '${' at character 2 of 9 but is not "
+        "a substitution: write the whole value as ${file:/absolute/path} or ${env:NAME}",
         'edge.yaml:15: routing.default.signed_urls.param_signature: expected a query parameter name '
         '(letters, digits, _ . ~ -), got "a b"',
     ]

@@ -42,3 +42,10 @@ def test_an_unreadable_or_huge_file(tmp_path) -> None:
         resolve(f"${{file:{big}}}")
     with pytest.raises(SubstitutionError, match="cannot read"):
         resolve(f"${{file:{tmp_path}}}")  # a directory
+
+
+@pytest.mark.parametrize("text", ["hunter2-${-literal-secret", "${vault:hunter2}x", "${env:hunter2 secret}"])
+def test_an_error_never_quotes_a_literal_secret(text: str) -> None:
+    with pytest.raises(SubstitutionError) as raised:
+        resolve(text, {})
+    assert "hunter2" not in str(raised.value)

@@ -171,3 +171,31 @@ def test_processes_never_overspend(tmp_path: Path, target: str) -> None:
     assert sum(results) == (100 if target == "take" else 7)
 
 
+
+
+def test_a_session_belongs_to_its_realm_and_client(tmp_path: Path) -> None:
+    path = str(tmp_path / "edge")
+    state = _state(path)
+    session = state.open_session("192.0.2.1", 60.0, 3, "video")
+    other_process = _state(path)
+    assert other_process.check_session(session.id, "video") is SessionStatus.VALID
+    assert other_process.check_session(session.id, "premium") is SessionStatus.UNKNOWN
+    assert other_process.check_session(session.id, "video", "192.0.2.1") is SessionStatus.VALID
+    assert other_process.check_session(session.id, "video", "192.0.2.2") is SessionStatus.UNKNOWN
+    assert other_process.check_session(session.id) is SessionStatus.VALID  # the admin API: any realm
+    assert other_process.revoke_session(session.id)
+    assert other_process.check_session(session.id, "video") is SessionStatus.REVOKED  # the realm outlives revocation
+
+
+def test_a_session_is_handed_back_for_the_same_reuse_tag() -> None:
+    state = _state()
+    first = state.open_session("192.0.2.1", 60.0, 1, "video", b"expires=1")
+    assert state.open_session("192.0.2.1", 60.0, 1, "video", b"expires=1").id == first.id
+    with pytest.raises(SessionLimitReached):
+        state.open_session("192.0.2.1", 60.0, 1, "video", b"expires=2")
+    with pytest.raises(SessionLimitReached):  # another realm's link is another session
+        state.open_session("192.0.2.1", 60.0, 1, "radio", b"expires=1")
+    with pytest.raises(SessionLimitReached):  # no tag: never reused
+        state.open_session("192.0.2.1", 60.0, 1, "video")
+    assert state.revoke_session(first.id)
+    assert state.open_session("192.0.2.1", 60.0, 1, "video", b"expires=1").id != first.id

@@ -51,13 +51,13 @@ def test_required_session_refused_with_reason_then_accepted() -> None:
     assert answer.status == 403 and _error(answer) == "session_required"
     answer = sessions.request(filter_request(headers="Cookie: spx_session=AAAAAAAAAAAAAAAAAAAAAA"))
     assert _error(answer) == "session_unknown"
-    session = state.open_session("192.0.2.7", 600.0, 2)
+    session = state.open_session("192.0.2.7", 600.0, 2, "video")
     request = filter_request(headers=f"Cookie: spx_session={session.id}")
     assert sessions.request(request) is None
     assert request.state["edge.session"] == session.id
     state.revoke_session(session.id)
     assert _error(sessions.request(filter_request(f"/a?spx_session={session.id}"))) == "session_revoked"
-    other = state.open_session("192.0.2.7", 600.0, 2)
+    other = state.open_session("192.0.2.7", 600.0, 2, "video")
     wall.now += 601
     assert _error(sessions.request(filter_request(f"/a?spx_session={other.id}"))) == "session_expired"
     assert counted == ["session"] * 4
@@ -99,7 +99,7 @@ def test_a_signed_request_opens_a_session_and_hands_it_out() -> None:
 def test_a_signed_request_over_max_per_client_is_429() -> None:
     sessions, state, _, counted = _setup()
     for _ in range(2):
-        state.open_session("192.0.2.7", 600.0, 2)
+        state.open_session("192.0.2.7", 600.0, 2, "video")
     request = filter_request()
     mark_signed(request)
     answer = sessions.request(request)
@@ -109,7 +109,7 @@ def test_a_signed_request_over_max_per_client_is_429() -> None:
 
 def test_requests_without_a_new_session_get_no_cookie() -> None:
     sessions, state, _, _ = _setup()
-    session = state.open_session("192.0.2.7", 600.0, 2)
+    session = state.open_session("192.0.2.7", 600.0, 2, "video")
     request = filter_request(headers=f"Cookie: spx_session={session.id}")
     sessions.request(request)
     head = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0")
@@ -121,10 +121,10 @@ class _Later:
     def __init__(self, check=None, opened=None) -> None:
         self.check, self.opened = check, opened
 
-    def check_session(self, session_id):
+    def check_session(self, session_id, realm=None, client=None):
         return self.check
 
-    def open_session(self, client, ttl, limit):
+    def open_session(self, client, ttl, limit, realm="", reuse=b""):
         return self.opened
 
 
@@ -154,3 +154,79 @@ def test_deferred_store_answers() -> None:
         globalLogPublisher.removeObserver(logged.append)
     assert results == [None]
     assert any("session store failed" in event.get("log_format", "") for event in logged)
+
+
+def test_a_session_opens_the_routes_of_its_realm_only() -> None:
+    sessions, state, _, _ = _setup()  # route "video": realm "video"
+    premium = SessionsFilter("premium", SessionsConfig(), state)
+    shared = SessionsFilter("extras", SessionsConfig(realm="video"), state)
+    session = state.open_session("192.0.2.7", 600.0, 2, "video")
+    cookie = f"Cookie: spx_session={session.id}"
+    assert sessions.request(filter_request(headers=cookie)) is None
+    assert shared.request(filter_request(headers=cookie)) is None
+    assert _error(premium.request(filter_request(headers=cookie))) == "session_unknown"
+    # Opened by a signed request on video: the same.
+    request = filter_request()
+    mark_signed(request)
+    sessions.request(request)
+    opened = request.state["edge.session"]
+    assert _error(premium.request(filter_request(headers=f"Cookie: spx_session={opened}"))) == "session_unknown"
+
+
+def test_bind_client_ip_refuses_the_session_from_another_address() -> None:
+    _, state, _, _ = _setup()
+    bound = SessionsFilter("video", SessionsConfig(bind_client_ip=True), state)
+    loose = SessionsFilter("video", SessionsConfig(), state)
+    session = state.open_session("192.0.2.7", 600.0, 2, "video")
+    cookie = f"Cookie: spx_session={session.id}"
+    assert bound.request(filter_request(headers=cookie)) is None  # filter_request comes from 192.0.2.7
+    elsewhere = filter_request(headers=cookie)
+    elsewhere._exchange.client_ip = "198.51.100.9"
+    assert _error(bound.request(elsewhere)) == "session_unknown"
+    elsewhere = filter_request(headers=cookie)
+    elsewhere._exchange.client_ip = "198.51.100.9"
+    assert loose.request(elsewhere) is None
+
+
+def test_a_cookieless_player_gets_its_session_back_for_one_signed_link() -> None:
+    sessions, state, _, counted = _setup()  # max_per_client 2
+    ids = []
+    for _ in range(5):
+        request = filter_request()
+        request.state["edge.signed"] = (1700000600, None)  # as the signed-URL filter leaves it
+        assert sessions.request(request) is None
+        ids.append(request.state["edge.session"])
+    assert len(set(ids)) == 1 and counted == []
+    other = filter_request()
+    other.state["edge.signed"] = (1700009999, None)  # another link: another session
+    assert sessions.request(other) is None and other.state["edge.session"] != ids[0]
+
+
+def test_a_full_store_is_logged_once_an_interval_and_lets_the_request_through() -> None:
+    from speedproxy.edge.state import SessionStoreFull
+
+    class Full:
+        def check_session(self, session_id, realm=None, client=None):
+            return SessionStatus.UNKNOWN
+
+        def open_session(self, client, ttl, limit, realm="", reuse=b""):
+            raise SessionStoreFull(client)
+
+    now = [0.0]
+    sessions = SessionsFilter("v", SessionsConfig(), Full(), clock=lambda: now[0])
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        for _ in range(50):
+            request = filter_request()
+            mark_signed(request)
+            assert sessions.request(request) is None
+        now[0] += 61
+        request = filter_request()
+        mark_signed(request)
+        sessions.request(request)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    mine = [event for event in logged if event.get("route") == "v"]
+    assert len(mine) == 2
+    assert not any(event.get("log_failure") for event in mine)

@@ -214,3 +214,60 @@ def test_peer_host() -> None:
     assert peer_host("ipv6:[::1]:5000") == "::1"
     assert peer_host("unix:/run/x.sock") == "unix:/run/x.sock"
     assert peer_host("") == "-"
+
+
+class _CountingContext:
+    """A grpc context that keeps the callbacks an RPC adds (as grpc does)."""
+
+    def __init__(self) -> None:
+        self.callbacks: list = []
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+        return True
+
+    def invocation_metadata(self):
+        return ()
+
+    def peer(self):
+        return "ipv4:127.0.0.1:1"
+
+    def time_remaining(self):
+        return None
+
+    def is_active(self):
+        return True
+
+    def abort(self, code, detail):
+        raise RuntimeError(detail)
+
+    def set_trailing_metadata(self, metadata):
+        pass
+
+
+def test_watch_stats_registers_one_callback_whatever_the_updates(monkeypatch):
+    from twisted.internet.defer import succeed
+
+    from speedproxy.admin.grpc import convert
+    from speedproxy.admin.grpc.bridge import ReactorBridge
+    from speedproxy.admin.grpc.servicer import AdminServicer
+    from grpc_unit_support import ImmediateReactor
+
+    class Facade:
+        def check_key(self, key):
+            return None
+
+        def server_stats(self):
+            return succeed({"requests": 1})
+
+        def backend_stats(self, verbose):
+            return succeed([])
+
+    monkeypatch.setattr(convert, "watch_interval", lambda seconds, default=5.0: 0.0)
+    servicer = AdminServicer(Facade(), ReactorBridge(ImmediateReactor()))
+    context = _CountingContext()
+    updates = list(servicer.WatchStats(admin_pb2.WatchStatsRequest(interval_seconds=1, count=50), context))
+    assert len(updates) == 50
+    assert len(context.callbacks) <= 2  # the authorisation's and the stream's
+    for callback in context.callbacks:
+        callback()  # cancelling after the end is harmless
