@@ -140,7 +140,11 @@ class ConnectionThrottle:
         self._paused_upstream: Any = None
         self.transport = client.transport
         self._write = client.write
+        self._write_sequence = client.write_sequence
         self._resume = client.resumeProducing
+        self._plain = client.plain
+        #: Take the throttle off the connection once its queue is sent.
+        self.release_when_sent = False
         client.write = self.write
         client.write_sequence = self.write_sequence
         client.resumeProducing = self._resumed
@@ -152,6 +156,7 @@ class ConnectionThrottle:
 
     def configure(self, rate: int, after: int, route: Optional[TokenBucket]) -> None:
         """A new response on the connection: its route's settings, a fresh ``after`` allowance."""
+        self.release_when_sent = False
         if rate != self.rate:
             self.rate = rate
             now = self.reactor.seconds()
@@ -271,6 +276,30 @@ class ConnectionThrottle:
         if not self.queued and self.close_when_sent:
             self.close_when_sent = False
             self.transport.loseConnection()
+        elif not self.queued and self.release_when_sent and self.timer is None:
+            self.release()
+
+    def release(self) -> None:
+        """Give the connection back its own writers (the limited response is sent):
+        a later request on it, to any route, is not paced and may use
+        sendfile and splice again."""
+        self.cancel()
+        self.release_when_sent = False
+        client = self.client
+        if getattr(client, "hls_throttle", None) is not self:
+            return
+        client.write = self._write
+        client.write_sequence = self._write_sequence
+        client.resumeProducing = self._resume
+        client.plain = self._plain
+        client.transport = self.transport
+        client.hls_throttle = None
+
+    def finished(self) -> None:
+        """The response it paced is over: let go of the connection once its queue is sent."""
+        self.release_when_sent = True
+        if not self.queued and self.timer is None:
+            self.release()
 
     def _resumed(self) -> None:
         self._resume()

@@ -521,6 +521,9 @@ class HlsFilter(Filter):
         """A playlist request is over: learn the version the cache holds now
         (served from the cache, maybe stored by another worker)."""
         state = view.state
+        throttle = getattr(view._exchange.client, "hls_throttle", None)
+        if throttle is not None:
+            throttle.finished()  # a later request on the connection is not paced
         stream = state.get("hls_stream")
         if stream is not None:
             self._account(view._exchange, stream)

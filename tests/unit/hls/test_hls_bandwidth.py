@@ -198,3 +198,36 @@ def test_without_limits_a_throttled_connection_writes_at_once() -> None:
     throttle.configure(0, 0, None)
     client.write(b"u" * 100_000)
     assert client.total() == 100_000 and not clock.getDelayedCalls()
+
+
+# -- through the data path: the throttle leaves with the response it paced --------------
+
+_ROUTES = """\
+routing:
+  hls:
+    path: /hls/
+    upstream: default
+    cache: {enabled: true}
+    hls: {enabled: true, prefetch_depth: 0, rate_limit: 10000, rate_limit_after: 0}
+  plain: {path: /, upstream: default}
+"""
+
+
+def test_a_later_request_on_the_connection_to_another_route_is_not_paced() -> None:
+    from speedproxy.testing import IN_MEMORY_CONFIG, InMemoryProxy
+
+    base = IN_MEMORY_CONFIG[: IN_MEMORY_CONFIG.index("routing:")]
+    proxy = InMemoryProxy(base + _ROUTES)
+    client = proxy.client("192.0.2.1")
+    client.send(b"GET /hls/a.ts HTTP/1.1\r\nHost: h\r\n\r\n")
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok")
+    proxy.reactor.advance(1)
+    assert client.take().endswith(b"\r\n\r\nok")
+    assert getattr(client.protocol, "hls_throttle", None) is None  # taken off once its response was sent
+    body = b"x" * 200_000
+    client.send(b"GET /api/big HTTP/1.1\r\nHost: h\r\n\r\n")
+    if proxy.pending_connects():
+        backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert client.take().endswith(body)  # all at once, not at 10 kB/s
