@@ -26,7 +26,7 @@ the route's compression filter calls from its ``local_response`` hook.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Hashable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Optional, Tuple
 
 from twisted.logger import Logger
 
@@ -56,6 +56,8 @@ _META = b"SPZCOPY1\n"
 #: (compressing them whole would hold the worker too long).
 MAX_COPY_SOURCE = 8 * 1024 * 1024
 _VARY_LINE = b"Vary: Accept-Encoding\r\n"
+#: Stored heads whose compression facts are remembered per route.
+FACTS_MEMO = 256
 
 
 class CompressedCopy:
@@ -156,6 +158,38 @@ class CompressingCacheFilter(CacheFilter):
         super().__init__(core, route, settings)
         self.policy = policy
         self.copies = CopyStore(core)
+        #: id(stored head lines) -> (the objects the facts were worked out
+        #: from, the facts): see :meth:`_facts`.
+        self._facts_of: Dict[int, Tuple[Any, ...]] = {}
+
+    def _facts(self, entry: CachedObject) -> Tuple[bool, bytes, bytes]:
+        """``(compressible, Vary line to add, stamp)`` of a stored object.
+
+        Remembered per stored head: the memo holds the head's own objects
+        (lines, fields, policy; never a body), so an identical one is the
+        same head, and a head changed by a refresh is worked out again.
+        """
+        block = entry.block
+        known = self._facts_of.get(id(block))
+        if (
+            known is not None
+            and known[0] is block
+            and known[1] is entry.headers
+            and known[2] is entry.lowered
+            and known[3] is entry.policy
+            and known[4] == entry.status
+            and known[5] == entry.length
+        ):
+            return known[6]
+        facts = (
+            self.policy.compressible(entry.status, entry.headers, entry.lowered, entry.length),
+            b"" if varies_on_encoding(entry.headers, entry.lowered) else _VARY_LINE,
+            stamp_of(entry),
+        )
+        if len(self._facts_of) >= FACTS_MEMO:
+            self._facts_of.clear()
+        self._facts_of[id(block)] = (block, entry.headers, entry.lowered, entry.policy, entry.status, entry.length, facts)
+        return facts
 
     def answer(
         self,
@@ -178,9 +212,9 @@ class CompressingCacheFilter(CacheFilter):
         status = response.status
         if status != 200 and status != 304:
             return  # 206, 412, 416: left as they are
-        if not self.policy.compressible(entry.status, entry.headers, entry.lowered, entry.length):
+        compressible, vary, stamp = self._facts(entry)
+        if not compressible:
             return
-        vary = b"" if varies_on_encoding(entry.headers, entry.lowered) else _VARY_LINE
         block = entry.block
         if coding is None or entry.length > MAX_COPY_SOURCE:
             response.block += vary
@@ -192,7 +226,7 @@ class CompressingCacheFilter(CacheFilter):
             return  # not the stored head as is: leave it
         extra = response.block[len(block):]
         if unchanged:
-            copy = self._copy(exchange, entry, coding)
+            copy = self._copy(exchange, entry, coding, stamp)
             body = copy.body
         else:
             # Another filter made this body for this answer only (a signed
@@ -214,8 +248,7 @@ class CompressingCacheFilter(CacheFilter):
         response.block = copy.block + extra
         response.body = body
 
-    def _copy(self, exchange: "Exchange", entry: CachedObject, coding: bytes) -> CompressedCopy:
-        stamp = stamp_of(entry)
+    def _copy(self, exchange: "Exchange", entry: CachedObject, coding: bytes, stamp: bytes) -> CompressedCopy:
         copy = self.copies.get(entry, coding, stamp)
         if copy is not None:
             count(self.core, exchange, COPY_HIT)

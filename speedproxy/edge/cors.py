@@ -33,9 +33,11 @@ _ORIGIN = b"origin"
 _REQUEST_METHOD = b"access-control-request-method"
 _REQUEST_HEADERS = b"access-control-request-headers"
 _PREFIX = b"access-control-"
+_NAME_PREFIX = b"\n" + _PREFIX
 _VARY = (b"Vary", b"Origin")
 
-#: ``view.state`` keys: the header lines for this request's answers; a preflight answered here.
+#: ``view.state`` keys: the header lines for this request's answers (as
+#: :meth:`CorsFilter._answer` returns them); a preflight answered here.
 STATE = "edge.cors"
 PREFLIGHT = "edge.cors.preflight"
 
@@ -112,17 +114,20 @@ class CorsFilter(Filter):
         self.policy = CorsPolicy(settings)
         #: ``Vary: Origin`` on every answer, unless it never depends on the origin.
         self.vary = not self.policy.wildcard
-        #: Origin -> (lines, serialised block): clients of a route come from few origins.
-        self._known: Dict[Optional[bytes], Tuple[Lines, bytes]] = {}
+        #: Origin -> (lines, serialised block, lines' lower-case names):
+        #: clients of a route come from few origins.
+        self._known: Dict[Optional[bytes], Tuple[Lines, bytes, List[bytes]]] = {}
 
     # -- request side --------------------------------------------------------------
 
-    def _answer(self, origin: Optional[bytes]) -> Tuple[Lines, bytes]:
-        """The lines for ``origin`` and their serialised block (with ``Vary``), remembered."""
+    def _answer(self, origin: Optional[bytes]) -> Tuple[Lines, bytes, List[bytes]]:
+        """The lines for ``origin``, their serialised block (with ``Vary``) and
+        lower-case names (with ``vary``), remembered."""
         known = self._known.get(origin)
         if known is None:
             lines = self.policy.answer_lines(origin)
-            known = (lines, _serialise(lines + [_VARY] if self.vary else lines))
+            with_vary = lines + [_VARY] if self.vary else lines
+            known = (lines, _serialise(with_vary), [name.lower() for name, _ in with_vary])
             if len(self._known) >= 256:
                 self._known.clear()
             self._known[origin] = known
@@ -130,14 +135,17 @@ class CorsFilter(Filter):
 
     def _lines(self, view: FilterRequest) -> Lines:
         """This request's CORS lines (worked out once)."""
+        return self._known_for(view)[0]
+
+    def _known_for(self, view: FilterRequest) -> Tuple[Lines, bytes, List[bytes]]:
         state = view.state
-        lines = state.get(STATE)
-        if lines is None:
+        known = state.get(STATE)
+        if known is None:
             request = view._exchange.request
             lowered = request.lowered
             origin = request.headers[lowered.index(_ORIGIN)][1] if _ORIGIN in lowered else None
-            lines = state[STATE] = self._answer(origin)[0]
-        return lines
+            known = state[STATE] = self._answer(origin)
+        return known
 
     def request(self, view: FilterRequest) -> Optional[LocalResponse]:
         request = view._exchange.request
@@ -146,8 +154,8 @@ class CorsFilter(Filter):
             view.state[PREFLIGHT] = True
             return self._preflight(view, request)
         origin = request.headers[lowered.index(_ORIGIN)][1] if _ORIGIN in lowered else None
-        lines, block = self._answer(origin)
-        view.state[STATE] = lines
+        known = view.state[STATE] = self._answer(origin)
+        block = known[1]
         if block:
             view.error_headers += block  # the proxy's own errors (502, 504...) carry them too
         return None
@@ -197,16 +205,16 @@ class CorsFilter(Filter):
     def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
         head = response._head
         headers, lowered = head.headers, head.lowered
-        for index in range(len(lowered) - 1, -1, -1):
-            if lowered[index].startswith(_PREFIX):
-                del headers[index]
-                del lowered[index]
-        for name, value in self._lines(view):
-            headers.append((name, value))
-            lowered.append(name.lower())
+        if _NAME_PREFIX in b"\n" + b"\n".join(lowered):  # (one scan, not one per field)
+            for index in range(len(lowered) - 1, -1, -1):
+                if lowered[index].startswith(_PREFIX):
+                    del headers[index]
+                    del lowered[index]
+        lines, _, names = self._known_for(view)
+        headers.extend(lines)
         if self.vary:
             headers.append(_VARY)
-            lowered.append(b"vary")
+        lowered.extend(names)  # (``vary`` included when it is sent)
         return None
 
     def local_response(self, view: FilterRequest, response: LocalResponse) -> None:

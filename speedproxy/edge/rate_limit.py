@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.logger import Logger
 
@@ -41,6 +41,9 @@ SESSION_STATE = "edge.session"
 
 #: ``reason`` label of ``speedproxy_refused_total`` for this filter.
 REASON = "rate_limit"
+
+#: Bucket keys of client addresses remembered per filter.
+IP_KEYS = 4096
 
 
 def _sf_string(text: str) -> str:
@@ -83,6 +86,8 @@ class RateLimitFilter(Filter):
         self._policy = policy_field(route, config)
         self._name = _sf_string(route)
         self._warned = False
+        #: Client address -> its bucket key (clients come back).
+        self._ip_keys: Dict[str, bytes] = {}
 
     def bucket(self, request: FilterRequest) -> bytes:
         """The key of the bucket a request takes from."""
@@ -97,7 +102,14 @@ class RateLimitFilter(Filter):
             session = request.state.get(SESSION_STATE)
             if session:
                 return self._prefix + b"s\0" + session.encode("ascii")
-        return self._prefix + b"ip\0" + request.client_ip.encode("ascii", "replace")
+        client_ip = request._exchange.client_ip
+        key = self._ip_keys.get(client_ip)
+        if key is None:
+            key = self._prefix + b"ip\0" + client_ip.encode("ascii", "replace")
+            if len(self._ip_keys) >= IP_KEYS:
+                self._ip_keys.clear()
+            self._ip_keys[client_ip] = key
+        return key
 
     def request(self, request: FilterRequest) -> Any:
         if is_internal(request):

@@ -94,14 +94,43 @@ def verify(settings: SignedUrlsConfig, path: str, expires: int, sig: str, client
     return ok
 
 
-class Signer:
-    """A route's keys, made ready once (an HMAC object per key, copied per message)."""
+class _Key:
+    """HMAC-SHA256 (RFC 2104) under one key, its padded inner and outer hashes
+    made once: a message costs two hash copies, with no Python-level
+    ``hmac.HMAC`` object per request."""
 
-    __slots__ = ("settings", "_bases")
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+#: SHA-256's block size, and the HMAC pads as translation tables (byte XOR 0x36 / 0x5C).
+_BLOCK = 64
+_IPAD = bytes(value ^ 0x36 for value in range(256))
+_OPAD = bytes(value ^ 0x5C for value in range(256))
+
+
+class Signer:
+    """A route's keys, made ready once (:class:`_Key`)."""
+
+    __slots__ = ("settings", "_keys", "_bound")
 
     def __init__(self, settings: SignedUrlsConfig) -> None:
         self.settings = settings
-        self._bases = tuple(hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256) for secret in settings.secrets)
+        self._keys = tuple(_Key(secret.encode("utf-8")) for secret in settings.secrets)
+        self._bound = settings.bind_client_ip
 
     def _message(self, path: str, expires: int, client_ip: Optional[str]) -> bytes:
         if self.settings.bind_client_ip and client_ip is not None:
@@ -110,26 +139,35 @@ class Signer:
 
     def verify(self, path: str, expires: int, sig: bytes, client_ip: str) -> bool:
         """Does the hex ``sig`` sign this request under any key (each compared in constant time)?"""
+        return self._check(self._message(path, expires, client_ip), sig)
+
+    def verify_raw(self, path: bytes, expires: int, sig: bytes, client_ip: str) -> bool:
+        """:meth:`verify` for a path as the request holds it (latin-1 bytes)."""
+        if self._bound or not path.isascii():
+            return self.verify(path.decode("latin-1"), expires, sig, client_ip)
+        return self._check(b"%s\n%d" % (path, expires), sig)  # the same message, built as bytes
+
+    def _check(self, message: bytes, sig: bytes) -> bool:
         if len(sig) != 64:
             return False
         try:
             given = bytes.fromhex(sig.decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             return False
-        message = self._message(path, expires, client_ip)
-        ok = False
-        for base in self._bases:
-            mac = base.copy()
-            mac.update(message)
-            ok |= hmac.compare_digest(mac.digest(), given)
-        return ok
+        # Each key's MAC is compared in constant time.  The keys are tried in
+        # order and the first match ends the search: how long that takes
+        # tells only which key a *valid* signature was made with (something
+        # its holder knows), never how close a forged one came.
+        for key in self._keys:
+            if hmac.compare_digest(key.digest(message), given):
+                return True
+        return False
 
     def query(self, path: str, expires: int, client_ip: Optional[str]) -> str:
         """``exp=...&sig=...`` for ``path``, signed with the first key."""
-        mac = self._bases[0].copy()
-        mac.update(self._message(path, expires, client_ip))
+        mac = self._keys[0].digest(self._message(path, expires, client_ip))
         settings = self.settings
-        return f"{settings.param_expires}={expires}&{settings.param_signature}={mac.hexdigest()}"
+        return f"{settings.param_expires}={expires}&{settings.param_signature}={mac.hex()}"
 
 
 def take_params(query: bytes, names: Tuple[bytes, ...]) -> Tuple[bytes, List[List[bytes]]]:
@@ -154,7 +192,16 @@ def _without_params(query: str, names: Tuple[str, str]) -> str:
 
 
 class SignedUrlFilter(Filter):
-    """Checks the signature of every request of a route (and signs playlists it answers)."""
+    """Checks the signature of every request of a route.
+
+    On a route with ``hls.enabled`` the filter is a
+    :class:`PlaylistSigningFilter`, which also signs the playlists it
+    answers; a route without HLS has only the request hook (its answers
+    cost the chain nothing).
+    """
+
+    #: Playlists of this route are HLS: sign the URIs they list.
+    signs_playlists = False
 
     def __init__(self, core: Any, route: Any, clock: Any) -> None:
         self.core = core
@@ -162,9 +209,6 @@ class SignedUrlFilter(Filter):
         self.signer = Signer(self.settings)
         self.clock = clock
         self._names = (self.settings.param_signature.encode("ascii"), self.settings.param_expires.encode("ascii"))
-        #: Playlists of this route are HLS: sign the URIs they list.
-        self.signs_playlists = bool(route.hls.enabled)
-        self.wants_body = self.signs_playlists
 
     def request(self, view: FilterRequest) -> Optional[LocalResponse]:
         exchange = view._exchange
@@ -189,7 +233,7 @@ class SignedUrlFilter(Filter):
         if not raw_exp.isdigit() or len(raw_exp) > 12:
             return self._refuse(view, "signature_invalid", f"{settings.param_expires} must be a Unix time")
         expires = int(raw_exp)
-        if not self.signer.verify(view.path, expires, sig, exchange.client_ip):
+        if not self.signer.verify_raw(request.path, expires, sig, exchange.client_ip):
             return self._refuse(view, "signature_invalid", "the signature does not match this URL")
         if expires < self.clock.seconds():
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
@@ -199,6 +243,14 @@ class SignedUrlFilter(Filter):
 
     def _refuse(self, view: FilterRequest, code: str, detail: str) -> LocalResponse:
         return refuse(self.core, view, "signature", 403, code, detail)
+
+
+class PlaylistSigningFilter(SignedUrlFilter):
+    """:class:`SignedUrlFilter` of an HLS route: playlists answered to a
+    signed request list signed URIs."""
+
+    signs_playlists = True
+    wants_body = True
 
     # -- signing playlists (HLS routes) ---------------------------------------------------
 
@@ -317,4 +369,5 @@ def build(core: Any, config: Any, route: Any) -> Optional[SignedUrlFilter]:
     """The filter of ``route`` (``None`` without ``signed_urls``)."""
     if route.signed_urls is None:
         return None
-    return SignedUrlFilter(core, route, core.clock)
+    kind = PlaylistSigningFilter if route.hls.enabled else SignedUrlFilter
+    return kind(core, route, core.clock)

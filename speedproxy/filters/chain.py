@@ -13,6 +13,18 @@ from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResp
 RequestOutcome = Union[None, LocalResponse, SharedResponse, Deferred]
 
 
+def _overrides(item: Any, hook: str) -> bool:
+    """Does ``item`` have a ``hook`` of its own (not :class:`Filter`'s, which does nothing)?
+
+    A hook set on the instance counts as its own; a filter that does not
+    derive from :class:`Filter` has the hooks its class defines.
+    """
+    if hook in getattr(item, "__dict__", ()):
+        return True  # set on the instance
+    found = getattr(type(item), hook, None)
+    return found is not None and found is not getattr(Filter, hook)
+
+
 class FilterChain:
     """The filters of one route in one worker.
 
@@ -22,31 +34,52 @@ class FilterChain:
     """
 
     __slots__ = (
-        "filters", "_reversed", "_body_filters", "_finishers", "_decorators", "wants_body", "rewrites_body"
+        "filters",
+        "_reversed",
+        "_requesters",
+        "_heads",
+        "_errors",
+        "_body_filters",
+        "_finishers",
+        "_decorators",
+        "wants_body",
+        "rewrites_body",
+        "sees_heads",
+        "finishes",
     )
 
     def __init__(self, filters: Sequence[IFilter]) -> None:
         self.filters = tuple(filters)
         self._reversed = tuple(reversed(self.filters))
+        # Each hook runs only the filters that override it: a hook nobody
+        # overrides costs nothing per request (no view of the response built).
+        #: Filters with a ``request`` hook of their own, first to last.
+        self._requesters = tuple(f for f in self.filters if _overrides(f, "request"))
+        #: Filters with a ``response_head`` hook of their own, last to first.
+        self._heads = tuple(f for f in self._reversed if _overrides(f, "response_head"))
+        #: Filters with an ``error`` hook of their own, last to first.
+        self._errors = tuple(f for f in self._reversed if _overrides(f, "error"))
         self._body_filters = tuple(f for f in self._reversed if getattr(f, "wants_body", False))
         #: Some filter must see the body: no zero-copy.
         self.wants_body = bool(self._body_filters)
         #: Some filter may change the body's length: chunked to the client.
         self.rewrites_body = any(getattr(f, "rewrites_body", False) for f in self._body_filters)
+        #: Some filter looks at the backend's response head (:meth:`response_head`).
+        self.sees_heads = bool(self._heads)
         #: Filters with a ``finished`` hook of their own (the base one does nothing).
-        self._finishers = tuple(f for f in self.filters if getattr(type(f), "finished", None) is not Filter.finished)
+        self._finishers = tuple(f for f in self.filters if _overrides(f, "finished"))
+        #: Some filter wants to know when a request is over (:meth:`finished`).
+        self.finishes = bool(self._finishers)
         #: Filters with a ``local_response`` hook of their own, last to first.
-        self._decorators = tuple(
-            f for f in self._reversed if getattr(type(f), "local_response", Filter.local_response) is not Filter.local_response
-        )
+        self._decorators = tuple(f for f in self._reversed if _overrides(f, "local_response"))
 
     def request(self, request: FilterRequest, start: int = 0) -> RequestOutcome:
-        """Run the request hooks from filter ``start`` on.
+        """Run the request hooks from the ``start``-th filter that has one on.
 
         Returns ``None`` (go on to a backend), a :class:`LocalResponse`, or a
         ``Deferred`` firing with one of those.
         """
-        filters = self.filters
+        filters = self._requesters
         for index in range(start, len(filters)):
             result = filters[index].request(request)
             if result is None:
@@ -67,13 +100,13 @@ class FilterChain:
         if isinstance(result, (LocalResponse, SharedResponse)):
             return result
         raise TypeError(
-            f"filter {type(self.filters[index]).__name__}.request's Deferred fired with "
+            f"filter {type(self._requesters[index]).__name__}.request's Deferred fired with "
             f"{type(result).__name__}, expected None or a LocalResponse"
         )
 
     def response_head(self, request: FilterRequest, response: FilterResponse) -> Optional[LocalResponse]:
         """Run the head hooks; the first replacement answer ends them."""
-        for item in self._reversed:
+        for item in self._heads:
             replacement = item.response_head(request, response)
             if replacement is not None:
                 return replacement
@@ -81,7 +114,7 @@ class FilterChain:
 
     def error(self, request: FilterRequest, status: int) -> Optional[LocalResponse]:
         """Ask the filters for an answer instead of an error; the first one wins."""
-        for item in self._reversed:
+        for item in self._errors:
             replacement = item.error(request, status)
             if replacement is not None:
                 return replacement

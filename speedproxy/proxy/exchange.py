@@ -589,7 +589,12 @@ class Exchange:
         if filtered is not None:
             chain = self.route.filters  # type: ignore[union-attr]
             try:
-                replacement = chain.response_head(filtered, FilterResponse(response))  # type: ignore[union-attr]
+                # (No view of the head is made when no filter looks at heads.)
+                replacement = (
+                    chain.response_head(filtered, FilterResponse(response))  # type: ignore[union-attr]
+                    if chain.sees_heads  # type: ignore[union-attr]
+                    else None
+                )
             except Exception:
                 self._filter_failed(Failure())
                 return
@@ -866,9 +871,14 @@ class Exchange:
             source.detach(self)
         view = self.view
         if view is not None:
-            self.view = None
+            # The views point back at this exchange: dropping them here frees
+            # it by reference counting, not by a cyclic garbage collection.
+            self.view = self.filtered = None
+            chain = self.route.filters  # type: ignore[union-attr]
+            if not chain.finishes:  # type: ignore[union-attr]
+                return
             try:
-                self.route.filters.finished(view, self._complete)  # type: ignore[union-attr]
+                chain.finished(view, self._complete)  # type: ignore[union-attr]
             except Exception:
                 _log.failure("filter on route {route} failed when the request ended", route=self.route.name)  # type: ignore[union-attr]
 

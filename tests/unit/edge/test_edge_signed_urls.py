@@ -10,7 +10,7 @@ import re
 import pytest
 
 from speedproxy.config.model import SignedUrlsConfig
-from speedproxy.edge.signed_urls import signature, signed_query, take_params, verify
+from speedproxy.edge.signed_urls import Signer, signature, signed_query, take_params, verify
 from speedproxy.hls.rewrite import map_uris
 
 from edge_support import error_of, proxy_with, refused
@@ -52,6 +52,28 @@ def test_the_first_secret_signs_and_every_one_verifies() -> None:
     assert not verify(SETTINGS, "/v/a", 100, signature("a-third-key-0123456789", "/v/a", 100), "192.0.2.1")
     assert not verify(SETTINGS, "/v/b", 100, signature(KEY, "/v/a", 100), "192.0.2.1")
     assert not verify(SETTINGS, "/v/a", 101, signature(KEY, "/v/a", 100), "192.0.2.1")
+
+
+@pytest.mark.parametrize("length", [0, 1, 16, 63, 64, 65, 200])
+def test_the_route_signer_computes_the_same_hmac_sha256_for_any_key_length(length: int) -> None:
+    secret = ("k" * length)
+    settings = SignedUrlsConfig(secrets=(secret,), sources=(secret,))
+    signer = Signer(settings)
+    expected = hmac.new(secret.encode(), b"/v/a.ts\n1767225600", hashlib.sha256).hexdigest()
+    assert signer.query("/v/a.ts", 1767225600, None) == f"exp=1767225600&sig={expected}"
+    assert signer.verify_raw(b"/v/a.ts", 1767225600, expected.encode(), "192.0.2.1")
+    assert signer.verify_raw(b"/v/a.ts", 1767225600, expected.upper().encode(), "192.0.2.1")
+
+
+def test_the_route_signer_verifies_with_every_secret() -> None:
+    signer = Signer(SETTINGS)
+    for key in (KEY, OLD):
+        assert signer.verify_raw(b"/v/a", 100, signature(key, "/v/a", 100).encode(), "192.0.2.1")
+    assert not signer.verify_raw(b"/v/a", 100, signature("a-third-key-0123456789", "/v/a", 100).encode(), "192.0.2.1")
+    assert not signer.verify_raw(b"/v/a", 100, b"zz" * 32, "192.0.2.1")
+    # A path that is not ASCII is signed as its UTF-8 text, as before.
+    text = "/v/caf\u00e9"
+    assert signer.verify_raw(text.encode("latin-1"), 100, signature(KEY, text, 100).encode(), "192.0.2.1")
 
 
 def test_take_params_removes_only_the_named_parameters() -> None:

@@ -84,3 +84,63 @@ def test_response_hooks_run_last_to_first_and_only_body_filters_see_the_body() -
 
 def test_a_chain_without_body_filters_does_not_want_the_body() -> None:
     assert not FilterChain([Recording("a", [])]).wants_body
+
+
+class RequestOnly(Filter):
+    def request(self, request):
+        return None
+
+
+def test_hooks_nobody_overrides_are_not_run() -> None:
+    chain = FilterChain([RequestOnly(), RequestOnly()])
+    assert not chain.sees_heads and not chain.finishes and not chain.decorates
+    log: List[str] = []
+    chain = FilterChain([RequestOnly(), Recording("a", log)])
+    assert chain.sees_heads
+    chain.response_head(object(), object())
+    assert log == ["head a"]
+
+
+def test_a_filter_not_derived_from_the_base_class_has_the_hooks_it_defines() -> None:
+    log: List[str] = []
+
+    class Plain:
+        wants_body = False
+
+        def request(self, request):
+            log.append("request")
+
+        def response_head(self, request, response):
+            log.append("head")
+
+        def finished(self, request, complete):
+            log.append("finished")
+
+    chain = FilterChain([Plain()])
+    assert chain.request(object()) is None
+    chain.response_head(object(), object())
+    assert chain.error(object(), 502) is None  # (it has no error hook)
+    chain.finished(object(), True)
+    assert log == ["request", "head", "finished"] and chain.finishes and not chain.decorates
+
+
+def test_a_hook_set_on_the_instance_is_run() -> None:
+    log: List[str] = []
+    item = RequestOnly()
+    item.response_head = lambda request, response: log.append("head")  # type: ignore[method-assign]
+    FilterChain([item]).response_head(object(), object())
+    assert log == ["head"]
+
+
+def test_a_deferred_resumes_after_the_filters_with_a_request_hook() -> None:
+    log: List[str] = []
+    later: Deferred = Deferred()
+
+    class HeadOnly(Filter):
+        def response_head(self, request, response):
+            return None
+
+    chain = FilterChain([HeadOnly(), Recording("a", log, later), HeadOnly(), Recording("b", log)])
+    outcome = chain.request(object())
+    later.callback(None)
+    assert log == ["request a", "request b"] and outcome.result is None
