@@ -12,30 +12,19 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from speedproxy.admin.api_cache_purge import check_url
-from speedproxy.admin.cache_warmup import MAX_URLS, TooManyJobs, WarmupJobs
-from speedproxy.admin.context import AdminContext, APIResource
-from speedproxy.admin.json_resource import APIError, NotFoundResource, bad_request, not_found, read_json_object
+from speedproxy.admin.api_jobs import JobsResource
+from speedproxy.admin.cache_warmup import MAX_URLS, TooManyJobs
+from speedproxy.admin.json_resource import APIError, bad_request, read_json_object
 
 
-class WarmupResource(APIResource):
+class WarmupResource(JobsResource):
     """``POST`` a job, ``GET`` the list; ``/<id>`` is one job."""
 
-    isLeaf = False
-
-    def __init__(self, api: AdminContext, jobs: WarmupJobs) -> None:
-        super().__init__(api)
-        self.jobs = jobs
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        if path == b"":
-            return self
-        if len(path) > 64:
-            return NotFoundResource()
-        return WarmupJobResource(self.api, self.jobs, path.decode("latin-1"))
+    path = "/api/v1/cache/warmup"
+    what = "warm-up job"
 
     def json_GET(self, request: Request) -> Dict[str, Any]:
         return {"jobs": [job.summary(recent=False) for job in self.jobs.jobs.values()]}
@@ -55,22 +44,4 @@ class WarmupResource(APIResource):
             job = self.jobs.start(checked)
         except TooManyJobs as error:
             raise APIError(429, "too_many_jobs", str(error)) from None
-        request.audit_note = f"job={job.id} urls={len(checked)}"  # type: ignore[attr-defined]
-        answer = job.summary(recent=False)
-        answer["status_url"] = f"/api/v1/cache/warmup/{job.id}"
-        return 202, answer
-
-
-class WarmupJobResource(APIResource):
-    """``GET /api/v1/cache/warmup/<id>``: a job's progress."""
-
-    def __init__(self, api: AdminContext, jobs: WarmupJobs, job_id: str) -> None:
-        super().__init__(api)
-        self.jobs = jobs
-        self.job_id = job_id
-
-    def json_GET(self, request: Request) -> Dict[str, Any]:
-        job = self.jobs.get(self.job_id)
-        if job is None:
-            raise not_found(f"no warm-up job {self.job_id!r} (the last {self.jobs.keep} are kept)", "id")
-        return job.summary()
+        return self.accepted(request, job, f"urls={len(checked)}", job.summary(recent=False))

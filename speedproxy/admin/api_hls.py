@@ -25,8 +25,9 @@ from twisted.web.server import Request
 
 from speedproxy.admin.api_cache_purge import check_url
 from speedproxy.admin.api_hls_streams import StreamsResource
-from speedproxy.admin.context import AdminContext, APIResource
-from speedproxy.admin.json_resource import APIError, NotFoundResource, bad_request, not_found, read_json_object
+from speedproxy.admin.api_jobs import JobsResource
+from speedproxy.admin.context import AdminContext
+from speedproxy.admin.json_resource import APIError, bad_request, read_json_object
 from speedproxy.hls.warmup import ALL, LOWEST, MAX_SEGMENTS, HlsWarmups, WarmupRefused
 
 #: Seconds a playlist read through the listener may take.
@@ -93,22 +94,12 @@ def _choice(value: Any) -> Any:
     raise bad_request(f'variants must be "all", "lowest" or a whole number of variants >= 1, got {value!r}', "variants")
 
 
-class HlsWarmupResource(APIResource):
+class HlsWarmupResource(JobsResource):
     """``POST`` a job, ``GET`` the list; ``/<id>`` is one job."""
 
-    isLeaf = False
     FIELDS = ("url", "variants", "segments")
-
-    def __init__(self, api: AdminContext, jobs: HlsWarmups) -> None:
-        super().__init__(api)
-        self.jobs = jobs
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        if path == b"":
-            return self
-        if len(path) > 64:
-            return NotFoundResource()
-        return HlsWarmupJobResource(self.api, self.jobs, path.decode("latin-1"))
+    path = "/api/v1/hls/warmup"
+    what = "HLS warm-up job"
 
     def json_GET(self, request: Request) -> Dict[str, Any]:
         return {"jobs": [job.summary() for job in self.jobs.jobs.values()]}
@@ -127,25 +118,8 @@ class HlsWarmupResource(APIResource):
             job = self.jobs.start(url, variants, segments)
         except WarmupRefused as error:
             raise APIError(429, "too_many_jobs", str(error)) from None
-        request.audit_note = f"job={job.id} url={url}"  # type: ignore[attr-defined]
-        answer = job.summary()
-        answer["status_url"] = f"/api/v1/hls/warmup/{job.id}"
-        return 202, answer
+        return self.accepted(request, job, f"url={url}", job.summary())
 
-
-class HlsWarmupJobResource(APIResource):
-    """``GET /api/v1/hls/warmup/<id>``: a job's progress and results."""
-
-    def __init__(self, api: AdminContext, jobs: HlsWarmups, job_id: str) -> None:
-        super().__init__(api)
-        self.jobs = jobs
-        self.job_id = job_id
-
-    def json_GET(self, request: Request) -> Dict[str, Any]:
-        job = self.jobs.get(self.job_id)
-        if job is None:
-            raise not_found(f"no HLS warm-up job {self.job_id!r} (the last {self.jobs.keep} are kept)", "id")
-        return job.summary()
 
 
 def hls_namespace(api: AdminContext, control: Any, cache_jobs: Any) -> Dict[bytes, Resource]:

@@ -185,7 +185,9 @@ def test_streams_lists_viewers_renditions_bytes_hit_ratio_and_origin_bytes(proxy
 
     watch(0)  # the first player fills the cache; the next ones hit
     wait_until(lambda: len(origin.paths(f"{base}/v1/seg")) >= 4, 5.0, "prefetches")  # seg3 prefetched
-    run_threads(watch, 3, timeout=20.0)
+    # Players 1-3 (a viewer is an address and a User-Agent: player-0 again
+    # would be the same viewer, or another one on another worker).
+    run_threads(lambda index: watch(index + 1), 3, timeout=20.0)
     answer = AdminClient.of(proxy).get("/api/v1/hls/streams")
     assert answer.status == 200, answer.json
     streams = [stream for stream in answer.json["streams"] if stream["stream"] == f"{base}/master.m3u8"]
