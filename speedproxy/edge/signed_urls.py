@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import time
 from typing import Any, List, Optional, Tuple
 from urllib.parse import urljoin
@@ -252,6 +253,14 @@ class PlaylistSigningFilter(SignedUrlFilter):
     signs_playlists = True
     wants_body = True
 
+    def __init__(self, core: Any, route: Any, clock: Any) -> None:
+        super().__init__(core, route, clock)
+        #: (host, path, expiry, address, unsigned body) -> signed body, oldest first.
+        self._signed: "dict[tuple, bytes]" = {}
+        self._signed_bytes = 0
+        #: Whether signatures depend on the client's address (decided on first use).
+        self._bound: Optional[bool] = None
+
     # -- signing playlists (HLS routes) ---------------------------------------------------
 
     def _is_playlist(self, view: FilterRequest, content_type: Optional[bytes]) -> bool:
@@ -309,7 +318,35 @@ class PlaylistSigningFilter(SignedUrlFilter):
             response.body = self.sign_playlist(view, response.body)
 
     def sign_playlist(self, view: FilterRequest, body: bytes) -> bytes:
-        """``body`` with its URIs signed for this request's expiry and address."""
+        """``body`` with its URIs signed for this request's expiry and address.
+
+        The players of one signed link (same expiry, and address when bound)
+        get the same signed playlist: the last few are kept, so a playlist
+        hit costs its signing once per link, not once per answer.
+        """
+        expires, client_ip = view.state[SIGNED]
+        request = view._exchange.request
+        memo = self._signed
+        if self._bound is None:  # does any route sign for the client's address?
+            routes = getattr(self.core.router, "routes", ())
+            self._bound = any(
+                getattr(getattr(route.config, "signed_urls", None), "bind_client_ip", True) for route in routes
+            ) or not routes
+        key = (request.host, request.path, expires, client_ip if self._bound else None, body)
+        signed = memo.get(key)
+        if signed is None:
+            signed = self._sign_playlist(view, body)
+            size = len(body) + len(signed)
+            if size <= SIGNED_PLAYLIST_BYTES:
+                while memo and (len(memo) >= SIGNED_PLAYLISTS_KEPT or self._signed_bytes + size > SIGNED_PLAYLIST_BYTES):
+                    old_key = next(iter(memo))
+                    old = memo.pop(old_key)
+                    self._signed_bytes -= len(old_key[4]) + len(old)
+                memo[key] = signed
+                self._signed_bytes += size
+        return signed
+
+    def _sign_playlist(self, view: FilterRequest, body: bytes) -> bytes:
         from speedproxy.hls.rewrite import map_uris
         from speedproxy.proxy.paths import PathError, normalise_path
 
@@ -318,7 +355,9 @@ class PlaylistSigningFilter(SignedUrlFilter):
         request = exchange.request
         core = self.core
         server = core.server
-        base = "http://x" + request.path.decode("latin-1")
+        own_path = request.path.decode("latin-1")
+        base = "http://x" + own_path
+        directory = own_path[: own_path.rfind("/") + 1]
         router = core.router
         signers: dict = {}
 
@@ -327,11 +366,18 @@ class PlaylistSigningFilter(SignedUrlFilter):
                 return uri  # another origin's, or inline: not ours to sign
             rest, hash_mark, fragment = uri.partition("#")
             target, question, query = rest.partition("?")
-            try:
-                absolute = urljoin(base, target).split("://x", 1)[1] if target else request.path.decode("latin-1")
-                path = normalise_path(absolute.encode("latin-1"), server.merge_slashes, server.escaped_slashes == "keep")
-            except (PathError, UnicodeEncodeError, IndexError):
-                return uri
+            if _PLAIN_NAME.match(target) and target != "." and target != "..":
+                # A name in the playlist's own directory (``seg00042.ts``): the
+                # common case, already a normalised path once joined.
+                path = (directory + target).encode("latin-1")
+            else:
+                try:
+                    absolute = urljoin(base, target).split("://x", 1)[1] if target else own_path
+                    path = normalise_path(
+                        absolute.encode("latin-1"), server.merge_slashes, server.escaped_slashes == "keep"
+                    )
+                except (PathError, UnicodeEncodeError, IndexError):
+                    return uri
             route = router.match(request.host, path)
             settings = getattr(getattr(route, "config", None), "signed_urls", None)
             if settings is None:
@@ -345,6 +391,15 @@ class PlaylistSigningFilter(SignedUrlFilter):
             return target + "?" + query + hash_mark + fragment
 
         return map_uris(body, sign)
+
+
+#: Signed playlists a route keeps per worker (see ``sign_playlist``).
+SIGNED_PLAYLISTS_KEPT = 32
+#: ...and at most this many bytes of them (unsigned and signed bodies).
+SIGNED_PLAYLIST_BYTES = 16 * 1024 * 1024
+
+#: A URI that is a plain file name (unreserved characters only, RFC 3986 2.3).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
 
 def _field(response: LocalResponse, name: bytes) -> Optional[bytes]:

@@ -232,3 +232,22 @@ def test_field_reads_a_prebuilt_block() -> None:
     assert _field(response, b"content-encoding") is None
     response = LocalResponse.prebuilt(200, None, b"Age: 1\r\nContent-Encoding: gzip\r\n", b"")
     assert _field(response, b"content-encoding") == b"gzip"
+
+
+def test_players_of_one_signed_link_share_one_signing_of_a_playlist(proxy) -> None:
+    exp = _now(proxy) + 600
+    target = f"/hls/v0/index.m3u8?exp={exp}&sig={signature(KEY, '/hls/v0/index.m3u8', exp)}"
+    client = _get(proxy, target)
+    backend = proxy.accept()
+    backend.send(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.apple.mpegurl\r\nContent-Length: %d\r\n"
+        b"Cache-Control: max-age=60\r\n\r\n%s" % (len(PLAYLIST), PLAYLIST)
+    )
+    first = client.response().body
+    route = proxy.core.router.match(b"h", b"/hls/v0/index.m3u8")
+    signing = next(f for f in route.filters.filters if hasattr(f, "_signed"))
+    signing._sign_playlist = lambda view, body: pytest.fail("signed again")  # type: ignore[method-assign]
+    for _ in range(2):  # (a route here binds to the address: the same client's link)
+        again = _get(proxy, target).response()
+        assert b"hit" in again.header(b"cache-status") and again.body == first
+    _check_signed(proxy, first, exp)
