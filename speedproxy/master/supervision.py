@@ -29,9 +29,10 @@ from twisted.python.failure import Failure
 from speedproxy.accesslog import ACCESS_LOG_FD
 from speedproxy.cluster.amp import AccountingRows
 from speedproxy.config import Config
+from speedproxy.master.access_relay import AccessLogPipe, AccessLogRelay, open_access_pipe
 from speedproxy.master.affinity import pinner
 from speedproxy.master.control import DropKeys, Invalidated, Ready, Shutdown
-from speedproxy.master.environment import last_level_cache, worker_environment
+from speedproxy.master.environment import keep_freed_memory, last_level_cache, worker_environment
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.master.service import MasterService
@@ -40,6 +41,12 @@ log = Logger(namespace="speedproxy.master")
 #: Lines the workers print, relayed into the master's log.
 worker_log = Logger(namespace="speedproxy.worker")
 access_log = Logger(namespace="speedproxy.access")
+
+
+
+def _log_access_lines(text: str) -> None:
+    access_log.info("{lines}", lines=text)
+
 
 #: A worker that lived at least this long resets the respawn backoff.
 STABLE_AFTER = 10.0
@@ -100,9 +107,6 @@ class WorkerProcess(ProcessProtocol):
         self._partial = {1: b"", 2: b""}
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == ACCESS_LOG_FD:
-            self._access_lines(data)
-            return
         text = self._partial.get(fd, b"") + data  # (stdout/stderr)
         *lines, self._partial[fd] = text.split(b"\n")
         for line in lines:
@@ -110,14 +114,6 @@ class WorkerProcess(ProcessProtocol):
                 worker_log.info(
                     "[worker {slot}] {line}", slot=self.handle.slot, line=line.decode("utf-8", "replace")
                 )
-
-    def _access_lines(self, data: bytes) -> None:
-        """A worker's access log batch: one event for the whole batch."""
-        text = self._partial.get(ACCESS_LOG_FD, b"") + data
-        cut = text.rfind(b"\n")
-        self._partial[ACCESS_LOG_FD] = text[cut + 1 :]
-        if cut >= 0:
-            access_log.info("{lines}", lines=text[:cut].decode("utf-8", "replace"))
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor.exited(self.handle, reason)
@@ -159,6 +155,9 @@ class Supervisor:
         self.stopping = False
         self.pypy = platform.python_implementation() == "PyPy"
         self.cache_bytes = last_level_cache() if self.pypy else None
+        #: The workers' access log lines on their way to twistd's log.
+        self.access_relay = AccessLogRelay(self.reactor, _log_access_lines)
+        keep_freed_memory()  # the relay's batches reuse memory instead of page-faulting it in
 
     # -- views ------------------------------------------------------------------
 
@@ -202,6 +201,7 @@ class Supervisor:
         handle.control = None
         handle.exited = Deferred()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        access_read, access_write = open_access_pipe()
         argv = [
             sys.executable, "-m", "speedproxy.worker",
             "--listen-fd", "3", "--family", master.family,
@@ -214,11 +214,16 @@ class Supervisor:
                 argv,
                 env=worker_environment(os.environ, self.pypy, self.cache_bytes),
                 childFDs={
-                    0: "w", 1: "r", 2: "r", 3: master.listener.fileno(), 4: child.fileno(), ACCESS_LOG_FD: "r"
+                    0: "w", 1: "r", 2: "r", 3: master.listener.fileno(), 4: child.fileno(), ACCESS_LOG_FD: access_write
                 },
             )
+        except BaseException:
+            os.close(access_read)
+            raise
         finally:
             child.close()
+            os.close(access_write)
+        AccessLogPipe(self.reactor, access_read, self.access_relay).start()
         handle.process = process
         handle.pid = process.pid
         pinner.pin(handle.slot, process.pid, master.config.server.cpu_affinity)  # server.cpu_affinity
@@ -322,6 +327,7 @@ class Supervisor:
         def stopped(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
+            self.access_relay.flush()
             return result
 
         return DeferredList(waits).addBoth(stopped)
