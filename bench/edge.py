@@ -18,6 +18,10 @@ side by side in one run:
   refuse).  Every request carries a valid signature (``exp``/``sig``),
   an allowed ``Origin`` and ``Accept-Encoding`` (``--accept``), whatever
   the route;
+- ``signed_urls`` on requests with a query of three parameters: with
+  ``query: ignore`` (the path alone signed), covered (``query: signed``,
+  the default: plain parameters, already in canonical form) and covered
+  with percent-encoded ones (their ``%XX`` normalised per request);
 - memory-cache hits of a 100 KiB HLS playlist, on a cached route and on a
   cached route with the four filters: the playlist is compressed once into
   a kept copy, so a hit does not pay for compression again.
@@ -62,6 +66,10 @@ COMPRESSION = (
     "min_size: 1KiB, gzip_level: 5, brotli: true}"
 )
 ALL_FOUR = ", ".join((RATE_LIMIT, SIGNED_URLS, CORS, COMPRESSION))
+SIGNED_URLS_IGNORE = SIGNED_URLS[:-1] + ", query: ignore}"
+#: The queries of the signed-query rows: plain parameters, and percent-encoded ones.
+QUERY = "page=2&lang=en&sort=title"
+ENCODED_QUERY = "q=caf%c3%a9+au+lait&lang=en%2DGB&page=2"
 
 
 def json_body(size: int) -> bytes:
@@ -83,10 +91,12 @@ def playlist(size: int) -> bytes:
     return b"\n".join(lines + [b"#EXT-X-ENDLIST"]) + b"\n"
 
 
-def signed_target(path: str) -> bytes:
+def signed_target(path: str, query: str = "", covered: bool = True) -> bytes:
+    """``path?<query>&exp=...&sig=...``, the signature covering ``query`` when ``covered``."""
     from speedproxy.edge.signed_urls import signature
 
-    return b"%s?exp=%d&sig=%s" % (path.encode(), EXPIRES, signature(SECRET, path, EXPIRES).encode())
+    sig = signature(SECRET, path, EXPIRES, query=query) if query and covered else signature(SECRET, path, EXPIRES)
+    return b"%s?%sexp=%d&sig=%s" % (path.encode(), (query + "&").encode() if query else b"", EXPIRES, sig.encode())
 
 
 class Setup:
@@ -265,10 +275,10 @@ def main() -> None:
     directory = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     accept = args.accept.encode()
 
-    def request_for(path: str) -> bytes:
+    def request_for(path: str, query: str = "", covered: bool = True) -> bytes:
         return (
             b"GET %s HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: bench/1.0\r\nAccept: */*\r\n"
-            b"Origin: %s\r\nAccept-Encoding: %s\r\n\r\n" % (signed_target(path), ORIGIN, accept)
+            b"Origin: %s\r\nAccept-Encoding: %s\r\n\r\n" % (signed_target(path, query, covered), ORIGIN, accept)
         )
 
     body = json_body(args.size)
@@ -293,6 +303,9 @@ def main() -> None:
         ("compression alone", COMPRESSION),
         ("rate_limit + signed_urls + cors", ", ".join((RATE_LIMIT, SIGNED_URLS, CORS))),
         ("all four (+ compression)", ALL_FOUR),
+        ("signed_urls, 3-param query, ignored", SIGNED_URLS_IGNORE, QUERY, False),
+        ("signed_urls, 3-param query, signed", SIGNED_URLS, QUERY, True),
+        ("signed_urls, 3 %-encoded params, signed", SIGNED_URLS, ENCODED_QUERY, True),
     )
     hit_rows = (
         ("cached route", ""),
@@ -306,10 +319,10 @@ def main() -> None:
 
     rows: List[Tuple[str, str, Tuple[float, float], bytes]] = []
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        for name, keys in proxied_rows:
+        for name, keys, *query in proxied_rows:
             if not chosen(name):
                 continue
-            setup = Setup(keys, scratch, request_for("/api/items.json"), api_response, cached=False)
+            setup = Setup(keys, scratch, request_for("/api/items.json", *query), api_response, cached=False)
             rows.append(("proxied", name, measure(setup.proxied, args.requests, args.repeat), setup.first_head))
             setup.close()
         for name, keys in hit_rows:

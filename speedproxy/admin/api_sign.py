@@ -5,8 +5,10 @@ Body: ``{"path": "/hls/live/index.m3u8", "ttl": "1h"}``, optionally
 instead of matching the path) and ``"client_ip"`` (required when the route
 binds signatures to the client address).  ``ttl`` is a duration (``"90s"``,
 ``"1h"``) or seconds, 1 s to 366 days; 1 h when left out.  The path is
-normalised as the proxy normalises request paths, and may carry a query
-(kept, not signed).  The answer::
+normalised as the proxy normalises request paths, and may carry a query:
+kept as given (old signature parameters dropped) and, unless the route says
+``signed_urls: {query: ignore}``, covered by the signature
+(:mod:`speedproxy.edge.canonical_query`).  The answer::
 
     {"url": "/hls/live/index.m3u8?exp=1767225600&sig=...", "path": "/hls/live/index.m3u8",
      "route": "video", "expires": 1767225600, "expires_at": "2026-01-01T00:00:00Z"}
@@ -26,6 +28,7 @@ from speedproxy.admin.context import APIResource
 from speedproxy.admin.json_resource import bad_request, read_json_object
 from speedproxy.config.model import Config, RouteConfig
 from speedproxy.config.units import parse_duration
+from speedproxy.edge.canonical_query import unsigned_names
 from speedproxy.edge.ip_lists import parse_address
 from speedproxy.edge.signed_urls import signed_query
 from speedproxy.proxy.paths import PathError, normalise_path
@@ -115,12 +118,12 @@ class SignResource(APIResource):
                 raise bad_request(f"client_ip: {client_ip!r} is not an IP address", "client_ip")
         expires = int(self.api.clock.seconds() + ttl)
         text = path.decode("ascii")
-        # A query the caller gave is kept (without old signature parameters), not signed.
+        # A query the caller gave is kept (without old signature parameters) and signed.
         kept = "&".join(
             part for part in query.split("&")
             if part and part.partition("=")[0] not in (settings.param_signature, settings.param_expires)
         )
-        signed = signed_query(settings, text, expires, client_ip)
+        signed = signed_query(settings, text, expires, client_ip, kept, unsigned_names(route))
         request.audit_note = f"path={text} ttl={int(ttl)}s route={route.name}"  # type: ignore[attr-defined]
         answer: Dict[str, Any] = {
             "url": text + "?" + (kept + "&" if kept else "") + signed,

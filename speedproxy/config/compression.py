@@ -1,30 +1,29 @@
 """Reading and writing a route's ``compression`` key (:mod:`speedproxy.edge.compression`).
 
-Follows :mod:`speedproxy.config.loader`'s conventions: a ``ValueError`` for
+Follows :mod:`speedproxy.config.schema`'s conventions: a ``ValueError`` for
 a value wrong as a whole, problems recorded per item with their line
-otherwise.  ``compression: null`` (or no key) is off; ``compression: {}``
+otherwise; :data:`COMPRESSION` declares each key once, for reading and
+writing back.  ``compression: null`` (or no key) is off; ``compression: {}``
 is on with the defaults.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-from speedproxy.config.loader import (
-    Converter,
-    _boolean,
-    _integer,
-    _items,
-    _Problems,
-    _record,
-    _Reported,
-    _size,
-    _text,
-    _Val,
-)
-from speedproxy.config.model import RouteCompressionConfig, RouteConfig
-from speedproxy.config.units import format_size
+from speedproxy.config.kinds import as_list
+from speedproxy.config.kinds import boolean as _boolean
+from speedproxy.config.kinds import integer as _integer
+from speedproxy.config.kinds import items as _items
+from speedproxy.config.kinds import size as _size
+from speedproxy.config.kinds import text as _text
+from speedproxy.config.located import Val as _Val
+from speedproxy.config.model import RouteCompressionConfig
+from speedproxy.config.problems import Problems as _Problems
+from speedproxy.config.problems import Reported as _Reported
+from speedproxy.config.schema import Converter, Kind, Section
+from speedproxy.config.schema import read_fields as _record
 
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+\-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+\-]*)")
 
@@ -37,7 +36,7 @@ def media_type(text: str) -> str:
     return lowered
 
 
-def media_types(problems: _Problems, val: _Val, path: str) -> Tuple[str, ...]:
+def _media_types(problems: _Problems, val: _Val, path: str) -> Tuple[str, ...]:
     """A list of media types (each problem reported at its own line)."""
     out = []
     items = _items(val, "media types")
@@ -51,6 +50,10 @@ def media_types(problems: _Problems, val: _Val, path: str) -> Tuple[str, ...]:
     return tuple(out)
 
 
+#: A list of media types, written as a list.
+media_types = Kind(_media_types, write=as_list)
+
+
 _FIELDS: Dict[str, Converter] = {
     "types": media_types,
     "min_size": _size(0),
@@ -58,6 +61,8 @@ _FIELDS: Dict[str, Converter] = {
     "brotli": _boolean,
     "brotli_level": _integer(0, 11),
 }
+#: ``routing.<name>.compression``, read by :func:`compression`.
+COMPRESSION = Section(RouteCompressionConfig, _FIELDS)
 
 
 def compression(problems: _Problems, val: _Val, path: str) -> Optional[RouteCompressionConfig]:
@@ -69,18 +74,3 @@ def compression(problems: _Problems, val: _Val, path: str) -> Optional[RouteComp
         problems.add(val.value["types"].line, f"{path}.types", "list at least one media type")
         raise _Reported
     return RouteCompressionConfig(**fields)
-
-
-def dump_route(route: RouteConfig, data: Dict[str, Any]) -> None:
-    """Lay out ``route.compression`` in ``data`` (the route's mapping) as the file has it."""
-    settings = route.compression
-    if settings is None:
-        data.pop("compression", None)
-        return
-    data["compression"] = {
-        "types": list(settings.types),
-        "min_size": format_size(settings.min_size),
-        "gzip_level": settings.gzip_level,
-        "brotli": settings.brotli,
-        "brotli_level": settings.brotli_level,
-    }

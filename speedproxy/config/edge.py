@@ -1,10 +1,11 @@
 """Reading and writing the edge protection keys of a route: ``cors`` and ``signed_urls``.
 
-The converters follow :mod:`speedproxy.config.loader`'s conventions (a
+The converters follow :mod:`speedproxy.config.schema`'s conventions (a
 ``ValueError`` for a value wrong as a whole, problems recorded per item
-with their line otherwise); the loader calls them through
-``loader._edge(name)``.  ``allow`` and ``deny`` (route and ``server``) are
-the loader's own CIDR lists.
+with their line otherwise).  :data:`CORS` and :data:`SIGNED_URLS` declare
+each key once, for reading and writing back; :mod:`speedproxy.config.routes`
+holds them.  ``allow`` and ``deny`` (route and ``server``) are the common
+CIDR lists of :mod:`speedproxy.config.kinds`.
 """
 
 from __future__ import annotations
@@ -12,21 +13,20 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from speedproxy.config.loader import (
-    Converter,
-    _boolean,
-    _duration,
-    _items,
-    _Problems,
-    _record,
-    _Reported,
-    _text,
-    _TOKEN,
-    _Val,
-)
-from speedproxy.config.model import CorsConfig, RouteConfig, SignedUrlsConfig
+from speedproxy.config.kinds import TOKEN as _TOKEN
+from speedproxy.config.kinds import as_list
+from speedproxy.config.kinds import boolean as _boolean
+from speedproxy.config.kinds import duration as _duration
+from speedproxy.config.kinds import items as _items
+from speedproxy.config.kinds import text as _text
+from speedproxy.config.located import Val as _Val
+from speedproxy.config.model import CorsConfig, SignedUrlsConfig
+from speedproxy.config.problems import Problems as _Problems
+from speedproxy.config.problems import Reported as _Reported
+from speedproxy.config.schema import Converter, Kind, Section, written_from
+from speedproxy.config.schema import read_fields as _record
 from speedproxy.config.substitutions import SubstitutionError, is_reference, resolve
-from speedproxy.config.units import describe_value, format_duration
+from speedproxy.config.units import describe_value
 
 #: Shortest signing key accepted (an HMAC-SHA256 key should carry at least 128 bits).
 MIN_SECRET = 16
@@ -50,7 +50,7 @@ def _list_of(check: Any, what: str) -> Converter:
             raise _Reported
         return tuple(out)
 
-    return convert
+    return Kind(convert, write=as_list)
 
 
 def origin(text: str) -> str:
@@ -87,6 +87,8 @@ _CORS_FIELDS: Dict[str, Converter] = {
     "credentials": _boolean,
     "max_age": _duration(positive=False),
 }
+#: ``routing.<name>.cors``, read by :func:`cors`.
+CORS = Section(CorsConfig, _CORS_FIELDS, required=("origins",))
 
 
 def cors(problems: _Problems, val: _Val, path: str) -> Optional[CorsConfig]:
@@ -148,12 +150,37 @@ def _param(problems: _Problems, val: _Val, path: str) -> str:
     return text
 
 
+#: ``signed_urls.query``: what the signature says about the query.
+QUERY_MODES = ("signed", "ignore")
+
+
+def _query_mode(problems: _Problems, val: _Val, path: str) -> str:
+    text = val.value if isinstance(val.value, str) else None
+    if text not in QUERY_MODES:
+        raise ValueError(
+            'expected "signed" (the signature covers every query parameter but its own) or "ignore" '
+            f"(it covers the path only: parameters may be added or changed), got {describe_value(val.value)}"
+        )
+    return str(text)
+
+
 _SIGNED_FIELDS: Dict[str, Converter] = {
-    "secrets": _secrets,
+    # Written back as given (``${file:...}`` stays a reference), never resolved.
+    "secrets": written_from("sources", Kind(_secrets, write=as_list)),
     "param_signature": _param,
     "param_expires": _param,
     "bind_client_ip": _boolean,
+    "query": _query_mode,
 }
+
+
+#: ``routing.<name>.signed_urls``, read by :func:`signed_urls`.
+SIGNED_URLS = Section(
+    SignedUrlsConfig,
+    _SIGNED_FIELDS,
+    required=("secrets",),
+    derived={"secrets": "the keys resolved from the sources written under secrets"},
+)
 
 
 def signed_urls(problems: _Problems, val: _Val, path: str) -> Optional[SignedUrlsConfig]:
@@ -170,39 +197,3 @@ def signed_urls(problems: _Problems, val: _Val, path: str) -> Optional[SignedUrl
         problems.add(given.line, f"{path}.param_expires", "must differ from param_signature")
         raise _Reported
     return config
-
-
-# -- writing back --------------------------------------------------------------------
-
-
-def dump_route(route: RouteConfig, data: Dict[str, Any]) -> None:
-    """Lay out the edge keys of ``route`` in ``data`` (its mapping) as the file has them.
-
-    Empty lists and ``None`` sections are left out; signing secrets are
-    written as given (``${file:...}`` stays a reference).
-    """
-    for key in ("allow", "deny"):
-        if key in data and not data[key]:
-            del data[key]
-    if route.cors is None:
-        data.pop("cors", None)
-    else:
-        settings = route.cors
-        data["cors"] = {
-            "origins": list(settings.origins),
-            "methods": list(settings.methods),
-            "headers": list(settings.headers),
-            "expose": list(settings.expose),
-            "credentials": settings.credentials,
-            "max_age": format_duration(settings.max_age),
-        }
-    if route.signed_urls is None:
-        data.pop("signed_urls", None)
-    else:
-        signed = route.signed_urls
-        data["signed_urls"] = {
-            "secrets": list(signed.sources),
-            "param_signature": signed.param_signature,
-            "param_expires": signed.param_expires,
-            "bind_client_ip": signed.bind_client_ip,
-        }

@@ -1,29 +1,29 @@
 """Reading and writing a route's ``rate_limit``, ``connection_limit`` and ``sessions``.
 
-The converters follow :mod:`speedproxy.config.loader`'s conventions (a
+The converters follow :mod:`speedproxy.config.schema`'s conventions (a
 ``ValueError`` for a value wrong as a whole, problems recorded per key with
-their line otherwise); the loader calls them through ``loader._limits(name)``.
+their line otherwise).  :data:`RATE_LIMIT`, :data:`CONNECTION_LIMIT` and
+:data:`SESSIONS` declare each key once, for reading and writing back;
+:mod:`speedproxy.config.routes` holds them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
-from speedproxy.config.loader import (
-    _TOKEN,
-    Converter,
-    _boolean,
-    _duration,
-    _integer,
-    _Problems,
-    _record,
-    _Reported,
-    _text,
-    _Val,
-)
+from speedproxy.config.kinds import TOKEN as _TOKEN
+from speedproxy.config.kinds import boolean as _boolean
+from speedproxy.config.kinds import duration as _duration
+from speedproxy.config.kinds import integer as _integer
+from speedproxy.config.kinds import text as _text
+from speedproxy.config.located import Val as _Val
 from speedproxy.config.model import ConnectionLimitConfig, RateLimitConfig, RouteConfig, SessionsConfig
-from speedproxy.config.units import describe_value, format_duration
+from speedproxy.config.problems import Problems as _Problems
+from speedproxy.config.problems import Reported as _Reported
+from speedproxy.config.schema import Converter, Kind, Section, is_empty, omit_if
+from speedproxy.config.schema import read_fields as _record
+from speedproxy.config.units import describe_value
 
 #: A cookie name (RFC 6265 token) that is also a plain query parameter name.
 _COOKIE = re.compile(r"[A-Za-z0-9_.~\-]{1,64}")
@@ -78,9 +78,15 @@ _SESSION_FIELDS: Dict[str, Converter] = {
     "cookie": _cookie,
     "ttl": _duration(positive=True),
     "max_per_client": _integer(1, 16),
-    "realm": lambda problems, val, path: _realm(val),
-    "bind_client_ip": _boolean,
+    "realm": omit_if(is_empty, Kind(lambda problems, val, path: _realm(val))),
+    "bind_client_ip": omit_if(is_empty, _boolean),
 }
+#: ``routing.<name>.rate_limit``, read by :func:`rate_limit`.
+RATE_LIMIT = Section(RateLimitConfig, _RATE_FIELDS, required=("requests",))
+#: ``routing.<name>.connection_limit``, read by :func:`connection_limit`.
+CONNECTION_LIMIT = Section(ConnectionLimitConfig, _CONNECTION_FIELDS, required=("per_client",))
+#: ``routing.<name>.sessions``, read by :func:`sessions`.
+SESSIONS = Section(SessionsConfig, _SESSION_FIELDS)
 
 
 def rate_limit(problems: _Problems, val: _Val, path: str) -> Optional[RateLimitConfig]:
@@ -119,37 +125,3 @@ def check_route(problems: _Problems, item: _Val, path: str, route: RouteConfig) 
         given = item.value["rate_limit"]
         where = given.value.get("key", given) if isinstance(given.value, dict) else given
         problems.add(where.line, f"{path}.rate_limit.key", "key: session needs sessions on this route")
-
-
-# -- writing back --------------------------------------------------------------------
-
-
-def dump_route(route: RouteConfig, data: Dict[str, Any]) -> None:
-    """Lay out the limit keys of ``route`` in ``data`` (its mapping) as the file has them."""
-    for key in ("rate_limit", "connection_limit", "sessions"):
-        data.pop(key, None)
-    if route.rate_limit is not None:
-        limit = route.rate_limit
-        data["rate_limit"] = {
-            "requests": limit.requests,
-            "per": format_duration(limit.per),
-            "burst": limit.burst,
-            "key": limit.key,
-        }
-    if route.connection_limit is not None:
-        data["connection_limit"] = {
-            "per_client": route.connection_limit.per_client,
-            "status": route.connection_limit.status,
-        }
-    if route.sessions is not None:
-        settings = route.sessions
-        data["sessions"] = {
-            "required": settings.required,
-            "cookie": settings.cookie,
-            "ttl": format_duration(settings.ttl),
-            "max_per_client": settings.max_per_client,
-        }
-        if settings.realm:
-            data["sessions"]["realm"] = settings.realm
-        if settings.bind_client_ip:
-            data["sessions"]["bind_client_ip"] = True

@@ -3,8 +3,11 @@
 Every class here is a frozen dataclass with a default for every field, so a
 whole config can be swapped atomically at run time (SIGHUP, admin API) by
 replacing one :class:`Config` reference.  Durations are float seconds and sizes
-are int bytes; the loader in :mod:`speedproxy.config.loader` converts the
-human forms (``30s``, ``64KiB``) found in YAML.
+are int bytes; each field's kind, declared once in its section's table
+(:mod:`speedproxy.config.schema`; ``server``, ``routes``... modules), reads
+the human forms (``30s``, ``64KiB``) found in YAML and writes them back.  A
+new field goes into that table too: ``tests/unit/config/test_config_schema.py``
+walks every field of every class here against the tables.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ BALANCER_NAMES = (
     "least_connections_weight",
     "performance",
 )
+
+#: Backend schemes spoken over HTTP/2 (gRPC routes only).
+HTTP2_SCHEMES = ("h2c", "h2")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class BackendConfig:
     host: str = "127.0.0.1"
     port: int = 80
     weight: int = 100
+    #: ``http``, ``https`` (HTTP/1.1), ``h2c`` (HTTP/2 in clear) or ``h2``
+    #: (HTTP/2 over TLS, ALPN ``h2``); the HTTP/2 ones serve gRPC routes only.
     scheme: str = "http"
     active: bool = True
     max_conn: int = 1000
@@ -84,6 +92,10 @@ class ProtocolBalancers:
 
     websocket: str = "ip_hash"
     sse: str = "ip_hash"
+    #: gRPC calls (HTTP/2, ``content-type: application/grpc``) relayed over
+    #: HTTP/2 to the route's ``h2c``/``h2`` backends with this balancer
+    #: (:mod:`speedproxy.proxy.grpc_relay`); ``off``: not a gRPC route.
+    grpc: str = "off"
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,9 @@ class SignedUrlsConfig:
     param_expires: str = "exp"
     #: The signature also covers the client's IP address.
     bind_client_ip: bool = False
+    #: ``signed``: the signature covers the query too (its canonical form,
+    #: :mod:`speedproxy.edge.canonical_query`); ``ignore``: the path only.
+    query: str = "signed"
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,15 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from speedproxy.config.compression import media_types
-from speedproxy.config.loader import (
-    Converter,
-    _join,
-    _Problems,
-    _record,
-    _Reported,
-    _text,
-    _TOKEN,
-    _Val,
-)
+from speedproxy.config.kinds import TOKEN as _TOKEN
+from speedproxy.config.kinds import text as _text
+from speedproxy.config.located import Val as _Val
 from speedproxy.config.model import UpstreamRulesConfig
+from speedproxy.config.problems import Problems as _Problems
+from speedproxy.config.problems import Reported as _Reported
+from speedproxy.config.problems import join as _join
+from speedproxy.config.schema import Converter, Kind, Section, is_empty, omit_if, write_section, written_from
+from speedproxy.config.schema import read_fields as _record
 from speedproxy.config.substitutions import SubstitutionError, resolve
 from speedproxy.config.units import describe_value
 
@@ -76,7 +74,7 @@ def _pairs(check_name: Any, what: str) -> Converter:
             raise _Reported
         return tuple(sources), tuple(values)
 
-    return convert
+    return Kind(convert, write=dict)
 
 
 def _header_name(name: str) -> None:
@@ -92,10 +90,20 @@ def _query_name(name: str) -> None:
 
 
 _FIELDS: Dict[str, Converter] = {
-    "add_query": _pairs(_query_name, "query parameter names"),
-    "set_headers": _pairs(_header_name, "header names"),
-    "expect_content_type": media_types,
+    # Written back as given: ${env:...} and ${file:...} stay references.
+    "add_query": omit_if(is_empty, written_from("add_query_sources", _pairs(_query_name, "query parameter names"))),
+    "set_headers": omit_if(is_empty, written_from("set_headers_sources", _pairs(_header_name, "header names"))),
+    "expect_content_type": omit_if(is_empty, media_types),
 }
+#: One upstream group's rules (``upstreams.<name>``).
+UPSTREAM_RULES = Section(
+    UpstreamRulesConfig,
+    _FIELDS,
+    derived={
+        "add_query": "the values resolved from add_query as written",
+        "set_headers": "the values resolved from set_headers as written",
+    },
+)
 
 
 def upstreams(
@@ -133,14 +141,4 @@ def upstreams(
 
 def dump(rules: Mapping[str, UpstreamRulesConfig]) -> Dict[str, Any]:
     """The section as the file has it: values as written (references stay references)."""
-    out: Dict[str, Any] = {}
-    for name, item in rules.items():
-        data: Dict[str, Any] = {}
-        if item.add_query_sources:
-            data["add_query"] = dict(item.add_query_sources)
-        if item.set_headers_sources:
-            data["set_headers"] = dict(item.set_headers_sources)
-        if item.expect_content_type:
-            data["expect_content_type"] = list(item.expect_content_type)
-        out[name] = data
-    return out
+    return {name: write_section(UPSTREAM_RULES, item) for name, item in rules.items()}

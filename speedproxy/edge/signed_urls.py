@@ -6,11 +6,19 @@ A signed URL carries two query parameters (``param_expires``, default
     /hls/live/index.m3u8?exp=1767225600&sig=<hex HMAC-SHA256>
 
 The signature is the lower-case hex HMAC-SHA256, keyed with a secret, of
-the request path (normalised, as routed: no query) and the expiry, joined
-by a line feed, and of the client address too (a third line) with
+the request path (normalised, as routed), followed by ``?`` and the
+canonical form of the other query parameters when there are some
+(:mod:`speedproxy.edge.canonical_query`), and the expiry, joined by a line
+feed, and of the client address too (a third line) with
 ``bind_client_ip``::
 
     HMAC-SHA256(secret, "/hls/live/index.m3u8\\n1767225600")
+    HMAC-SHA256(secret, "/v/movie.ts?lang=en&quality=hd\\n1767225600")
+
+Adding, removing or changing a covered parameter is then a
+``signature_invalid``; reordering parameters of different names is not.
+With ``query: ignore`` the signature covers the path only (parameters may
+be added or changed by anyone holding the link).
 
 The first of ``secrets`` signs (``POST /api/v1/sign``), every one verifies
 (rotation: add the new key first, drop the old one when its URLs have
@@ -20,13 +28,13 @@ expired: 403 whose JSON ``error`` says which (``signature_missing``,
 ``speedproxy_refused_total{reason="signature"}``.
 
 Both parameters are taken off the request before anything else sees it: the
-cache key, the HLS filters and the backend get the URL without them.  Other
-query parameters are not covered by the signature.
+cache key, the HLS filters and the backend get the URL without them.
 
 With ``hls.enabled``, a playlist answered to a signed request has its URIs
 signed in turn (same expiry, same client address), each with the settings
-of the route it leads to, so a player can follow them: the cache keeps the
-playlist unsigned and it is signed per answer.
+of the route it leads to and with the query it carries, so a player can
+follow them: the cache keeps the playlist unsigned and it is signed per
+answer.
 """
 
 from __future__ import annotations
@@ -36,11 +44,12 @@ import hmac
 import os
 import re
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, FrozenSet, List, Optional, Tuple
 from urllib.parse import urljoin
 
 from speedproxy.config.model import SignedUrlsConfig
 from speedproxy.edge import is_internal
+from speedproxy.edge.canonical_query import canonical_query, unsigned_names
 from speedproxy.edge.ip_lists import parse_address
 from speedproxy.edge.refusals import refuse
 from speedproxy.filters.base import Filter
@@ -63,24 +72,53 @@ def canonical_ip(text: str) -> str:
     return str(address) if address is not None else text
 
 
-def _mac(key: bytes, path: str, expires: int, client_ip: Optional[str]) -> bytes:
-    message = f"{path}\n{expires}" if client_ip is None else f"{path}\n{expires}\n{canonical_ip(client_ip)}"
-    return hmac.digest(key, message.encode("utf-8"), "sha256")
+def _text(path: str, expires: int, client_ip: Optional[str], canonical: str = "") -> str:
+    """The signed message: path (``?`` and the canonical query), expiry (and client address), one a line."""
+    if canonical:
+        path = path + "?" + canonical
+    return f"{path}\n{expires}" if client_ip is None else f"{path}\n{expires}\n{canonical_ip(client_ip)}"
 
 
-def signature(secret: str, path: str, expires: int, client_ip: Optional[str] = None) -> str:
-    """The hex HMAC-SHA256 of ``path`` and ``expires`` (and ``client_ip``) under ``secret``."""
-    return _mac(secret.encode("utf-8"), path, expires, client_ip).hex()
+def _canonical(settings: SignedUrlsConfig, query: str, unsigned: Optional[FrozenSet[bytes]]) -> str:
+    if settings.query != "signed" or not query:
+        return ""
+    names = unsigned if unsigned is not None else _own_names(settings)
+    return canonical_query(query.encode("latin-1"), names).decode("ascii")
 
 
-def signed_query(settings: SignedUrlsConfig, path: str, expires: int, client_ip: Optional[str] = None) -> str:
-    """``exp=...&sig=...`` for ``path`` signed with the first secret."""
-    sig = signature(settings.secrets[0], path, expires, client_ip if settings.bind_client_ip else None)
+def _own_names(settings: SignedUrlsConfig) -> FrozenSet[bytes]:
+    return frozenset((settings.param_signature.encode("ascii"), settings.param_expires.encode("ascii")))
+
+
+def signature(secret: str, path: str, expires: int, client_ip: Optional[str] = None, query: str = "") -> str:
+    """The hex HMAC-SHA256 of ``path`` (and ``query``, every parameter of it
+    covered, in canonical form), ``expires`` (and ``client_ip``) under ``secret``."""
+    canonical = canonical_query(query.encode("latin-1")).decode("ascii") if query else ""
+    message = _text(path, expires, client_ip, canonical)
+    return hmac.digest(secret.encode("utf-8"), message.encode("utf-8"), "sha256").hex()
+
+
+def signed_query(
+    settings: SignedUrlsConfig,
+    path: str,
+    expires: int,
+    client_ip: Optional[str] = None,
+    query: str = "",
+    unsigned: Optional[FrozenSet[bytes]] = None,
+) -> str:
+    """``exp=...&sig=...`` for ``path`` and ``query`` (as written, without
+    ``?``) signed with the first secret; ``unsigned``: the names the route's
+    signatures do not cover (:func:`~speedproxy.edge.canonical_query.unsigned_names`;
+    the signature parameters when left out)."""
+    ip = client_ip if settings.bind_client_ip else None
+    canonical = _canonical(settings, query, unsigned)
+    message = _text(path, expires, ip, canonical)
+    sig = hmac.digest(settings.secrets[0].encode("utf-8"), message.encode("utf-8"), "sha256").hex()
     return f"{settings.param_expires}={expires}&{settings.param_signature}={sig}"
 
 
-def verify(settings: SignedUrlsConfig, path: str, expires: int, sig: str, client_ip: str) -> bool:
-    """Does ``sig`` (hex) sign ``path``/``expires`` (and ``client_ip`` when bound) under any secret?"""
+def verify(settings: SignedUrlsConfig, path: str, expires: int, sig: str, client_ip: str, query: str = "") -> bool:
+    """Does ``sig`` (hex) sign ``path``/``query``/``expires`` (and ``client_ip`` when bound) under any secret?"""
     if len(sig) != 64:
         return False
     try:
@@ -88,10 +126,11 @@ def verify(settings: SignedUrlsConfig, path: str, expires: int, sig: str, client
     except ValueError:
         return False
     ip = client_ip if settings.bind_client_ip else None
+    message = _text(path, expires, ip, _canonical(settings, query, None)).encode("utf-8")
     ok = False
     for secret in settings.secrets:
         # Every secret is tried, each compared in constant time.
-        ok |= hmac.compare_digest(_mac(secret.encode("utf-8"), path, expires, ip), given)
+        ok |= hmac.compare_digest(hmac.digest(secret.encode("utf-8"), message, "sha256"), given)
     return ok
 
 
@@ -124,28 +163,47 @@ _OPAD = bytes(value ^ 0x5C for value in range(256))
 
 
 class Signer:
-    """A route's keys, made ready once (:class:`_Key`)."""
+    """A route's keys, made ready once (:class:`_Key`), and what its signatures cover.
 
-    __slots__ = ("settings", "_keys", "_bound")
+    ``unsigned``: the query parameters no signature of the route covers
+    (:func:`~speedproxy.edge.canonical_query.unsigned_names`; the signature's
+    own two when left out).
+    """
 
-    def __init__(self, settings: SignedUrlsConfig) -> None:
+    __slots__ = ("settings", "_keys", "_bound", "_signs_query", "_unsigned")
+
+    def __init__(self, settings: SignedUrlsConfig, unsigned: Optional[FrozenSet[bytes]] = None) -> None:
         self.settings = settings
         self._keys = tuple(_Key(secret.encode("utf-8")) for secret in settings.secrets)
         self._bound = settings.bind_client_ip
+        self._signs_query = settings.query == "signed"
+        self._unsigned = unsigned if unsigned is not None else _own_names(settings)
 
-    def _message(self, path: str, expires: int, client_ip: Optional[str]) -> bytes:
-        if self.settings.bind_client_ip and client_ip is not None:
-            return f"{path}\n{expires}\n{canonical_ip(client_ip)}".encode("utf-8")
-        return f"{path}\n{expires}".encode("utf-8")
+    def canonical(self, query: bytes) -> bytes:
+        """What the route's signatures cover of ``query`` (raw, without ``?``): empty with ``query: ignore``."""
+        if not query or not self._signs_query:
+            return b""
+        return canonical_query(query, self._unsigned)
 
-    def verify(self, path: str, expires: int, sig: bytes, client_ip: str) -> bool:
-        """Does the hex ``sig`` sign this request under any key (each compared in constant time)?"""
-        return self._check(self._message(path, expires, client_ip), sig)
+    def _message(self, path: str, expires: int, client_ip: Optional[str], canonical: bytes = b"") -> bytes:
+        ip = client_ip if self._bound else None
+        return _text(path, expires, ip, canonical.decode("ascii")).encode("utf-8")
 
-    def verify_raw(self, path: bytes, expires: int, sig: bytes, client_ip: str) -> bool:
+    def verify(self, path: str, expires: int, sig: bytes, client_ip: str, query: bytes = b"") -> bool:
+        """Does the hex ``sig`` sign this request under any key (each compared in constant time)?
+
+        ``query``: the request's, raw, without ``?``.
+        """
+        return self._check(self._message(path, expires, client_ip, self.canonical(query)), sig)
+
+    def verify_raw(self, path: bytes, expires: int, sig: bytes, client_ip: str, query: bytes = b"") -> bool:
         """:meth:`verify` for a path as the request holds it (latin-1 bytes)."""
         if self._bound or not path.isascii():
-            return self.verify(path.decode("latin-1"), expires, sig, client_ip)
+            return self.verify(path.decode("latin-1"), expires, sig, client_ip, query)
+        if query and self._signs_query:
+            canonical = canonical_query(query, self._unsigned)
+            if canonical:
+                return self._check(b"%s?%s\n%d" % (path, canonical, expires), sig)
         return self._check(b"%s\n%d" % (path, expires), sig)  # the same message, built as bytes
 
     def _check(self, message: bytes, sig: bytes) -> bool:
@@ -164,9 +222,10 @@ class Signer:
                 return True
         return False
 
-    def query(self, path: str, expires: int, client_ip: Optional[str]) -> str:
-        """``exp=...&sig=...`` for ``path``, signed with the first key."""
-        mac = self._keys[0].digest(self._message(path, expires, client_ip))
+    def query(self, path: str, expires: int, client_ip: Optional[str], query: str = "") -> str:
+        """``exp=...&sig=...`` for ``path`` and ``query`` (as written, without ``?``), signed with the first key."""
+        canonical = self.canonical(query.encode("latin-1")) if query else b""
+        mac = self._keys[0].digest(self._message(path, expires, client_ip, canonical))
         settings = self.settings
         return f"{settings.param_expires}={expires}&{settings.param_signature}={mac.hex()}"
 
@@ -207,7 +266,8 @@ class SignedUrlFilter(Filter):
     def __init__(self, core: Any, route: Any, clock: Any) -> None:
         self.core = core
         self.settings: SignedUrlsConfig = route.signed_urls
-        self.signer = Signer(self.settings)
+        self.route = route
+        self.signer = Signer(self.settings, unsigned_names(route))
         self.clock = clock
         self._names = (self.settings.param_signature.encode("ascii"), self.settings.param_expires.encode("ascii"))
 
@@ -234,7 +294,7 @@ class SignedUrlFilter(Filter):
         if not raw_exp.isdigit() or len(raw_exp) > 12:
             return self._refuse(view, "signature_invalid", f"{settings.param_expires} must be a Unix time")
         expires = int(raw_exp)
-        if not self.signer.verify_raw(request.path, expires, sig, exchange.client_ip):
+        if not self.signer.verify_raw(request.path, expires, sig, exchange.client_ip, request.query[1:]):
             return self._refuse(view, "signature_invalid", "the signature does not match this URL")
         if expires < self.clock.seconds():
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
@@ -379,14 +439,15 @@ class PlaylistSigningFilter(SignedUrlFilter):
                 except (PathError, UnicodeEncodeError, IndexError):
                     return uri
             route = router.match(request.host, path)
-            settings = getattr(getattr(route, "config", None), "signed_urls", None)
+            config = getattr(route, "config", None)
+            settings = getattr(config, "signed_urls", None)
             if settings is None:
                 return uri
-            signer = self.signer if settings is self.settings else signers.get(settings)
+            signer = self.signer if config is self.route else signers.get(id(config))
             if signer is None:
-                signer = signers[settings] = Signer(settings)
+                signer = signers[id(config)] = Signer(settings, unsigned_names(config))
             kept = _without_params(query, (settings.param_signature, settings.param_expires))
-            params = signer.query(path.decode("latin-1"), expires, client_ip)
+            params = signer.query(path.decode("latin-1"), expires, client_ip, kept)
             query = kept + "&" + params if kept else params
             return target + "?" + query + hash_mark + fragment
 

@@ -1,4 +1,4 @@
-"""Edge protection end to end: IP lists, CORS, signed URLs, refusal metrics, ``--check``.
+"""Edge protection end to end: IP lists, CORS, signed URLs (and their queries), refusal metrics, ``--check``.
 
 A real ``twistd speedproxy`` with 2 workers in front of a plain origin
 (an HTTP server on 127.0.0.1); real clients (``http.client``, raw sockets,
@@ -42,11 +42,19 @@ PLAYLIST = (
     b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
     b"#EXTINF:2.0,\nseg0.ts\n#EXTINF:2.0,\nseg1.ts\n#EXTINF:2.0,\n/hls/v0/seg2.ts\n#EXT-X-ENDLIST\n"
 )
+#: A playlist whose URIs carry queries of their own (a CDN hint, a quality, an encoded value, a repeated name).
+QUERY_PLAYLIST = (
+    b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
+    b"#EXTINF:2.0,\nseg0.ts?quality=hd&cdn=a\n#EXTINF:2.0,\nseg1.ts?t=a+b&lang=en%2dGB\n"
+    b"#EXTINF:2.0,\n/hls/q/seg2.ts?x=%7e1&x=2\n#EXT-X-ENDLIST\n"
+)
 
 
 def _origin(exchange: BackendExchange) -> None:
     path = exchange.request.path
-    if path.startswith("/hls/") and path.split("?")[0].endswith(".m3u8"):
+    if path.startswith("/hls/q/") and path.split("?")[0].endswith(".m3u8"):
+        exchange.send(200, QUERY_PLAYLIST, [("Cache-Control", "max-age=60")], "application/vnd.apple.mpegurl")
+    elif path.startswith("/hls/") and path.split("?")[0].endswith(".m3u8"):
         exchange.send(200, PLAYLIST, [("Cache-Control", "max-age=60")], "application/vnd.apple.mpegurl")
     elif path.startswith("/hls/"):
         exchange.send(200, b"TS:" + path.encode(), [("Cache-Control", "max-age=600")], "video/mp2t")
@@ -60,8 +68,9 @@ def _origin(exchange: BackendExchange) -> None:
         exchange.send(200, path.encode(), [("Cache-Control", "max-age=600")])
 
 
-def _signature(secret: str, path: str, expires: int, ip: Optional[str] = None) -> str:
-    message = f"{path}\n{expires}" + (f"\n{ip}" if ip else "")
+def _signature(secret: str, path: str, expires: int, ip: Optional[str] = None, query: str = "") -> str:
+    """The documented signature; ``query``: the canonical query, written out by the test."""
+    message = path + (f"?{query}" if query else "") + f"\n{expires}" + (f"\n{ip}" if ip else "")
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
@@ -148,6 +157,11 @@ def env(module_stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
                 "upstream": "default",
                 "cache": {"enabled": True},
                 "signed_urls": {"secrets": [f"${{file:{secrets / 'url.key'}}}", OLD_KEY]},
+            },
+            "loose": {
+                "path": "/loose/",
+                "upstream": "default",
+                "signed_urls": {"secrets": [OLD_KEY], "query": "ignore"},
             },
             "bound": {
                 "path": "/b/",
@@ -355,13 +369,13 @@ def test_a_url_signed_by_the_admin_api_is_served_and_the_origin_sees_no_signatur
     signed = answer.json
     assert signed["route"] == "video" and signed["url"].startswith("/v/movie.ts?quality=hd&exp=")
     assert abs(signed["expires"] - (time.time() + 3600)) < 30
-    assert signed["url"].endswith("&sig=" + _signature(FILE_KEY, "/v/movie.ts", signed["expires"]))
+    assert signed["url"].endswith("&sig=" + _signature(FILE_KEY, "/v/movie.ts", signed["expires"], query="quality=hd"))
     status, _, body = env.request("GET", signed["url"])
     assert status == 200 and body == b"/v/movie.ts?quality=hd"
     # A second URL for the same path (another expiry, signed with the old key) is a cache hit:
     # the signature is not part of the cache key.
     expires = int(time.time()) + 120
-    other = f"/v/movie.ts?quality=hd&exp={expires}&sig={_signature(OLD_KEY, '/v/movie.ts', expires)}"
+    other = f"/v/movie.ts?quality=hd&exp={expires}&sig={_signature(OLD_KEY, '/v/movie.ts', expires, query='quality=hd')}"
     hit = wait_until(
         lambda: (lambda r: r if "hit" in (r[1]["Cache-Status"] or "") else None)(env.request("GET", other)),
         TIMEOUT, "a cache hit",
@@ -424,6 +438,107 @@ def test_hls_playlists_served_to_signed_requests_carry_signed_uris(env: Env) -> 
     assert env.origin_paths().count("GET /hls/v0/index.m3u8") == 1
 
 
+def _curl(curl: str, url: str) -> Tuple[int, bytes]:
+    """Status and body of a GET made by curl (the URL sent as written: no globbing)."""
+    done = subprocess.run(
+        [curl, "-s", "--globoff", "-o", "-", "-w", "\n%{http_code}", url], capture_output=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition(b"\n")
+    return int(status), body
+
+
+def test_the_signature_covers_the_query(env: Env, curl: str) -> None:
+    """A link signed by the admin API with a query plays; any other query is refused, in any order or writing."""
+    answer = env.admin.post("/api/v1/sign", {"path": "/v/doc.ts?quality=hd&lang=en", "ttl": "10m"})
+    assert answer.status == 200, answer
+    url, expires = answer.json["url"], answer.json["expires"]
+    assert url.endswith("&sig=" + _signature(FILE_KEY, "/v/doc.ts", expires, query="lang=en&quality=hd"))
+    sig = url.rpartition("&sig=")[2]
+    base = env.proxy.url
+    before = env.refused().get(("video", "signature"), 0.0)
+    assert _curl(curl, base + url) == (200, b"/v/doc.ts?quality=hd&lang=en")
+    # The same parameters in another order, or written otherwise (%XX), still play.
+    status, body = _curl(curl, f"{base}/v/doc.ts?exp={expires}&lang=en&sig={sig}&quality=hd")
+    assert status == 200 and body in (b"/v/doc.ts?lang=en&quality=hd", b"/v/doc.ts?quality=hd&lang=en")
+    assert _curl(curl, f"{base}/v/doc.ts?quality=h%64&lang=en&exp={expires}&sig={sig}")[0] == 200
+    refused = [
+        base + url + "&debug=1",  # appended
+        base + url.replace("quality=hd", "quality=4k"),  # changed
+        base + url.replace("quality=hd&", ""),  # removed
+        f"{base}/v/doc.ts?quality=hd&lang=en&lang=fr&exp={expires}&sig={sig}",  # a second value
+    ]
+    for target in refused:
+        status, body = _curl(curl, target)
+        assert status == 403 and json.loads(body)["error"] == "signature_invalid", (target, body)
+    env.wait_refused("video", "signature", before + len(refused))
+    assert not [path for path in env.origin_paths() if path.startswith("GET /v/doc.ts") and (
+        "debug=1" in path or "quality=4k" in path or "lang=fr" in path or "quality" not in path)]
+
+
+def test_a_url_signed_with_openssl_as_the_readme_shows_plays(env: Env, curl: str) -> None:
+    """The README's shell recipe (printf, sort, openssl), run as written against the proxy."""
+    from debian_support import ensure_program
+
+    ensure_program("openssl", "openssl", "the signed-URL shell recipe test")
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text()
+    section = readme[readme.index("\nSigned URLs\n"):]
+    start = section.index("    path=/v/movie.ts query=")
+    script = "\n".join(line[4:] for line in section[start:].split("\n\n", 1)[0].splitlines())
+    assert script.count("localhost:8080") == 1 and script.startswith("path=/v/movie.ts query='quality=hd&lang=en'")
+    script = script.replace("curl ", f"{curl} -s --globoff -w '\\n%{{http_code}}' ").replace("localhost:8080", env.proxy.url)
+    done = subprocess.run(["bash", "-euc", script], env={"KEY": FILE_KEY, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rpartition(b"\n")[::2] == (b"/v/movie.ts?quality=hd&lang=en", b"200"), done.stdout
+    # Its signature covers the query: with another one it is refused.
+    edited = script.replace("$query&exp=", "$query&debug=1&exp=")
+    assert edited != script
+    done = subprocess.run(["bash", "-euc", edited], env={"KEY": FILE_KEY, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, timeout=TIMEOUT)
+    assert done.stdout.endswith(b"\n403"), done.stdout
+
+
+def test_a_route_with_query_ignore_signs_the_path_only(env: Env) -> None:
+    answer = env.admin.post("/api/v1/sign", {"path": "/loose/a.ts?quality=hd", "ttl": 60})
+    assert answer.status == 200, answer
+    url = answer.json["url"]
+    assert url.endswith(_signature(OLD_KEY, "/loose/a.ts", answer.json["expires"]))
+    assert env.request("GET", url)[0] == 200
+    status, _, body = env.request("GET", url.replace("quality=hd", "quality=4k") + "&more=1")
+    assert status == 200 and body == b"/loose/a.ts?quality=4k&more=1"
+
+
+def test_a_signed_hls_playlist_whose_uris_carry_queries_plays(env: Env, curl: str) -> None:
+    answer = env.admin.post("/api/v1/sign", {"path": "/hls/q/index.m3u8?v=3", "ttl": "10m"})
+    assert answer.status == 200, answer
+    url, expires = answer.json["url"], answer.json["expires"]
+    assert url.endswith(_signature(ENV_KEY, "/hls/q/index.m3u8", expires, query="v=3"))
+
+    def sig(path: str, canonical: str) -> str:
+        return f"exp={expires}&sig={_signature(ENV_KEY, path, expires, query=canonical)}"
+
+    for attempt in range(2):  # a miss, then hits (the cache keeps the playlist unsigned)
+        status, body = _curl(curl, env.proxy.url + url)
+        assert status == 200, body
+        listed = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+        assert listed == [
+            "seg0.ts?quality=hd&cdn=a&" + sig("/hls/q/seg0.ts", "cdn=a&quality=hd"),
+            "seg1.ts?t=a+b&lang=en%2dGB&" + sig("/hls/q/seg1.ts", "lang=en-GB&t=a+b"),
+            "/hls/q/seg2.ts?x=%7e1&x=2&" + sig("/hls/q/seg2.ts", "x=~1&x=2"),
+        ]
+    # A player follows each URI as listed; the origin gets the segment's own query.
+    for uri in listed:
+        target = uri if uri.startswith("/") else "/hls/q/" + uri
+        status, body = _curl(curl, env.proxy.url + target)
+        assert (status, body) == (200, b"TS:" + target.partition("&exp=")[0].encode()), (target, body)
+    # The segment's query is covered: changed, it is refused.
+    first = "/hls/q/" + listed[0]
+    status, body = _curl(curl, env.proxy.url + first.replace("cdn=a", "cdn=b"))
+    assert status == 403 and json.loads(body)["error"] == "signature_invalid"
+    assert env.origin_paths().count("GET /hls/q/index.m3u8?v=3") == 1
+
+
 def test_the_config_api_masks_literal_keys(env: Env) -> None:
     shown = env.admin.get("/api/v1/config").json["config"]["routing"]
     assert shown["video"]["signed_urls"]["secrets"][1] == "********"
@@ -451,6 +566,10 @@ def test_check_names_file_line_and_key_of_bad_edge_settings(tmp_path: Path) -> N
         "    upstream: default\n"
         "    cors: {origins: ['*'], credentials: true}\n"
         "    signed_urls: {secrets: ['${file:/nonexistent/url.key}'], bind_clientip: true}\n"
+        "  loose:\n"
+        "    path: /l/\n"
+        "    upstream: default\n"
+        "    signed_urls: {secrets: ['0123456789abcdef0123'], query: sign}\n"
     )
     done = check_config(path)
     assert done.returncode == 1, done.stdout
@@ -458,6 +577,8 @@ def test_check_names_file_line_and_key_of_bad_edge_settings(tmp_path: Path) -> N
     assert "speedproxy.yaml:7: routing.default.cors.origins: \"*\" cannot be used with credentials: true" in done.stdout
     assert "speedproxy.yaml:8: routing.default.signed_urls.secrets[0]: ${file:/nonexistent/url.key}: cannot read it" in done.stdout
     assert "speedproxy.yaml:8: routing.default.signed_urls.bind_clientip: unknown key 'bind_clientip'; did you mean 'bind_client_ip'?" in done.stdout
+    assert 'speedproxy.yaml:12: routing.loose.signed_urls.query: expected "signed"' in done.stdout
+    assert 'or "ignore" (it covers the path only: parameters may be added or changed), got "sign"' in done.stdout
 
 
 def test_a_key_file_rotated_and_reloaded_signs_and_verifies_in_every_worker(module_stack, env: Env, tmp_path: Path) -> None:

@@ -27,6 +27,14 @@ routing:
     host: tv.example.com
     upstream: default
     signed_urls: {{secrets: ["{KEY}"], bind_client_ip: true, param_signature: s, param_expires: e}}
+  loose: {{path: /loose/, upstream: default, signed_urls: {{secrets: ["{KEY}"], query: ignore}}}}
+  tv:
+    path: /tv/
+    upstream: default
+    cache: {{enabled: true}}
+    hls: {{enabled: true}}
+    sessions: {{}}
+    signed_urls: {{secrets: ["{KEY}"]}}
 """
 AUTH = {"X-API-Key": "the-admin-key-1"}
 
@@ -51,8 +59,26 @@ def test_sign_returns_a_url_signed_with_the_first_secret(site) -> None:
     body = answer.json
     expires = 1_700_000_000 + 3600
     assert body["expires"] == expires and body["route"] == "video" and body["path"] == "/hls/live/index.m3u8"
-    assert body["url"] == f"/hls/live/index.m3u8?q=1&exp={expires}&sig={signature(KEY, '/hls/live/index.m3u8', expires)}"
+    # The query given is kept and signed (the old signature parameter dropped).
+    assert body["url"] == (
+        f"/hls/live/index.m3u8?q=1&exp={expires}&sig={signature(KEY, '/hls/live/index.m3u8', expires, query='q=1')}"
+    )
     assert body["expires_at"] == "2023-11-14T23:13:20Z"
+
+
+def test_the_query_is_signed_in_canonical_form_unless_the_route_ignores_it(site) -> None:
+    expires = 1_700_000_000 + 3600
+    answer = call(site, "POST", "/api/v1/sign", {"path": "/hls/a.ts?quality=hd&lang=en%2dGB&exp=1"}, AUTH)
+    assert answer.status == 200, answer.body
+    covered = signature(KEY, "/hls/a.ts", expires, query="lang=en-GB&quality=hd")
+    assert answer.json["url"] == f"/hls/a.ts?quality=hd&lang=en%2dGB&exp={expires}&sig={covered}"
+    # On a route with query: ignore, the path alone (the query kept as it was given).
+    answer = call(site, "POST", "/api/v1/sign", {"path": "/loose/a.ts?quality=hd"}, AUTH)
+    assert answer.json["url"] == f"/loose/a.ts?quality=hd&exp={expires}&sig={signature(KEY, '/loose/a.ts', expires)}"
+    # Parameters the route's signatures never cover (LL-HLS directives, the session one) are left out.
+    answer = call(site, "POST", "/api/v1/sign", {"path": "/tv/i.m3u8?v=1&_HLS_msn=3&spx_session=x"}, AUTH)
+    covered = signature(KEY, "/tv/i.m3u8", expires, query="v=1")
+    assert answer.json["url"] == f"/tv/i.m3u8?v=1&_HLS_msn=3&spx_session=x&exp={expires}&sig={covered}"
 
 
 def test_a_bound_route_needs_the_client_address_and_a_host_picks_the_route(site) -> None:

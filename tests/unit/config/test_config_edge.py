@@ -121,6 +121,32 @@ def test_cors_refuses_a_wildcard_with_credentials_and_needs_origins(cors: str, k
     assert problems[0].startswith("edge.yaml:5: routing.default.cors" + ("." + key if key else ""))
 
 
+def test_signed_urls_query_is_signed_by_default_ignore_on_request_and_written_back() -> None:
+    config = parse_config(
+        "routing:\n"
+        f"  default: {{path: /, upstream: default, signed_urls: {{secrets: ['{KEY}']}}}}\n"
+        f"  loose: {{path: /l/, upstream: default, signed_urls: {{secrets: ['{KEY}'], query: ignore}}}}\n"
+    )
+    assert config.routing["default"].signed_urls.query == "signed"
+    assert config.routing["loose"].signed_urls.query == "ignore"
+    data = config_to_mapping(config)
+    assert data["routing"]["loose"]["signed_urls"]["query"] == "ignore"
+    assert config_from_mapping(data) == config
+
+
+@pytest.mark.parametrize("value, shown", [("sign", '"sign"'), ("true", "true"), ("[signed]", "a list")])
+def test_signed_urls_query_names_a_bad_value(value: str, shown: str) -> None:
+    problems = _problems(
+        f"routing:\n  default:\n    path: /\n    upstream: default\n"
+        f"    signed_urls:\n      secrets: ['{KEY}']\n      query: {value}\n"
+    )
+    assert problems == [
+        'edge.yaml:7: routing.default.signed_urls.query: expected "signed" (the signature covers every query '
+        'parameter but its own) or "ignore" (it covers the path only: parameters may be added or changed), '
+        f"got {shown}"
+    ]
+
+
 def test_signed_urls_needs_secrets_and_two_parameter_names() -> None:
     problems = _problems(
         f"routing:\n  default:\n    path: /\n    upstream: default\n"

@@ -468,7 +468,7 @@ def backend_error(setting: str) -> List[str]:
     [
         ("weight: -1", "weight: must be at least 0, got -1"),
         ("weight: heavy", 'weight: expected an integer, got "heavy"'),
-        ("scheme: ftp", "scheme: unknown scheme 'ftp' (valid: http, https)"),
+        ("scheme: ftp", "scheme: unknown scheme 'ftp' (valid: http, https, h2c, h2)"),
         ('active: "no"', 'active: expected a boolean (true or false), got "no"'),
         ("max_conn: 0", "max_conn: must be at least 1, got 0"),
         ("health_check: 5", "health_check: expected a mapping, got 5"),

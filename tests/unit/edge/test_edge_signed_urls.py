@@ -33,6 +33,10 @@ hls:
   cache: {{enabled: true}}
   hls: {{enabled: true, prefetch_depth: 0}}
   signed_urls: {{secrets: ["{KEY}"]}}
+loose:
+  path: /loose/
+  upstream: default
+  signed_urls: {{secrets: ["{KEY}"], query: ignore}}
 plain: {{path: /, upstream: default}}
 """
 
@@ -101,7 +105,7 @@ def proxy():
 
 def test_a_valid_signature_goes_to_the_backend_without_its_parameters(proxy) -> None:
     exp = _now(proxy) + 60
-    client = _get(proxy, f"/v/a.ts?x=1&exp={exp}&sig={signature(OLD, '/v/a.ts', exp)}&y=2")
+    client = _get(proxy, f"/v/a.ts?x=1&exp={exp}&sig={signature(OLD, '/v/a.ts', exp, query='y=2&x=1')}&y=2")
     backend = proxy.accept()
     assert backend.received().startswith(b"GET /v/a.ts?x=1&y=2 HTTP/1.1\r\n")
     backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -164,7 +168,7 @@ def test_a_bound_signature_holds_only_for_its_client_address(proxy) -> None:
 PLAYLIST = (
     b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=AES-128,URI=\"key.bin\"\n"
     b"#EXTINF:2,\nseg0.ts\n#EXTINF:2,\n../v0/seg1.ts?n=1\n#EXTINF:2,\n/elsewhere/seg2.ts\n"
-    b"#EXTINF:2,\nhttps://cdn.example.net/seg3.ts\n#EXT-X-ENDLIST\n"
+    b"#EXTINF:2,\nhttps://cdn.example.net/seg3.ts\n#EXTINF:2,\nseg4.ts?b=%7e2&a=1&exp=9&sig=old\n#EXT-X-ENDLIST\n"
 )
 
 
@@ -178,9 +182,11 @@ def _check_signed(proxy, body: bytes, exp: int) -> None:
     uris = _uris(body)
     assert uris[0] == f"key.bin?exp={exp}&sig={signature(KEY, '/hls/v0/key.bin', exp)}"
     assert uris[1] == f"seg0.ts?exp={exp}&sig={signature(KEY, '/hls/v0/seg0.ts', exp)}"
-    assert uris[2] == f"../v0/seg1.ts?n=1&exp={exp}&sig={signature(KEY, '/hls/v0/seg1.ts', exp)}"
+    assert uris[2] == f"../v0/seg1.ts?n=1&exp={exp}&sig={signature(KEY, '/hls/v0/seg1.ts', exp, query='n=1')}"
     assert uris[3] == "/elsewhere/seg2.ts"  # a route without signed_urls: left alone
     assert uris[4] == "https://cdn.example.net/seg3.ts"  # another origin's
+    # Its own query kept as written and signed (stale signature parameters dropped).
+    assert uris[5] == f"seg4.ts?b=%7e2&a=1&exp={exp}&sig={signature(KEY, '/hls/v0/seg4.ts', exp, query='a=1&b=~2')}"
     assert body.startswith(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n")
 
 
@@ -205,6 +211,90 @@ def test_hls_playlists_served_to_a_signed_request_list_signed_uris_on_a_miss_and
     seg = re.search(rb"seg0\.ts\?[^\n]*", hit.body).group(0).decode()
     _get(proxy, "/hls/v0/" + seg)
     assert backend.take().startswith(b"GET /hls/v0/seg0.ts HTTP/1.1")
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    # ...and one with its own query, with that query only.
+    seg = re.search(rb"seg4\.ts\?[^\n]*", hit.body).group(0).decode()
+    _get(proxy, "/hls/v0/" + seg)
+    assert backend.take().startswith(b"GET /hls/v0/seg4.ts?b=%7e2&a=1 HTTP/1.1")
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    tampered = _get(proxy, "/hls/v0/" + seg.replace("a=1", "a=2")).response()
+    assert (tampered.status, error_of(tampered)) == (403, "signature_invalid")
+
+
+def test_the_signature_covers_the_query_in_canonical_form_documented() -> None:
+    message = b"/v/a.ts?lang=en-GB&quality=hd\n1767225600"
+    expected = hmac.new(KEY.encode(), message, hashlib.sha256).hexdigest()
+    assert signature(KEY, "/v/a.ts", 1767225600, query="quality=hd&lang=en%2dGB") == expected
+    assert signed_query(SETTINGS, "/v/a.ts", 1767225600, query="quality=hd&exp=1&lang=en-GB") == (
+        f"exp=1767225600&sig={expected}"
+    )
+    assert verify(SETTINGS, "/v/a.ts", 1767225600, expected, "192.0.2.1", "lang=en-GB&quality=hd")
+    assert not verify(SETTINGS, "/v/a.ts", 1767225600, expected, "192.0.2.1", "lang=en-GB&quality=4k")
+    bound = hmac.new(KEY.encode(), b"/b/a.ts?x=1\n1767225600\n192.0.2.1", hashlib.sha256).hexdigest()
+    assert signature(KEY, "/b/a.ts", 1767225600, "192.0.2.1", "x=1") == bound
+
+
+def _signed_target(path: str, query: str, exp: int, key: str = KEY) -> str:
+    sig = signature(key, path, exp, query=query)
+    return f"{path}?{query}&exp={exp}&sig={sig}" if query else f"{path}?exp={exp}&sig={sig}"
+
+
+@pytest.mark.parametrize(
+    "sent, status",
+    [
+        ("{signed}", 200),
+        ("/v/a.ts?lang=en&exp={exp}&quality=hd&sig={sig}", 200),  # another order
+        ("/v/a.ts?quality=h%64&lang=en&exp={exp}&sig={sig}", 200),  # another writing of the same value
+        ("{signed}&debug=1", 403),  # appended
+        ("/v/a.ts?quality=4k&lang=en&exp={exp}&sig={sig}", 403),  # changed
+        ("/v/a.ts?quality=hd&exp={exp}&sig={sig}", 403),  # removed
+        ("/v/a.ts?quality=hd&lang=en&lang=fr&exp={exp}&sig={sig}", 403),  # repeated with another value
+        ("/v/a.ts?quality=hd&lang=en&&exp={exp}&sig={sig}", 200),  # an empty piece is nothing
+    ],
+)
+def test_adding_removing_or_changing_a_parameter_is_refused(proxy, sent: str, status: int) -> None:
+    exp = _now(proxy) + 60
+    signed = _signed_target("/v/a.ts", "quality=hd&lang=en", exp)
+    sig = signed.rpartition("sig=")[2]
+    client = _get(proxy, sent.format(signed=signed, exp=exp, sig=sig))
+    if status == 200:
+        backend = proxy.accept()
+        assert backend.received().startswith(b"GET /v/a.ts?")  # with the query as sent, less exp and sig
+        backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert client.response().status == 200
+        assert refused(proxy, "video")["signature"] == 0
+    else:
+        response = client.response()
+        assert (response.status, error_of(response)) == (403, "signature_invalid")
+        assert proxy.pending_connects() == 0
+        assert refused(proxy, "video")["signature"] == 1
+
+
+def test_with_query_ignore_the_query_is_not_covered(proxy) -> None:
+    exp = _now(proxy) + 60
+    sig = signature(KEY, "/loose/a.ts", exp)
+    client = _get(proxy, f"/loose/a.ts?anything=1&exp={exp}&sig={sig}&more")
+    backend = proxy.accept()
+    assert backend.received().startswith(b"GET /loose/a.ts?anything=1&more HTTP/1.1\r\n")
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert client.response().status == 200
+
+
+def test_ll_hls_directives_and_the_session_parameter_are_not_covered() -> None:
+    from speedproxy.config import parse_config
+    from speedproxy.edge.canonical_query import unsigned_names
+
+    config = parse_config(
+        "backends: {default: [{id: a, host: 10.0.0.1, port: 80}]}\n"
+        "routing:\n"
+        f"  tv: {{path: /tv/, upstream: default, cache: {{enabled: true}}, hls: {{enabled: true}}, sessions: {{}},"
+        f" signed_urls: {{secrets: ['{KEY}']}}}}\n"
+    )
+    route = config.routing["tv"]
+    signer = Signer(route.signed_urls, unsigned_names(route))
+    sig = signature(KEY, "/tv/index.m3u8", 100, query="v=2").encode()
+    assert signer.verify_raw(b"/tv/index.m3u8", 100, sig, "192.0.2.1", b"v=2&_HLS_msn=12&_HLS_part=1&spx_session=abc")
+    assert not signer.verify_raw(b"/tv/index.m3u8", 100, sig, "192.0.2.1", b"v=2&_HLS_msn=12&other=1")
 
 
 def test_internal_requests_are_never_refused(proxy) -> None:
