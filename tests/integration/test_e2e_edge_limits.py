@@ -38,11 +38,15 @@ def _route(**keys: Any) -> Dict[str, Any]:
     }
 
 
-def _served_by(proxy, before: Dict[int, int]) -> Optional[List[int]]:
-    """``[slot]`` of the one worker whose request count moved since ``before``."""
+def _served_by(proxy, before: Dict[int, int]) -> Optional[List[Optional[int]]]:
+    """``[slot]`` of the one worker whose request count moved since ``before``;
+    ``[None]`` when both moved (a request answered before ``before`` was taken
+    was counted after it: which worker took the probe is unknown)."""
     now = {w["slot"]: w["requests"] for w in stats(proxy)["workers"]}
     moved = [slot for slot, count in now.items() if count != before.get(slot, 0)]
-    return moved if len(moved) == 1 else None
+    if len(moved) > 1:
+        return [None]
+    return moved or None
 
 
 def _connections(proxy, count: int) -> Dict[int, List[RawClient]]:
@@ -65,6 +69,8 @@ def _connections(proxy, count: int) -> Dict[int, List[RawClient]]:
             client.request("GET", "/probe")
             assert client.read_response().status == 200
             (slot,) = wait_until(lambda: _served_by(proxy, before), 5.0, "the probe counted in /stats")
+            if slot is None:
+                continue  # not kept: closed below, another one is opened
             if sum(map(len, by_worker.values())) == count - 1 and not by_worker[1 - slot]:
                 continue  # the last place is kept for the other worker
             by_worker[slot].append(client)
