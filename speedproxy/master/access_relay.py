@@ -2,7 +2,7 @@
 
 A worker writes its lines in batches of up to 64 KiB (see
 :class:`speedproxy.accesslog.PipeAccessLog`) to a pipe of its own,
-:class:`AccessLogPipe` in the master reads it up to 1 MiB at a time (where
+:class:`AccessLogPipe` in the master reads it up to 256 KiB at a time (where
 a Twisted process reader takes 8 KiB per wake-up), and the relay gathers
 the whole lines of every worker into one log event when
 :data:`FLUSH_BYTES` have piled up or :data:`FLUSH_DELAY` seconds after the
@@ -70,8 +70,9 @@ class AccessLogRelay:
 #: goes in with one write, and a busy master reads several batches at once.
 PIPE_SIZE = 1024 * 1024
 #: Bytes read from a worker's pipe per wake-up (Twisted's own process
-#: readers read 8 KiB, eight wake-ups per batch).
-READ_SIZE = 1024 * 1024
+#: readers read 8 KiB, eight wake-ups per batch); PyPy allocates the whole
+#: size for every read, so not the pipe's whole capacity.
+READ_SIZE = 256 * 1024
 
 
 def open_access_pipe() -> Tuple[int, int]:
