@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 from typing import Any, Callable, Dict, List, Optional
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chromium-headless-shell")
@@ -73,6 +75,25 @@ def install_chromium(timeout: float = 900.0) -> str:
         if command is install and done.returncode == 0:
             break
     return "\n".join(outputs)
+
+
+def chromium_or_fail(needed_for: str) -> str:
+    """Chromium's binary, installed with apt-get (bounded) when missing; a
+    test failure naming ``needed_for`` and what was tried (not a skip) if it
+    is still absent."""
+    found = find_chromium()
+    if found:
+        return found
+    report = install_chromium()
+    found = find_chromium()
+    if not found:
+        pytest.fail(
+            f"{needed_for} need(s) headless Chromium and none was found "
+            f"(looked for $SPEEDPROXY_CHROMIUM and {', '.join(NAMES)}); "
+            "install it with `apt-get install -y chromium`. What was tried:\n" + report,
+            pytrace=False,
+        )
+    return found
 
 
 class BrowserError(RuntimeError):

@@ -31,8 +31,9 @@ import email.utils
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
 import pytest
@@ -421,3 +422,40 @@ function report() {
 }
 </script></body></html>
 """
+
+
+def player_origin(vod: Path, long: Optional[Path] = None) -> HlsOrigin:
+    """An :class:`HlsOrigin` of ``vod`` (and ``long``) that also serves the
+    hls.js player page (``/player/index.html`` and ``/player/hls.min.js``), started."""
+    origin = HlsOrigin(vod, long=long)
+    origin.player_files["index.html"] = (PLAYER_PAGE, "text/html; charset=utf-8")
+    origin.player_files["hls.min.js"] = (ensure_hlsjs(), "application/javascript")
+    return origin.start()
+
+
+def watch_players(browser: Any, page: str, src: str, players: int, seconds: float) -> List[Dict[str, Any]]:
+    """Open the player ``page`` in ``browser``, start ``players`` hls.js players
+    on ``src``, wait (bounded) until all play, then watch them for ``seconds``.
+
+    Returns the players' final reports, each with ``advanced``: the seconds
+    of media it played while watched.  A fatal hls.js error fails at once.
+    """
+    browser.navigate(page)
+    assert browser.evaluate(f"start({src!r}, {players})") is True, "hls.js says this browser cannot play HLS"
+
+    def all_playing() -> Any:
+        reports = browser.evaluate("report()")
+        fatal = [report["fatal"] for report in reports if report["fatal"]]
+        assert not fatal, f"fatal hls.js errors: {fatal}; page problems: {browser.problems()[:5]}"
+        return reports if all(report["playing"] for report in reports) else None
+
+    started = wait_until(all_playing, 30.0, "every player to start playing")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # a bounded watch that notices a fatal error early
+        reports = browser.evaluate("report()")
+        assert not any(report["fatal"] for report in reports), reports
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    reports = browser.evaluate("report()")
+    for before, after in zip(started, reports):
+        after["advanced"] = after["time"] - before["time"]
+    return reports

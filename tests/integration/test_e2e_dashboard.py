@@ -34,7 +34,7 @@ import trustme
 from speedproxy.testing import BackendExchange, HTTPBackend, ProxyProcess, backend_entry, free_port, wait_until
 
 from admin_support import AdminClient
-from browser_support import Chromium, find_chromium, install_chromium
+from browser_support import Chromium, chromium_or_fail
 
 KEY = "dashboard-Key-5e1f"
 #: Client threads sending cached, uncached and failing requests; one more sends slow ones.
@@ -95,20 +95,7 @@ COLLECT = r"""
 
 @pytest.fixture(scope="session")
 def chromium_binary() -> str:
-    """Chromium, installed with apt-get (bounded) when missing; a failure, not a skip, if still absent."""
-    found = find_chromium()
-    if found:
-        return found
-    report = install_chromium()
-    found = find_chromium()
-    if not found:
-        pytest.fail(
-            "the dashboard tests need headless Chromium and none was found "
-            "(looked for $SPEEDPROXY_CHROMIUM and " + ", ".join(["chromium", "chromium-browser", "google-chrome"]) + "); "
-            "install it with `apt-get install -y chromium`. What was tried:\n" + report,
-            pytrace=False,
-        )
-    return found
+    return chromium_or_fail('the dashboard tests')
 
 
 @pytest.fixture(scope="module")

@@ -310,17 +310,9 @@ fetch(%s, {headers: {"X-Player": "p1"}})
 
 @pytest.fixture(scope="module")
 def chromium_binary() -> str:
-    from browser_support import find_chromium, install_chromium
+    from browser_support import chromium_or_fail
 
-    found = find_chromium()
-    if found:
-        return found
-    report = install_chromium()
-    found = find_chromium()
-    if not found:
-        pytest.fail("the CORS browser test needs headless Chromium (`apt-get install -y chromium`); tried:\n" + report,
-                    pytrace=False)
-    return found
+    return chromium_or_fail('the CORS browser test')
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ missing one is a failure.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -23,9 +22,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from admin_support import AdminClient
-from browser_support import Chromium, find_chromium, install_chromium
-from hls_support import PLAYER_PAGE, HlsOrigin, ensure_ffmpeg, ensure_hlsjs, make_vod
-from speedproxy.testing import ProxyProcess, wait_until
+from browser_support import Chromium, chromium_or_fail
+from hls_support import HlsOrigin, ensure_ffmpeg, make_vod, player_origin, watch_players
+from speedproxy.testing import ProxyProcess
 
 PLAYERS = 20
 #: Seconds each stream is watched.
@@ -36,13 +35,7 @@ LONG = 40
 
 @pytest.fixture(scope="module")
 def chromium_binary() -> str:
-    found = find_chromium()
-    if found is None:
-        report = install_chromium()
-        found = find_chromium()
-        if found is None:
-            pytest.fail(f"the hls.js player test needs headless Chromium (Debian 'chromium'): {report}", pytrace=False)
-    return found
+    return chromium_or_fail('the hls.js player test')
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +43,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[ProxyProce
     ffmpeg = ensure_ffmpeg()
     vod = make_vod(ffmpeg, tmp_path_factory.mktemp("hls-player-vod"))
     long = make_vod(ffmpeg, tmp_path_factory.mktemp("hls-player-long"), seconds=LONG)
-    origin = HlsOrigin(vod, long=long)
-    origin.player_files["index.html"] = (PLAYER_PAGE, "text/html; charset=utf-8")
-    origin.player_files["hls.min.js"] = (ensure_hlsjs(), "application/javascript")
-    origin.start()
+    origin = player_origin(vod, long)
     directory = tmp_path_factory.mktemp("hls-player-proxy")
     host, port = origin.address.split(":")
     config = {
@@ -83,25 +73,7 @@ def browser(chromium_binary: str, tmp_path: Path) -> Iterator[Chromium]:
 
 def watch(browser: Chromium, proxy: ProxyProcess, src: str) -> List[Dict[str, Any]]:
     """Start the players on ``src``, wait until all play, watch for WATCH seconds; their reports."""
-    browser.navigate(f"http://{proxy.host}:{proxy.port}/player/index.html")
-    assert browser.evaluate(f"start({src!r}, {PLAYERS})") is True, "hls.js says this browser cannot play HLS"
-
-    def all_playing() -> Any:
-        reports = browser.evaluate("report()")
-        fatal = [report["fatal"] for report in reports if report["fatal"]]
-        assert not fatal, f"fatal hls.js errors: {fatal}; page problems: {browser.problems()[:5]}"
-        return reports if all(report["playing"] for report in reports) else None
-
-    started = wait_until(all_playing, 30.0, "every player to start playing")
-    deadline = time.monotonic() + WATCH
-    while time.monotonic() < deadline:  # a bounded watch that notices a fatal error early
-        reports = browser.evaluate("report()")
-        assert not any(report["fatal"] for report in reports), reports
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    reports = browser.evaluate("report()")
-    for before, after in zip(started, reports):
-        after["advanced"] = after["time"] - before["time"]
-    return reports
+    return watch_players(browser, f"http://{proxy.host}:{proxy.port}/player/index.html", src, PLAYERS, WATCH)
 
 
 def assert_played(reports: List[Dict[str, Any]], at_least: float) -> None:

@@ -9,16 +9,15 @@ over ``h2`` (the DevTools network events say so) and the proxy logged them as
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Iterator, Tuple
 
 import pytest
 import trustme
 
-from browser_support import Chromium, find_chromium, install_chromium
-from hls_support import PLAYER_PAGE, HlsOrigin, ensure_ffmpeg, ensure_hlsjs, make_vod
-from speedproxy.testing import ProxyProcess, wait_until
+from browser_support import Chromium, chromium_or_fail
+from hls_support import HlsOrigin, ensure_ffmpeg, make_vod, player_origin, watch_players
+from speedproxy.testing import ProxyProcess
 
 PLAYERS = 4
 WATCH = 8.0
@@ -28,23 +27,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def chromium_binary() -> str:
-    found = find_chromium()
-    if found is None:
-        report = install_chromium()
-        found = find_chromium()
-        if found is None:
-            pytest.fail(f"the HTTP/2 player test needs headless Chromium (Debian 'chromium'): {report}", pytrace=False)
-    return found
+    return chromium_or_fail('the HTTP/2 player test')
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[ProxyProcess, HlsOrigin]]:
     ffmpeg = ensure_ffmpeg()
     long = make_vod(ffmpeg, tmp_path_factory.mktemp("h2-player-long"), seconds=20)
-    origin = HlsOrigin(long, long=long)
-    origin.player_files["index.html"] = (PLAYER_PAGE, "text/html; charset=utf-8")
-    origin.player_files["hls.min.js"] = (ensure_hlsjs(), "application/javascript")
-    origin.start()
+    origin = player_origin(long, long)
     directory = tmp_path_factory.mktemp("h2-player-proxy")
     authority = trustme.CA()
     issued = authority.issue_cert("localhost", "127.0.0.1")
@@ -82,25 +72,11 @@ def browser(chromium_binary: str, tmp_path: Path) -> Iterator[Chromium]:
 def test_hlsjs_plays_over_http2_through_the_tls_listener(setup, browser: Chromium) -> None:
     proxy, origin = setup
     mark = proxy.log_mark()
-    browser.navigate(f"https://localhost:{proxy.port}/player/index.html")
-    assert browser.evaluate(f"start({'/long/h2vod/master.m3u8'!r}, {PLAYERS})") is True
-
-    def all_playing():
-        reports = browser.evaluate("report()")
-        fatal = [report["fatal"] for report in reports if report["fatal"]]
-        assert not fatal, f"fatal hls.js errors: {fatal}; page problems: {browser.problems()[:5]}"
-        return reports if all(report["playing"] for report in reports) else None
-
-    started = wait_until(all_playing, 30.0, "every player to start playing")
-    deadline = time.monotonic() + WATCH
-    while time.monotonic() < deadline:  # bounded; notices a fatal error early
-        reports = browser.evaluate("report()")
-        assert not any(report["fatal"] for report in reports), reports
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    reports = browser.evaluate("report()")
-    for before, after in zip(started, reports):
-        assert after["time"] - before["time"] >= WATCH * 0.7, (before, after)
-        assert not after["stalls"], after
+    reports = watch_players(browser, f"https://localhost:{proxy.port}/player/index.html", "/long/h2vod/master.m3u8",
+                            PLAYERS, WATCH)
+    for report in reports:
+        assert report["advanced"] >= WATCH * 0.7, report
+        assert not report["stalls"], report
 
     responses = [
         event["params"]["response"]
