@@ -25,6 +25,9 @@ class Route:
     websocket: Optional[BalancedGroup]
     #: Server-sent event streams (``None``: balanced as plain HTTP).
     sse: Optional[BalancedGroup]
+    #: gRPC calls (``None``: not a gRPC route; else it takes nothing else,
+    #: see :mod:`speedproxy.proxy.grpc_relay`).
+    grpc: Optional[BalancedGroup] = None
     #: Index in the shared stats segment (-1: none).
     stats_index: int = -1
     #: The route's filters (``None``: none, the bare fast path).
@@ -158,7 +161,7 @@ def build_routes(
     chains: Dict[str, Tuple[Any, Optional[FilterChain]]] = {}
     for route in previous or ():
         chains[route.name] = (route.filters_key, route.filters)
-        for kind in ("http", "websocket", "sse"):
+        for kind in ("http", "websocket", "sse", "grpc"):
             balanced: Optional[BalancedGroup] = getattr(route, kind)
             if balanced is not None:
                 reuse[(route.name, kind, balanced.balancer_name)] = balanced
@@ -191,6 +194,7 @@ def build_routes(
                 http=balanced_for(config, "http", config.load_balancer),  # type: ignore[arg-type]
                 websocket=balanced_for(config, "websocket", config.protocols.websocket),
                 sse=balanced_for(config, "sse", config.protocols.sse),
+                grpc=balanced_for(config, "grpc", config.protocols.grpc),
                 filters=chain,
                 filters_key=key,
             )

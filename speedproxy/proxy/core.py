@@ -85,6 +85,10 @@ class ProxyCore:
         #: ``server.slow_request_threshold`` (set by the request tracker).
         self.on_slow_request: Optional[Callable[["Exchange", int, float], None]] = None
         self.slow_threshold = float("inf")
+        #: Some route has ``protocols.grpc`` (HTTP/2 streams are checked for gRPC calls).
+        self.grpc_routes = False
+        #: HTTP/2 connections to ``h2c``/``h2`` backends (made on the first gRPC call).
+        self.h2_pool: Optional[Any] = None
         #: The worker's cache tiers (``None`` until a route enables its cache).
         self.cache: Optional["CacheTiers"] = None
         #: Origin responses being shared per cache key (request coalescing).
@@ -131,6 +135,7 @@ class ProxyCore:
         self._apply_cache(config)
         self.routes = build_routes(config.routing, self.groups, self.routes, self.reactor, self)
         self.router = Router(self.routes)
+        self.grpc_routes = any(route.grpc is not None for route in self.routes)
         self.retries = server.retries
         self.slow_threshold = server.slow_request_threshold
         apply_tracing(self, config.tracing)
@@ -282,6 +287,10 @@ class ProxyCore:
             if exchange.backend is backend and exchange.upstream is not None:
                 exchange.cut_by_operator()
                 closed += 1
+        if self.h2_pool is not None:  # gRPC calls and HTTP/2 connections (speedproxy.proxy.grpc_relay)
+            from speedproxy.proxy.grpc_dispatch import cut_calls
+
+            closed += cut_calls(self.h2_pool, backend, close_idle)
         return closed
 
     def in_flight(self) -> List["Exchange"]:
@@ -306,6 +315,8 @@ class ProxyCore:
             if group.backlog is not None:
                 group.backlog.stop()
         self.pool.close_idle()
+        if self.h2_pool is not None:
+            self.h2_pool.close()
         if self.access_log is not None:
             self.access_log.close()
         if self.cache is not None:
@@ -348,8 +359,8 @@ class ProxyCore:
             return True
         return self.shared.active_clients() > self.server.max_conn
 
-    def log_exchange(self, exchange: "Exchange", status: int) -> None:
-        """Account for (and access-log) one finished exchange."""
+    def log_exchange(self, exchange: "Exchange", status: int, grpc_status: Optional[int] = None) -> None:
+        """Account for (and access-log) one finished exchange (or gRPC call, with its status)."""
         self.requests_served += 1
         backend = exchange.tried[-1] if exchange.tried else None
         route = exchange.route
@@ -388,6 +399,7 @@ class ProxyCore:
                 exchange.queue_time if exchange.queued_at >= 0.0 else None,
                 request.host,
                 exchange.trace[0],
+                grpc_status,
             )
         )
 

@@ -173,6 +173,9 @@ class Exchange:
             self.fail(404, "no_route", "no route matches this request")
             return
         self.route = route
+        if route.grpc is not None:  # a gRPC route: gRPC calls over HTTP/2 only (speedproxy.proxy.grpc_relay)
+            self.fail(415, "grpc_only", "route '%s' takes only gRPC calls over HTTP/2" % route.name)
+            return
         balanced = route.http
         if self.upgrade is not None:
             if route.websocket is not None:

@@ -136,6 +136,10 @@ class H2Stream:
         if not exchange.body_done:
             exchange.request_body_done()
 
+    def request_trailers(self, headers: Sequence) -> None:
+        """Trailers from the client: an HTTP/1.1 backend gets none (its request
+        is chunked without them), as for an HTTP/1.1 client."""
+
     def pause_reading(self, reason: int) -> None:
         """Stop giving the client window for its body, for ``reason``."""
         self._paused |= reason

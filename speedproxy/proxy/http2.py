@@ -12,6 +12,10 @@ request line and ``Host``) handled by an
 :class:`~speedproxy.proxy.exchange.Exchange` through an
 :class:`~speedproxy.proxy.h2_stream.H2Stream`: every route, balancer, filter
 and the cache work as for HTTP/1.1, and backends get HTTP/1.1 from the pool.
+The exception: while some route has ``protocols.grpc``, a gRPC call on such
+a route is relayed over HTTP/2 instead, by a
+:class:`~speedproxy.proxy.grpc_relay.GrpcCall` in the stream's place
+(:mod:`speedproxy.proxy.grpc_dispatch`).
 
 Limits and defences: ``server.h2_max_concurrent_streams`` streams at once
 (advertised; a stream past it is refused alone, RST_STREAM
@@ -52,6 +56,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import DenialOfServiceError, H2Error, ProtocolError as H2ProtocolError
@@ -66,6 +71,7 @@ from zope.interface import implementer
 
 from speedproxy.proxy.exchange import Exchange
 from speedproxy.proxy.forwarding import sane_request_id
+from speedproxy.proxy.grpc_dispatch import take_stream as take_grpc_stream
 from speedproxy.proxy.h2_guard import guards
 from speedproxy.proxy.h2_hpack import StaticEncoder
 from speedproxy.proxy.h2_stream import H2Stream
@@ -421,6 +427,10 @@ class H2ClientConnection(Protocol):
                         self.transport.loseConnection()
                         return
                     # A graceful close: the open streams are answered first.
+                elif kind is TrailersReceived:
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.request_trailers(event.headers)
         except H2Error:
             self._fail(ErrorCodes.INTERNAL_ERROR)
             return
@@ -431,9 +441,11 @@ class H2ClientConnection(Protocol):
 
     def _request(self, event: RequestReceived) -> None:
         core = self.core
-        server = core.server
         stream_id = event.stream_id
         headers = event.headers
+        if core.grpc_routes and take_grpc_stream(self, stream_id, headers, event.stream_ended is not None):
+            return  # a gRPC call on a gRPC route (speedproxy.proxy.grpc_relay)
+        server = core.server
         head_request = False
         for name, value in headers:
             if name == b":method":
