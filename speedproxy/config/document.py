@@ -123,7 +123,9 @@ def build(problems: Problems, root: Val, base_dir: Optional[str]) -> Config:
             )
     from speedproxy.config.grpc_routes import check_grpc
 
-    check_grpc(problems, routing, given.get("routing"), known, given.get("backends"), plain["server"])
+    check_grpc(
+        problems, routing, given.get("routing"), known, given.get("backends"), plain["server"], given.get("upstreams")
+    )
     upstreams = upstream_rules.upstreams(problems, given.get("upstreams"), known)
     check_accounting(problems, given, plain["cluster"], plain["accounting"], routing)
     problems.raise_if_any()

@@ -6,7 +6,10 @@ speak nothing else, so an upstream holding them serves gRPC routes only.
 The relay runs none of a route's filters, so a gRPC route that configures one
 (or a ``server.allow``/``deny`` list that would not apply to it) is refused
 rather than silently unprotected.  Active health checks probe with an
-HTTP/1.1 GET, which an HTTP/2-only backend cannot answer.
+HTTP/1.1 GET, which an HTTP/2-only backend cannot answer.  The relay sends a
+call's metadata as the client sent it, so ``upstreams.<group>`` rules
+(``set_headers``, ``add_query``, ``expect_content_type``) for a gRPC
+route's backends are refused too: they would be dropped silently.
 """
 
 from __future__ import annotations
@@ -56,10 +59,12 @@ def check_grpc(
     backends: Optional[Mapping[str, Sequence[Any]]],
     backends_val: Any,
     server: Any,
+    upstreams_val: Any = None,
 ) -> None:
     """Record every problem of gRPC routes and HTTP/2 backends (see the module docstring)."""
     if backends is None:
         return
+    _check_upstream_rules(problems, routing, backends, upstreams_val)
     for group_name, members in backends.items():
         for index, backend in enumerate(members):
             if backend.scheme in HTTP2_SCHEMES and backend.health_check is not None:
@@ -119,3 +124,25 @@ def check_grpc(
                     f"routing.{name}.protocols.grpc",
                     f"server.{key} is not applied to gRPC calls: remove it, or this route's protocols.grpc",
                 )
+
+
+def _check_upstream_rules(
+    problems: Any, routing: Mapping[str, RouteConfig], backends: Mapping[str, Sequence[Any]], upstreams_val: Any
+) -> None:
+    """``upstreams.<group>`` rules of a group gRPC calls go to: never applied."""
+    if upstreams_val is None or not isinstance(upstreams_val.value, dict):
+        return
+    grpc_groups = {name for name, members in backends.items() if any(b.scheme in HTTP2_SCHEMES for b in members)}
+    grpc_groups.update(route.upstream for route in routing.values() if route.protocols.grpc != "off")
+    for group, entry in upstreams_val.value.items():
+        if group not in grpc_groups or entry is None or not isinstance(entry.value, dict):
+            continue
+        for key, given in entry.value.items():
+            if given is None or given.value in (None, {}, []):
+                continue
+            problems.add(
+                _line(given, entry),
+                f"upstreams.{group}.{key}",
+                "not applied to gRPC calls (the relay sends a call's metadata as the client sent it): "
+                "remove it, or give these backends scheme http/https",
+            )

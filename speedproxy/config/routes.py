@@ -86,6 +86,19 @@ def read_routing(problems: Problems, val: Val, backends: Optional[Mapping[str, A
         route = RouteConfig(name=name, **fields)
         if route.rate_limit is not None:
             edge_limits.check_route(problems, item, route_path, route)
+        signed, sessions = route.signed_urls, route.sessions
+        if signed is not None and sessions is not None and sessions.cookie in (
+            signed.param_signature,
+            signed.param_expires,
+        ):
+            given_sessions = item.value.get("sessions")
+            cookie = given_sessions.value.get("cookie") if isinstance(given_sessions.value, dict) else None
+            problems.add(
+                (cookie or given_sessions or item).line,
+                f"{route_path}.sessions.cookie",
+                f"'{sessions.cookie}' is also a parameter of signed_urls (param_signature, param_expires): "
+                "give the session another name",
+            )
         if route.hls.enabled and not route.cache.enabled:
             hls = item.value.get("hls")
             enabled = hls.value.get("enabled") if hls is not None and isinstance(hls.value, dict) else None

@@ -48,7 +48,7 @@ def cut_calls(pool: H2UpstreamPool, backend: "Backend", close_idle: bool) -> int
     config = backend.config
     key = (config.scheme, config.host, config.port)
     closed = 0
-    for connection in pool.connections(key):
+    for connection in pool.open_connections(key):
         for owner in list(connection.streams.values()) + list(connection.waiting):
             if isinstance(owner, GrpcCall) and owner.backend is backend:
                 owner.cut_by_operator()

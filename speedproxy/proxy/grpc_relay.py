@@ -29,7 +29,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
 
 from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, NoAvailableStreamIDError
 from zope.interface import implementer
 
 from speedproxy.proxy.forwarding import sane_request_id
@@ -71,6 +71,9 @@ _REPLACED = frozenset(
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"})
 #: HTTP status logged for a call whose client went away first (nginx's 499).
 CLIENT_GONE = 499
+#: Request bytes kept, until the answer starts, to send again if the backend
+#: refuses the stream unprocessed (a larger request is not sent again).
+REPLAY_LIMIT = 64 * 1024
 
 
 @implementer(IUpstreamStream)
@@ -126,6 +129,11 @@ class GrpcCall(GrpcStream):
         self._down_unacked = 0
         self._timeout: Optional[float] = None
         self._timer: Any = None
+        #: What went to the backend of the request so far, while it may be sent
+        #: again (``None``: the answer started, or more than REPLAY_LIMIT went).
+        self._replay: Optional[List[bytes]] = []
+        self._replay_size = 0
+        self._refused = 0
 
     # -- start -------------------------------------------------------------------
 
@@ -154,8 +162,16 @@ class GrpcCall(GrpcStream):
         self.tried.append(backend)
         backend.request_started()
         balanced.group.retry_budget.deposit()  # type: ignore[union-attr]
+        self._open_stream(backend)
+
+    def _open_stream(self, backend: "Backend") -> None:
+        """Ask the pool for a stream to ``backend``; remember the connection waited for."""
         config = backend.config
-        self.upstream = self.pool.open_stream(config.scheme, config.host, config.port, self)
+        connection = self.pool.open_stream(config.scheme, config.host, config.port, self)
+        # Unless it was served at once (then self.upstream is set), or failed and
+        # was retried elsewhere or answered meanwhile.
+        if self.upstream is None and not self.finished and self.backend is backend:
+            self.upstream = connection
 
     _last_error = "no backend could be reached"
 
@@ -210,6 +226,13 @@ class GrpcCall(GrpcStream):
         end = self.request_ended and not self._up and self._up_trailers is None
         try:
             self.upstream_id = connection.start_stream(self, self._upstream_headers(), end)
+        except NoAvailableStreamIDError:
+            # The connection used up its stream ids (it closes once its streams
+            # end): a new connection to the same backend, not a failure of it.
+            self.upstream = None
+            if self.backend is not None:
+                self._open_stream(self.backend)
+            return
         except H2Error as error:
             self.upstream = None
             self.upstream_failed("the backend's connection took no new stream (%s)" % type(error).__name__)
@@ -231,6 +254,12 @@ class GrpcCall(GrpcStream):
             self._connect()
         else:
             self.answer(UNAVAILABLE, self._last_error)
+
+    def upstream_moved(self) -> None:
+        """The connection waited for was full after all: another one, to the same backend."""
+        self.upstream = None
+        if not self.finished and self.backend is not None:
+            self._open_stream(self.backend)
 
     def _may_retry(self) -> bool:
         core = self.core
@@ -259,10 +288,12 @@ class GrpcCall(GrpcStream):
         if bad is not None:
             self._malformed(bad)
             return
+        self._replay = None  # answered: never sent again
         if ended:
+            # The upstream stays known: response_ended (next) closes our side
+            # of it if the request is still going (RST_STREAM NO_ERROR).
             self.grpc_status = status_of(out)
             self._release(False)
-            self.upstream = None
         if not self._client_send_headers(out, ended):
             return
         self.head_sent = True
@@ -320,6 +351,8 @@ class GrpcCall(GrpcStream):
 
     def upstream_reset(self, code: int) -> None:
         self.upstream = None
+        if code == ErrorCodes.REFUSED_STREAM and not self.finished and not self.head_sent and self._send_again():
+            return
         self._release(True)
         if self.finished:
             return
@@ -327,6 +360,21 @@ class GrpcCall(GrpcStream):
             self.answer(UNAVAILABLE, "the backend reset the stream (%s)" % _code_name(code))
         else:
             self.reset(code)
+
+    def _send_again(self) -> bool:
+        """The backend refused the stream unprocessed (its GOAWAY, or REFUSED_STREAM,
+        RFC 9113 8.7): open another for the request kept so far, if it was kept."""
+        replay, backend = self._replay, self.backend
+        if replay is None or backend is None or self._refused >= max(1, self.core.retries):
+            return False
+        self._refused += 1
+        self._up.extendleft(reversed(replay))
+        self._replay = []
+        self._replay_size = 0
+        self.upstream_id = 0
+        self._up_ended = False
+        self._open_stream(backend)
+        return True
 
     def upstream_lost(self, reason: str) -> None:
         self.upstream = None
@@ -373,6 +421,13 @@ class GrpcCall(GrpcStream):
             data = queue[0]
             last = self.request_ended and len(queue) == 1 and not self._up_ended and self._up_trailers is None
             sent = upstream.send_data(stream_id, data, last)
+            replay = self._replay
+            if replay is not None and sent:
+                self._replay_size += sent
+                if self._replay_size > REPLAY_LIMIT:
+                    self._replay = None
+                else:
+                    replay.append(data[:sent] if sent < len(data) else data)
             if sent < len(data):
                 queue[0] = data[sent:]
                 return

@@ -59,9 +59,9 @@ def parse_timeout(value: bytes) -> Optional[float]:
 def format_timeout(seconds: float) -> bytes:
     """A ``grpc-timeout`` value for ``seconds`` left (at least 1 ns; rounded up)."""
     for unit, scale in ((b"n", 1e9), (b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60.0)):
-        count = seconds * scale
-        if count < 1e8:
-            return b"%d%s" % (max(1, int(-(-count // 1))), unit)
+        count = max(1, int(-(-(seconds * scale) // 1)))  # rounded up: at most 8 digits
+        if count < 100_000_000:
+            return b"%d%s" % (count, unit)
     return b"%dH" % min(99999999, int(-(-seconds // 3600)))
 
 

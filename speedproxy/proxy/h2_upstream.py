@@ -10,7 +10,11 @@ the pool's idle timeout (``server.upstream_keepalive_timeout``).
 Whoever wants a stream (an :class:`IUpstreamStream`) asks
 :meth:`H2UpstreamPool.open_stream`; once a connection can take it, it is
 told :meth:`~IUpstreamStream.upstream_ready` and opens the stream itself with
-:meth:`H2UpstreamConnection.start_stream`.  From then on the connection hands
+:meth:`H2UpstreamConnection.start_stream`.  A new connection serves those
+waiting for it once the backend's SETTINGS came (its
+``MAX_CONCURRENT_STREAMS`` known: a backend may refuse streams over it at
+once); those over that limit are told to ask the pool again
+(:meth:`~IUpstreamStream.upstream_moved`).  From then on the connection hands
 it the response's head, data, trailers and end, or a reset or the loss of the
 connection.  Flow control is the owner's: response data is given back to the
 backend's window (:meth:`H2UpstreamConnection.acknowledge`) only once the
@@ -26,7 +30,7 @@ reset ``REFUSED_STREAM`` towards their owner.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -56,7 +60,8 @@ from speedproxy.proxy.h2_hpack import StaticEncoder
 MAX_STREAMS = 100
 #: Our receive window per stream: response bytes a backend may send ahead.
 STREAM_WINDOW = 256 * 1024
-#: Our receive window per connection (room for many streams' windows).
+#: Our receive window per connection: at least a whole stream window for each
+#: stream it may carry (see :meth:`H2UpstreamConnection.connectionMade`).
 CONNECTION_WINDOW = 16 * 1024 * 1024
 
 PoolKey = Tuple[str, str, int]
@@ -72,6 +77,10 @@ class IUpstreamStream(Interface):
 
     def upstream_failed(reason: str) -> None:
         """No stream could be opened: the connection was refused, timed out or lost first."""
+
+    def upstream_moved() -> None:
+        """The connection waited for is full once the backend's limit is known:
+        ask :meth:`H2UpstreamPool.open_stream` again (it will not offer this one)."""
 
     def response_head(headers: Headers, ended: bool) -> None:
         """The response's HEADERS (``ended``: with END_STREAM, a trailers-only answer)."""
@@ -138,6 +147,8 @@ class H2UpstreamConnection(Protocol):
         self.gone = False
         self._batch = False
         self._idle_call: Any = None
+        #: Gives up on a backend that sends no SETTINGS (within the connect timeout).
+        self._settings_call: Any = None
         #: ``h2`` (TLS): whether ALPN chose HTTP/2 is checked on the first read.
         self._alpn_pending = key[0] == "h2"
         config = H2Configuration(
@@ -198,12 +209,46 @@ class H2UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         h2 = self.h2
         h2.initiate_connection()
-        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.ready = True
+        # Room for every stream's whole window: answers waiting for slow
+        # clients (unacknowledged) must not shut the window of the others.
+        window = max(CONNECTION_WINDOW, self.pool.max_streams * STREAM_WINDOW)
+        h2.increment_flow_control_window(window - 65535)
         self.flush()
+        # Those waiting are served once the backend's SETTINGS came (_settings_known).
+        self._settings_call = self.pool.clock.callLater(self.pool.connect_timeout, self._settings_late)
+        self._maybe_idle()
+
+    def _settings_late(self) -> None:
+        """No SETTINGS within the connect timeout: not an HTTP/2 server (or a stuck one)."""
+        self._settings_call = None
+        if self.ready or self.gone:
+            return
+        timeout = self.pool.connect_timeout
+        _log.warn(
+            "backend {address} sent no HTTP/2 SETTINGS within {timeout}s: connection closed",
+            address=self._address(), timeout=timeout,
+        )
+        self.closing = True
+        self.pool.forget(self)
+        waiting, self.waiting = self.waiting, []
+        self._cancel_idle()
+        if self.transport is not None:
+            self.transport.loseConnection()
+        for owner in waiting:
+            owner.upstream_failed("no HTTP/2 SETTINGS within %gs (not an HTTP/2 server?)" % timeout)
+
+    def _settings_known(self) -> None:
+        """The backend's first SETTINGS: serve those waiting, up to its stream limit."""
+        self.ready = True
+        call, self._settings_call = self._settings_call, None
+        if call is not None and call.active():
+            call.cancel()
         waiting, self.waiting = self.waiting, []
         for owner in waiting:
-            owner.upstream_ready(self)
+            if not self.closing and len(self.streams) < self.capacity:
+                owner.upstream_ready(self)
+            else:
+                owner.upstream_moved()
         self._maybe_idle()
 
     def connect_failed(self, reason: Failure) -> None:
@@ -218,6 +263,9 @@ class H2UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:
         self.closing = self.gone = True
         self._cancel_idle()
+        call, self._settings_call = self._settings_call, None
+        if call is not None and call.active():
+            call.cancel()
         self.pool.forget(self)
         text = describe_failure(reason)
         waiting, self.waiting = self.waiting, []
@@ -436,7 +484,9 @@ class H2UpstreamConnection(Protocol):
                 for owner in list(streams.values()):
                     owner.upstream_window_opened()
         elif kind is RemoteSettingsChanged:
-            if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            if not self.ready:
+                self._settings_known()
+            elif SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 for owner in list(streams.values()):
                     owner.upstream_window_opened()
         elif kind is ConnectionTerminated:
@@ -497,6 +547,9 @@ class H2UpstreamPool:
         self.max_streams = max_streams
         self._tls_options_for = tls_options_for
         self._connections: Dict[PoolKey, List[H2UpstreamConnection]] = {}
+        #: Connections that take no new streams but are not closed yet
+        #: (a backend's graceful GOAWAY): their streams may still be cut.
+        self._draining: Set[H2UpstreamConnection] = set()
         #: Connections opened so far (for tests and stats).
         self.opened = 0
 
@@ -535,6 +588,10 @@ class H2UpstreamPool:
 
     def forget(self, connection: H2UpstreamConnection) -> None:
         """``connection`` takes no new streams (closing or gone)."""
+        if connection.gone:
+            self._draining.discard(connection)
+        else:
+            self._draining.add(connection)
         connections = self._connections.get(connection.key)
         if connections and connection in connections:
             connections.remove(connection)
@@ -547,10 +604,15 @@ class H2UpstreamPool:
             return list(self._connections.get(key, ()))
         return [connection for group in self._connections.values() for connection in group]
 
+    def open_connections(self, key: Optional[PoolKey] = None) -> List[H2UpstreamConnection]:
+        """:meth:`connections`, and those draining (taking no new streams, not closed yet)."""
+        draining = [connection for connection in self._draining if key is None or connection.key == key]
+        return self.connections(key) + draining
+
     def close_backend(self, host: str, port: int) -> int:
         """Close every connection to one backend address (open streams are lost); how many."""
         closed = 0
-        for connection in self.connections():
+        for connection in self.open_connections():
             if connection.key[1] == host and connection.key[2] == port:
                 connection.close()
                 closed += 1
@@ -558,5 +620,5 @@ class H2UpstreamPool:
 
     def close(self) -> None:
         """Close every connection (shutdown)."""
-        for connection in self.connections():
+        for connection in self.open_connections():
             connection.close()

@@ -11,6 +11,8 @@ and out through generic handlers: no .proto to compile) in a helper process:
 * ``Digest``: a client stream; answers ``<messages>:<bytes>:<sha256 hex>``.
 * ``Chat``: bidirectional; every message comes back prefixed with ``echo:``.
 * ``Cancelled``: how many calls the service saw cancelled so far.
+* ``Sleeping``: how many ``sleep:`` calls its handlers started so far (a call
+  in flight at the proxy may not have reached a handler yet).
 
 Run as a script (``python grpc_proxy_support.py PORT [CERT KEY]``: with TLS
 when given a certificate and key) it serves until killed and prints ``ready``
@@ -49,6 +51,7 @@ def _identity(data: bytes) -> bytes:
 class _Echo:
     def __init__(self) -> None:
         self.cancelled = 0
+        self.sleeping = 0
         self.lock = threading.Lock()
 
     def unary(self, request: bytes, context: Any) -> bytes:
@@ -57,6 +60,8 @@ class _Echo:
         if request.startswith(b"notfound:"):
             context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request[9:].decode())
         if request.startswith(b"sleep:"):
+            with self.lock:
+                self.sleeping += 1
             give_up = time.monotonic() + float(request[6:])
             while time.monotonic() < give_up:
                 if not context.is_active():
@@ -91,6 +96,10 @@ class _Echo:
         with self.lock:
             return b"%d" % self.cancelled
 
+    def sleeping_count(self, request: bytes, context: Any) -> bytes:
+        with self.lock:
+            return b"%d" % self.sleeping
+
 
 def _pattern(size: int, seed: int = 0) -> bytes:
     block = bytes((seed + index) % 251 for index in range(251))
@@ -112,6 +121,7 @@ def serve(port: int, cert: str = "", key: str = "") -> None:
             "Digest": grpc.stream_unary_rpc_method_handler(echo.digest, _identity, _identity),
             "Chat": grpc.stream_stream_rpc_method_handler(echo.chat, _identity, _identity),
             "Cancelled": grpc.unary_unary_rpc_method_handler(echo.cancelled_count, _identity, _identity),
+            "Sleeping": grpc.unary_unary_rpc_method_handler(echo.sleeping_count, _identity, _identity),
         },
     )
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -176,6 +186,9 @@ class EchoClient:
 
     def cancelled(self) -> int:
         return int(self._method("unary_unary", "Cancelled")(b"", timeout=TIMEOUT))
+
+    def sleeping(self) -> int:
+        return int(self._method("unary_unary", "Sleeping")(b"", timeout=TIMEOUT))
 
     def close(self) -> None:
         self.channel.close()

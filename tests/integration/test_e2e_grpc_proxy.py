@@ -135,11 +135,15 @@ def test_a_client_cancel_reaches_the_backend(client: EchoClient, proxy: Any) -> 
     """No deadline anywhere: only the proxy's RST_STREAM tells the backend the call is over."""
     admin = AdminClient.of(proxy)
     before = client.cancelled()
+    sleeping = client.sleeping()
     pending = client._method("unary_unary", "Unary").future(b"sleep:30")
     wait_until(
         lambda: admin.get("/upstream").json["upstreams"]["echo"]["backends"][0]["in_flight"] == 1,
         timeout=10, what="the call in flight",
     )
+    # In flight at the proxy is not yet running at the backend: a cancel before
+    # its handler started would leave nothing for the handler to see.
+    wait_until(lambda: client.sleeping() > sleeping, timeout=10, what="the backend's handler started")
     assert pending.cancel()
     wait_until(lambda: client.cancelled() > before, timeout=10, what="the backend call cancelled")
 
@@ -333,6 +337,8 @@ def test_check_explains_grpc_mistakes(tmp_path: Any) -> None:
         "    protocols: {grpc: round_robin}\n"
         "  other: {path: /other/, upstream: grpc}\n"
         "  typo: {path: /typo/, upstream: grpc, protocols: {grpc: fastest}}\n"
+        "upstreams:\n"
+        "  grpc: {set_headers: {authorization: Bearer-x}}\n"
     )
     result = check_config(path)
     assert result.returncode == 1, result.stdout
@@ -340,6 +346,7 @@ def test_check_explains_grpc_mistakes(tmp_path: Any) -> None:
     assert "bad.yaml:9: routing.api.protocols.grpc: a gRPC route needs backends with scheme h2c or h2" in out
     assert "bad.yaml:10: routing.other.upstream: upstream 'grpc' has HTTP/2 backends" in out
     assert "bad.yaml:11: routing.typo.protocols.grpc: unknown load balancer 'fastest'" in out
+    assert "bad.yaml:13: upstreams.grpc.set_headers: not applied to gRPC calls" in out
 
 
 # -- a frame-level client ------------------------------------------------------------------

@@ -155,3 +155,18 @@ def test_signed_urls_needs_secrets_and_two_parameter_names() -> None:
     assert problems == ["edge.yaml:5: routing.default.signed_urls.param_expires: must differ from param_signature"]
     problems = _problems("routing:\n  default:\n    path: /\n    upstream: default\n    signed_urls: {secrets: []}\n")
     assert "list at least one secret" in problems[0]
+
+
+@pytest.mark.parametrize("name", ["sig", "exp"])
+def test_the_session_parameter_cannot_be_a_signature_parameter(name: str) -> None:
+    """A session id sent as ``?sig=`` (or ``?exp=``) would be taken off the URL as the
+    signature's own parameter: every such request refused, the session never seen."""
+    problems = _problems(
+        "routing:\n  default:\n    path: /\n    upstream: default\n"
+        f"    signed_urls: {{secrets: ['{KEY}']}}\n"
+        f"    sessions: {{cookie: {name}}}\n"
+    )
+    assert problems == [
+        f"edge.yaml:6: routing.default.sessions.cookie: '{name}' is also a parameter of signed_urls "
+        "(param_signature, param_expires): give the session another name"
+    ]

@@ -114,3 +114,17 @@ def test_the_admin_api_gets_the_same_checks() -> None:
     assert raised.value.problems == [
         "<api>: routing.rpc.protocols.grpc: a gRPC route needs backends with scheme h2c or h2; upstream 'rpc' has 'g3' (http)"
     ]
+
+
+@pytest.mark.parametrize("key", ["set_headers: {authorization: Bearer-x}", "add_query: {k: v}", "expect_content_type: [image/*]"])
+def test_upstream_rules_of_a_grpc_upstream_are_refused(key: str) -> None:
+    """The relay sends a call's metadata as the client sent it: ``upstreams.<group>``
+    rules for a gRPC route's backends would be silently dropped (a credential the
+    backend never gets), so --check names them."""
+    found = problems(GOOD + "upstreams:\n  rpc: {" + key + "}\n")
+    name = key.partition(":")[0]
+    assert found == [
+        f"speedproxy.yaml:13: upstreams.rpc.{name}: not applied to gRPC calls (the relay sends a call's "
+        "metadata as the client sent it): remove it, or give these backends scheme http/https"
+    ]
+    assert parse_config(GOOD + "upstreams:\n  web: {" + key + "}\n").upstreams["web"]

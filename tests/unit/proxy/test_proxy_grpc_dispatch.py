@@ -121,3 +121,22 @@ def test_calls_of_one_backend_share_a_connection(proxy: InMemoryProxy) -> None:
     client.pump()
     assert client.answer(streams[1])["trailers"][b"grpc-status"] == b"0"
     assert client.answer(streams[0])["head"] is None
+
+
+def test_an_operator_disconnect_also_ends_calls_on_a_draining_connection(proxy: InMemoryProxy) -> None:
+    """A connection the backend sent a graceful GOAWAY takes no new calls but still
+    carries the ones it took: ``disconnect`` ends those too, and closes it."""
+    from hyperframe.frame import GoAwayFrame
+
+    client = Client(proxy)
+    stream = client.call(end=False)
+    backend = Backend(proxy)
+    backend.request()
+    backend.memory.send(GoAwayFrame(0, last_stream_id=1, error_code=0).serialize())
+    assert proxy.core.h2_pool.connections() == []  # draining: no new calls
+    assert proxy.core.disconnect_backend("rpc", "g1") == 2
+    client.pump()
+    got = client.answer(stream)
+    assert got["head"][b"grpc-status"] == b"14" and b"operator" in got["head"][b"grpc-message"]
+    backend.pump()
+    assert backend.reset_codes() == [ErrorCodes.CANCEL] and backend.memory.transport.disconnecting

@@ -332,3 +332,126 @@ def test_a_backend_at_max_conn_takes_no_more_calls(make_proxy: Any) -> None:
     third = client.call()
     backend.request(3)
     assert client.answer(third)["head"] is None  # taken: the slot is free again
+
+
+def test_a_trailers_only_answer_before_the_request_ended_closes_the_backend_stream(proxy: InMemoryProxy) -> None:
+    """A backend that answers at once (UNIMPLEMENTED, say) while the client still streams:
+    the proxy's side of the backend stream is closed (RST_STREAM NO_ERROR), not left
+    half-open on the pooled connection, where it would count against the backend's
+    MAX_CONCURRENT_STREAMS for as long as the connection lives."""
+    client = Client(proxy)
+    stream = client.call(body=b"one", end=False)
+    backend = Backend(proxy)
+    backend.request()
+    backend.h2.send_headers(1, [(b":status", b"200"), GRPC, (b"grpc-status", b"12")], end_stream=True)
+    backend.send()
+    client.pump()
+    assert client.answer(stream)["trailers"][b"grpc-status"] == b"12"
+    backend.pump()
+    assert backend.reset_codes() == [ErrorCodes.NO_ERROR]
+    (upstream,) = proxy.core.h2_pool.connections()
+    assert upstream.streams == {} and upstream.h2.open_outbound_streams == 0
+
+
+def test_calls_over_the_backends_stream_limit_wait_for_another_connection(proxy: InMemoryProxy) -> None:
+    """Two calls wait for a first connection to a backend that takes one stream at
+    a time: the second is not sent there (it would be refused) but waits for a
+    second connection; a client that gives up meanwhile is forgotten by that one."""
+    from h2.settings import SettingCodes
+
+    client = Client(proxy)
+    first = client.call()
+    second = client.call()
+    third = client.call()
+    assert proxy.pending_connects() == 1
+    backend = Backend(proxy, {SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    backend.pump()
+    assert [event.stream_id for event in backend.events if type(event).__name__ == "RequestReceived"] == [1]
+    assert proxy.pending_connects() == 1  # one more connection, for the other two
+    client.h2.reset_stream(third, ErrorCodes.CANCEL)
+    client.flush()
+    assert sum(len(connection.waiting) for connection in proxy.core.h2_pool.connections()) == 1
+    other = Backend(proxy)
+    assert other.request(1)[b":path"] == b"/pkg.Svc/Do" and other.body(1) == message(b"hi")
+    other.pump()
+    assert [event.stream_id for event in other.events if type(event).__name__ == "RequestReceived"] == [1]
+    other.respond(1, body=b"two")
+    backend.respond(1, body=b"one")
+    client.pump()
+    assert client.answer(first)["body"] == message(b"one") and client.answer(second)["body"] == message(b"two")
+    assert client.answer(third)["head"] is None and third not in client.protocol.streams
+    assert all(not connection.waiting for connection in proxy.core.h2_pool.connections())
+
+
+def test_a_connection_out_of_stream_ids_hands_the_call_to_a_new_one(proxy: InMemoryProxy) -> None:
+    """A pooled connection that used up its stream ids (2^30 calls: a day or two of
+    a busy worker) takes no new stream: the call goes to a new connection to the
+    same backend, not UNAVAILABLE, and the backend is not blamed."""
+    client = Client(proxy)
+    first = client.call()
+    backend = Backend(proxy)
+    backend.respond(body=b"one")
+    client.pump()
+    assert client.answer(first)["trailers"][b"grpc-status"] == b"0"
+    (upstream,) = proxy.core.h2_pool.connections()
+    upstream.h2.highest_outbound_stream_id = 2**31 - 1  # the last id was used
+    second = client.call()
+    assert client.answer(second)["head"] is None
+    assert proxy.pending_connects() == 1
+    fresh = Backend(proxy)
+    assert fresh.request(1)[b":path"] == b"/pkg.Svc/Do"
+    fresh.respond(1, body=b"two")
+    client.pump()
+    assert client.answer(second)["body"] == message(b"two")
+    assert proxy.backend("g1").failures == 0
+    backend.pump()
+    assert backend.memory.protocol.gone or backend.memory.transport.disconnecting
+
+
+def test_a_call_the_backend_refused_unprocessed_is_sent_again(proxy: InMemoryProxy) -> None:
+    """A backend's GOAWAY (a graceful restart) refuses the streams past its last id,
+    and REFUSED_STREAM says a stream was not processed (RFC 9113 8.7): both are safe
+    to send again, so the call goes on a new connection (to the same backend, the
+    only one of the route), body included, instead of an UNAVAILABLE, and the
+    backend is not blamed."""
+    from hyperframe.frame import GoAwayFrame
+
+    client = Client(proxy)
+    first = client.call(body=b"kept")
+    second = client.call(body=b"refused, then sent again")
+    backend = Backend(proxy)
+    assert backend.body(3) == message(b"refused, then sent again")
+    backend.memory.send(GoAwayFrame(0, last_stream_id=1, error_code=0).serialize())
+    client.pump()
+    assert client.answer(second)["head"] is None
+    fresh = Backend(proxy)
+    assert fresh.request(1)[b":path"] == b"/pkg.Svc/Do"
+    assert fresh.body(1) == message(b"refused, then sent again")
+    fresh.pump()
+    assert any(isinstance(event, StreamEnded) and event.stream_id == 1 for event in fresh.events)
+    fresh.respond(1, body=b"two")
+    backend.respond(1, body=b"one")
+    client.pump()
+    assert client.answer(first)["body"] == message(b"one")
+    assert client.answer(second)["body"] == message(b"two")
+    assert client.answer(second)["trailers"][b"grpc-status"] == b"0"
+    third = client.call(body=None, end=False)
+    body = message(b"x" * 70000)  # more than is kept to send again
+    acknowledged = 0
+    for start in range(0, len(body), 16384):
+        client.h2.send_data(third, body[start : start + 16384])
+        client.flush()
+        client.pump()
+        fresh.pump()
+        received = len(fresh.body(3))
+        fresh.h2.acknowledge_received_data(received - acknowledged, 3)
+        acknowledged = received
+        fresh.send()
+        client.pump()
+    fresh.pump()
+    assert len(fresh.body(3)) == len(body)
+    fresh.h2.reset_stream(3, ErrorCodes.REFUSED_STREAM)
+    fresh.send()
+    client.pump()
+    assert client.answer(third)["head"][b"grpc-status"] == b"14"
+    assert proxy.backend("g1").failures == 1

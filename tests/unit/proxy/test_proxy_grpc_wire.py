@@ -37,7 +37,11 @@ def test_malformed_timeouts_are_ignored(value) -> None:
     assert parse_timeout(value) is None
 
 
-@pytest.mark.parametrize("seconds", [1e-9, 0.0123, 0.25, 1.5, 99.0, 1000.0, 86400.0 * 400, 1e12])
+@pytest.mark.parametrize(
+    "seconds",
+    # (and just below a unit's limit: rounded up to 100000000 it would be nine digits)
+    [1e-9, 0.0123, 0.25, 1.5, 99.0, 1000.0, 86400.0 * 400, 1e12, 0.09999999999, 99.9999999995, 99999.99999995],
+)
 def test_format_timeout_round_trips_rounding_up(seconds) -> None:
     text = format_timeout(seconds)
     assert len(text) <= 9 and parse_timeout(text) is not None

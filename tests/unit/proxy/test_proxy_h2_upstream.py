@@ -31,6 +31,8 @@ class Owner:
         self.connection: Any = None
         self.stream_id = 0
         self.told: List[Tuple[str, Any]] = []
+        #: What asks the pool again when told to (upstream_moved).
+        self.again: Any = None
 
     def upstream_ready(self, connection: Any) -> None:
         self.connection = connection
@@ -39,6 +41,10 @@ class Owner:
 
     def upstream_failed(self, reason: str) -> None:
         self.told.append(("failed", reason))
+
+    def upstream_moved(self) -> None:
+        self.told.append(("moved", None))
+        self.again()
 
     def response_head(self, headers: Any, ended: bool) -> None:
         self.told.append(("head", (dict(headers)[b":status"], ended)))
@@ -326,4 +332,74 @@ def test_an_h2_backend_that_does_not_choose_h2_by_alpn_is_dropped() -> None:
     protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
     assert transport.disconnecting and pool.connections() == []
     protocol.connectionLost(Failure(ConnectionLost()))
-    assert owner.kinds() == ["ready", "lost"]
+    assert owner.kinds() == ["failed"]  # no stream was opened: the call may go to another backend
+
+
+def test_streams_whose_readers_stall_leave_the_others_their_window() -> None:
+    """Every stream of a full connection may hold a whole stream window of answer
+    that its client has not read yet (its owner does not acknowledge it): the
+    connection's window must still leave the last stream a whole window of its own,
+    or stalled calls stop every other call on the connection."""
+    reactor, pool = make_pool()
+    owners = [Owner() for _ in range(pool.max_streams)]
+    for owner in owners:
+        pool.open_stream("h2c", "10.0.0.1", 50051, owner)
+    assert len(reactor.tcpClients) == 1
+    backend = Backend(reactor, 0)
+    chunk = b"s" * 16384
+    for owner in owners[:-1]:
+        backend.h2.send_headers(owner.stream_id, [(b":status", b"200")])
+        while backend.h2.local_flow_control_window(owner.stream_id) >= len(chunk):
+            backend.h2.send_data(owner.stream_id, chunk)
+        backend.send()
+        backend.pump()
+    last = owners[-1].stream_id
+    assert backend.h2.local_flow_control_window(last) == STREAM_WINDOW
+
+
+def test_streams_wait_for_the_backends_settings_before_they_open() -> None:
+    """Calls that waited for the connection open their streams once the backend's
+    SETTINGS are known: no more than its MAX_CONCURRENT_STREAMS (a backend that
+    enforces it at once, grpc-go or nginx, would refuse the rest: REFUSED_STREAM,
+    an UNAVAILABLE for each and a failure counted against the backend); the
+    others go to another connection."""
+    reactor, pool = make_pool()
+    owners = [Owner() for _ in range(3)]
+    for owner in owners:
+        owner.again = lambda owner=owner: pool.open_stream("h2c", "10.0.0.1", 50051, owner)
+        pool.open_stream("h2c", "10.0.0.1", 50051, owner)
+    host, port, factory, _, _ = reactor.tcpClients[0]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port), lenient=True)
+    protocol.makeConnection(transport)
+    assert all(owner.told == [] for owner in owners)  # nothing opened before the backend's SETTINGS
+    backend = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    backend.initiate_connection()
+    backend.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 2})
+    protocol.dataReceived(backend.data_to_send())
+    events = backend.receive_data(transport.value())
+    assert [event.stream_id for event in events if isinstance(event, RequestReceived)] == [1, 3]
+    assert [owner.stream_id for owner in owners[:2]] == [1, 3] and owners[2].told == [("moved", None)]
+    assert len(reactor.tcpClients) == 2  # the third waits for a connection of its own
+    Backend(reactor, 1)
+    assert owners[2].stream_id == 1 and owners[2].connection is not owners[0].connection
+
+
+def test_a_backend_that_sends_no_settings_fails_its_waiting_streams() -> None:
+    """A backend that accepts but never speaks HTTP/2 (no SETTINGS within the connect
+    timeout) is given up: those waiting are told (and may go to another backend)."""
+    reactor, pool = make_pool()
+    owner = Owner()
+    pool.open_stream("h2c", "10.0.0.1", 50051, owner)
+    host, port, factory, _, _ = reactor.tcpClients[0]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port), lenient=True)
+    protocol.makeConnection(transport)
+    reactor.advance(4.9)
+    assert owner.told == []
+    reactor.advance(0.2)
+    assert owner.told == [("failed", "no HTTP/2 SETTINGS within 5s (not an HTTP/2 server?)")]
+    assert transport.disconnecting and pool.connections() == []
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert owner.told == [("failed", "no HTTP/2 SETTINGS within 5s (not an HTTP/2 server?)")]
+    assert reactor.getDelayedCalls() == [] or all(not call.active() for call in reactor.getDelayedCalls())
