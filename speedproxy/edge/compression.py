@@ -143,8 +143,9 @@ class CompressionPolicy:
                     return False
         return True
 
-    def start(self, coding: bytes) -> Any:
-        return compressor(coding, self.gzip_level, self.brotli_level)
+    def start(self, coding: bytes, length: Optional[int] = None) -> Any:
+        """A compressor for a body of ``length`` bytes (``None``: unknown)."""
+        return compressor(coding, self.gzip_level, self.brotli_level, length)
 
     def compress(self, coding: bytes, body: bytes) -> bytes:
         return compress(coding, body, self.gzip_level, self.brotli_level)
@@ -179,20 +180,30 @@ def weak_etag(value: bytes) -> bytes:
     return value if value[:2] in (b"W/", b"w/") else b"W/" + value
 
 
+#: Fields a compressed answer does not keep.
+_DROPPED = frozenset({b"content-length", b"accept-ranges", b"content-encoding"})
+_VARY_LINE = (b"Vary", _VARY_VALUE)
+
+
 def encoded_headers(headers: Headers, lowered: List[bytes], coding: bytes) -> Tuple[Headers, List[bytes]]:
     """Copies of a compressible response's fields as sent compressed with ``coding``."""
-    out: Headers = []
-    out_lowered: List[bytes] = []
-    for (name, value), lname in zip(headers, lowered):
-        if lname in (b"content-length", b"accept-ranges", b"content-encoding"):
-            continue
-        if lname == b"etag":
-            value = weak_etag(value)
-        out.append((name, value))
-        out_lowered.append(lname)
+    out_lowered = [lname for lname in lowered if lname not in _DROPPED]
+    if len(out_lowered) == len(lowered):
+        out = list(headers)
+    else:
+        out = [pair for pair, lname in zip(headers, lowered) if lname not in _DROPPED]
+    if b"etag" in out_lowered:
+        for index, lname in enumerate(out_lowered):
+            if lname == b"etag":
+                name, value = out[index]
+                out[index] = (name, weak_etag(value))
     out.append((b"Content-Encoding", coding))
     out_lowered.append(b"content-encoding")
-    add_vary(out, out_lowered)
+    if b"vary" in out_lowered:
+        add_vary(out, out_lowered)
+    else:
+        out.append(_VARY_LINE)
+        out_lowered.append(b"vary")
     return out, out_lowered
 
 
@@ -238,10 +249,11 @@ class CompressionFilter(Filter):
             add_vary(headers, lowered)
             return None
         head.headers, head.lowered = encoded_headers(headers, lowered, coding)
+        length = head.content_length  # (the identity body's: sizes the compressor)
         head.content_length = None  # compressed: chunked (HEAD: no length)
         exchange: "Exchange" = view._exchange
         if exchange.request.method == b"GET":
-            state[_STREAM] = self.policy.start(coding)
+            state[_STREAM] = self.policy.start(coding, length)
             count(self.core, exchange, STREAM)
         return None
 

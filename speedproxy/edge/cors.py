@@ -154,7 +154,7 @@ class CorsFilter(Filter):
             view.state[PREFLIGHT] = True
             return self._preflight(view, request)
         origin = request.headers[lowered.index(_ORIGIN)][1] if _ORIGIN in lowered else None
-        known = view.state[STATE] = self._answer(origin)
+        known = view.state[STATE] = self._known.get(origin) or self._answer(origin)
         block = known[1]
         if block:
             view.error_headers += block  # the proxy's own errors (502, 504...) carry them too
@@ -205,12 +205,13 @@ class CorsFilter(Filter):
     def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
         head = response._head
         headers, lowered = head.headers, head.lowered
-        if _NAME_PREFIX in b"\n" + b"\n".join(lowered):  # (one scan, not one per field)
+        joined = b"\n".join(lowered)  # (one scan, not one per field)
+        if _NAME_PREFIX in joined or joined.startswith(_PREFIX):
             for index in range(len(lowered) - 1, -1, -1):
                 if lowered[index].startswith(_PREFIX):
                     del headers[index]
                     del lowered[index]
-        lines, _, names = self._known_for(view)
+        lines, _, names = view.state.get(STATE) or self._known_for(view)
         headers.extend(lines)
         if self.vary:
             headers.append(_VARY)

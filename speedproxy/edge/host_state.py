@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import hmac
 import os
@@ -66,6 +67,10 @@ __all__ = ["HostEdgeState", "SessionStoreFull", "host_edge_for", "host_edge_for_
 
 log = Logger(namespace="speedproxy.edge")
 
+lockf, LOCK_EX, LOCK_UN = fcntl.lockf, fcntl.LOCK_EX, fcntl.LOCK_UN
+#: ``Take(...)`` without the named tuple's ``__new__`` (a Python frame).
+_new_take = tuple.__new__
+
 
 @implementer(IEdgeState)
 class HostEdgeState:
@@ -103,7 +108,9 @@ class HostEdgeState:
         index = wanted % BUCKET_SETS
         table = self.table
         data = table.map
-        table.lock(LOCK_BUCKETS + index)
+        fd = table.fd  # (the lock calls spelled out: this runs on every limited request)
+        if fd is not None:
+            lockf(fd, LOCK_EX, 1, LOCK_BUCKETS + index)
         try:
             now = self.monotonic()
             at = -1
@@ -125,8 +132,9 @@ class HostEdgeState:
             reset = (burst - tokens) / rate
             BUCKET.pack_into(data, at, wanted, tokens, now, now + reset)
         finally:
-            table.unlock(LOCK_BUCKETS + index)
-        return Take(allowed, int(tokens) if allowed else 0, retry_after, reset)
+            if fd is not None:
+                lockf(fd, LOCK_UN, 1, LOCK_BUCKETS + index)
+        return _new_take(Take, (allowed, int(tokens) if allowed else 0, retry_after, reset))
 
     @staticmethod
     def _find_bucket(data: Any, base: int, wanted: int, now: float, rate: float, burst: float) -> Tuple[int, float]:

@@ -154,6 +154,7 @@ class EdgeTable:
         self.fd = fd
 
     def lock(self, name: int, shared: bool = False) -> None:
+        # (HostEdgeState.take spells the bucket locks out: keep them alike.)
         if self.fd is not None:
             fcntl.lockf(self.fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, 1, name)
 

@@ -83,6 +83,8 @@ class RateLimitFilter(Filter):
         kind = config.key
         self._header = kind[len("header:"):] if kind.startswith("header:") else None
         self._session = kind == "session"
+        #: The bucket is the client address's alone (no header, no session to look at).
+        self._by_ip = self._header is None and not self._session
         self._policy = policy_field(route, config)
         self._name = _sf_string(route)
         self._warned = False
@@ -114,8 +116,9 @@ class RateLimitFilter(Filter):
     def request(self, request: FilterRequest) -> Any:
         if is_internal(request):
             return None
+        key = self._ip_keys.get(request._exchange.client_ip) if self._by_ip else None
         try:
-            answer = self.state.take(self.bucket(request), self._rate, self._burst)
+            answer = self.state.take(key or self.bucket(request), self._rate, self._burst)
         except Exception:
             self._store_failed()
             return None

@@ -33,6 +33,8 @@ PENDING_LIMIT = 64 * 1024
 
 # How the response body is framed towards the client.
 _TO_CLIENT_NONE, _TO_CLIENT_RAW, _TO_CLIENT_CHUNKED = range(3)
+#: What ends a body filter's last chunk: its CRLF and the last chunk.
+_TAIL_END = b"\r\n" + LAST_CHUNK
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -723,6 +725,7 @@ class Exchange:
     def response_done(self, reusable: bool) -> None:
         """The whole response has been relayed."""
         filtered = self.filtered
+        chunked = self._to_client == _TO_CLIENT_CHUNKED
         if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
             try:
                 tail = self.route.filters.response_end(filtered)  # type: ignore[union-attr]
@@ -731,12 +734,20 @@ class Exchange:
                 return
             self.filtered = None  # the body filters are done: relay the tail as is
             if tail and not self._replaced:
-                self.response_body(tail)
+                if chunked:
+                    # (A compressor's tail, often the whole body: with the last
+                    # chunk and a held-back head in one write, one send.)
+                    self.bytes_sent += len(tail)
+                    head, self._head = self._head, b""
+                    self.client.write_sequence((head, b"%x\r\n" % len(tail), tail, _TAIL_END))
+                    chunked = False  # (the last chunk is sent)
+                else:
+                    self.response_body(tail)
         self._complete = True
         connection = self.upstream
         self.upstream = None
         head = self._head
-        if self._to_client == _TO_CLIENT_CHUNKED:
+        if chunked:
             self.client.write(head + LAST_CHUNK if head else LAST_CHUNK)
         elif head:
             self.client.write(head)

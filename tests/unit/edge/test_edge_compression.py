@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from typing import Dict, Optional
 
 import brotli
@@ -99,6 +100,20 @@ def test_encoded_headers() -> None:
     assert lowered == [n.lower() for n, _ in out]
 
 
+def test_encoded_headers_merge_vary_and_weaken_every_etag() -> None:
+    headers = [
+        (b"ETag", b'"a"'), (b"Vary", b"Origin"), (b"Content-Encoding", b"identity"),
+        (b"Content-Type", TYPE), (b"etag", b'W/"b"'),
+    ]
+    out, lowered = encoded_headers(headers, [n.lower() for n, _ in headers], b"gzip")
+    assert out == [
+        (b"ETag", b'W/"a"'), (b"Vary", b"Origin, Accept-Encoding"), (b"Content-Type", TYPE),
+        (b"etag", b'W/"b"'), (b"Content-Encoding", b"gzip"),
+    ]
+    assert lowered == [n.lower() for n, _ in out]
+    assert headers[0] == (b"ETag", b'"a"')  # the backend's list is left as it was
+
+
 # -- streaming (no cache) ----------------------------------------------------------------
 
 
@@ -137,6 +152,45 @@ def test_a_body_without_length_is_compressed() -> None:
     proxy = InMemoryProxy(config(cache=False))
     response = fetch(proxy, request(accept=b"gzip"), origin_head(length=False) + PLAYLIST)
     assert decode(response) == PLAYLIST
+
+
+@pytest.mark.parametrize("accept", [b"br", b"gzip"])
+def test_the_compressed_tail_goes_out_with_the_last_chunk(accept: bytes) -> None:
+    """The compressor's last output and the last chunk leave in one write (one send on a
+    socket); a short body, all of it in that tail, leaves with its head in one write."""
+    proxy = InMemoryProxy(config(cache=False))
+    client = proxy.client()
+    writes = []
+    real = client.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(bytes(data))
+        real(data)
+
+    client.transport.write = write
+    client.send(request(accept=accept))
+    proxy.accept().send(origin_head() + PLAYLIST)
+    response = client.response()
+    assert decode(response) == PLAYLIST
+    # (brotli keeps a short input until it finishes; gzip's sized stream keeps its output.)
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 ")
+    assert writes[0].endswith(b"\r\n0\r\n\r\n")
+
+@pytest.mark.parametrize("length,wbits", [(True, 16 + 14), (False, 16 + 15)])
+def test_the_gzip_stream_is_sized_by_the_content_length(monkeypatch, length: bool, wbits: int) -> None:
+    """As nginx: a 9.4 KiB body gets a 16 KiB window (zlib's 32 KiB when the length is unknown)."""
+    made = []
+    real = zlib.compressobj
+
+    def spy(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(zlib, "compressobj", spy)
+    proxy = InMemoryProxy(config(cache=False, settings="{min_size: 1KiB, gzip_level: 7}"))
+    response = fetch(proxy, request(accept=b"gzip"), origin_head(length=length) + PLAYLIST)
+    assert decode(response) == PLAYLIST
+    assert made == [(7, zlib.DEFLATED, wbits, wbits - 16 - 7)]
 
 
 @pytest.mark.parametrize(

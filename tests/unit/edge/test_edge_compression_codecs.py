@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 
 import brotli
 import pytest
@@ -13,6 +14,7 @@ from speedproxy.edge.compression_codecs import (
     brotli_available,
     compress,
     compressor,
+    gzip_sizes,
     negotiate,
     parse_accept_encoding,
 )
@@ -65,3 +67,86 @@ def test_streaming_and_whole_compression_decode_to_the_input(coding: bytes) -> N
     decode = gzip.decompress if coding == GZIP else brotli.decompress
     assert decode(pieces) == decode(whole) == body
     assert len(whole) < len(body) // 10
+
+
+@pytest.mark.parametrize(
+    "length,expected",
+    [
+        (None, (15, 8)),  # unknown: zlib's defaults
+        (0, (15, 8)),
+        (40_000, (15, 8)),
+        (16_122, (15, 8)),  # one byte too many for a 16 KiB window
+        (16_121, (14, 7)),
+        (1024, (11, 4)),  # nginx's sizes for a 1 KiB answer
+        (761, (10, 3)),
+        (100, (9, 2)),
+        (1, (9, 2)),  # never below what the gzip wrapper allows
+    ],
+)
+def test_gzip_sizes_follow_the_body_length(length, expected) -> None:
+    assert gzip_sizes(length) == expected
+
+
+def test_a_sized_window_still_holds_the_whole_body() -> None:
+    for length in range(1, 40_000, 97):
+        wbits, memlevel = gzip_sizes(length)
+        assert 9 <= wbits <= 15 and 1 <= memlevel <= 8
+        assert wbits == 15 or length <= (1 << wbits) - 262
+
+
+@pytest.mark.parametrize("length", [1, 100, 700, 1024, 5000, 20_000, 70_000])
+def test_a_sized_gzip_stream_uses_the_level_and_decodes(length: int) -> None:
+    body = (b'{"id": 1, "title": "Episode"},' * (length // 30 + 1))[:length]
+    for level in (1, 5, 9):
+        stream = compressor(GZIP, level, 4, length)
+        out = stream.compress(body) + stream.finish()
+        wbits, memlevel = gzip_sizes(length)
+        reference = zlib.compressobj(level, zlib.DEFLATED, 16 + wbits, memlevel)
+        assert out == reference.compress(body) + reference.flush()
+        assert gzip.decompress(out) == body
+        assert compress(GZIP, body, level, 4) == out  # a whole body is sized by its length
+
+
+def test_a_body_longer_than_announced_still_decodes() -> None:
+    body = bytes(range(256)) * 200  # 51 200 bytes through a stream sized for 1 KiB
+    stream = compressor(GZIP, 5, 4, 1024)
+    out = b"".join(stream.compress(body[start : start + 4096]) for start in range(0, len(body), 4096))
+    assert gzip.decompress(out + stream.finish()) == body
+
+
+def test_brotli_keeps_the_quality_and_its_default_window() -> None:
+    body = b"#EXTINF:4.0,\nsegment.ts\n" * 40
+    for quality in (0, 4, 9):
+        stream = compressor(BR, 5, quality, len(body))
+        out = stream.compress(body) + stream.finish()
+        assert out == brotli.compress(body, quality=quality)
+        assert brotli.decompress(out) == body
+
+
+def test_a_short_gzip_body_comes_out_whole_at_the_end() -> None:
+    """A stream sized for a short body keeps its output (zlib's 10-byte header too) until
+    ``finish``; one of unknown length hands out what zlib gives at once."""
+    body = b'{"id": 1, "title": "Episode"},' * 30
+    short = compressor(GZIP, 5, 4, len(body))
+    assert short.compress(body[:500]) == b"" and short.compress(body[500:]) == b""
+    out = short.finish()
+    assert gzip.decompress(out) == body
+    unknown = compressor(GZIP, 5, 4)
+    first = unknown.compress(body)
+    assert first[:2] == b"\x1f\x8b"  # the gzip header, at once
+    assert gzip.decompress(first + unknown.finish()) == body
+
+
+def test_gzip_sizes_are_nginx_loop() -> None:
+    """``ngx_http_gzip_filter_memory``'s loop, written out, gives the same sizes."""
+
+    def nginx(length: int):
+        wbits, memlevel = 15, 8
+        if length > 0:
+            while length < ((1 << (wbits - 1)) - 262):
+                wbits -= 1
+                memlevel -= 1
+        return wbits, max(memlevel, 1)
+
+    for length in list(range(0, 1100)) + list(range(1100, 40_000, 7)):
+        assert gzip_sizes(length) == nginx(length), length

@@ -117,6 +117,16 @@ def test_a_listed_origin_gets_cors_headers_on_the_backend_answer_and_backend_one
     assert response.body == b"ok"
 
 
+def test_a_backend_cors_field_is_dropped_when_it_is_the_first_field() -> None:
+    proxy = proxy_with(ROUTES)
+    client = proxy.client("192.0.2.1")
+    client.send(b"GET /api/x HTTP/1.1\r\nHost: h\r\nOrigin: https://a.example.org\r\n\r\n")
+    proxy.accept().send(b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok")
+    response = client.response()
+    assert response.all(b"access-control-allow-origin") == [b"https://a.example.org"]
+    assert response.body == b"ok"
+
+
 def test_an_unlisted_origin_gets_no_cors_headers_at_all() -> None:
     proxy = proxy_with(ROUTES)
     client = proxy.client("192.0.2.1")
