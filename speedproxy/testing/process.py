@@ -114,6 +114,10 @@ class ProxyProcess:
         }
         self.config: Dict[str, Any] = deep_merge(defaults, config or {})
         server = self.config.get("server", {})
+        #: The ports picked here (not given by the test): picked again if
+        #: another process takes one before twistd binds it.
+        self._picked_port = server.get("port") == self.port
+        self._picked_admin = self.config.get("admin", {}).get("listen") == f"{self.host}:{self.admin_port}"
         self.host = str(server.get("host", self.host))
         self.port = int(server.get("port", self.port))
         self.config_path = self.directory / "speedproxy.yaml"
@@ -181,6 +185,34 @@ class ProxyProcess:
         """Start twistd and wait (bounded) for the readiness line."""
         if self.process is not None:
             raise RuntimeError("already started")
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except ProxyStartError as error:
+                # free_port() only found ports free a moment ago: another
+                # process (a parallel test run) may have bound one since.
+                if attempt == 2 or not self._pick_ports_again(str(error)):
+                    raise
+                self.process = None
+        raise AssertionError("unreachable")
+
+    def _pick_ports_again(self, error: str) -> bool:
+        """After ``error`` (a start that failed), pick new ports if one of
+        ours was taken; whether it did."""
+        if "Address already in use" not in error:
+            return False
+        picked = False
+        if self._picked_port and f":{self.port} " in error:
+            self.port = free_port(self.host)
+            self.config["server"]["port"] = self.port
+            picked = True
+        if self._picked_admin and f":{self.admin_port} " in error:
+            self.admin_port = free_port(self.host)
+            self.config["admin"]["listen"] = f"{self.host}:{self.admin_port}"
+            picked = True
+        return picked
+
+    def _start_once(self) -> "ProxyProcess":
         self.write_config()
         argv = twistd_command() + [
             "-n",

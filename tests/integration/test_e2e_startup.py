@@ -183,3 +183,30 @@ def test_both_listeners_serve_after_a_normal_start(tmp_path: Path) -> None:
     with ProxyProcess({"server": {"workers": 1}}, directory=tmp_path / "p") as proxy:
         assert _connects(proxy.port)
         assert _connects(proxy.admin_port)
+
+
+def test_the_test_harness_picks_other_ports_when_its_own_were_taken(tmp_path: Path) -> None:
+    """``ProxyProcess`` picks its ports with ``free_port()``; another process
+    may bind one before twistd does (parallel test runs): it starts again on
+    new ones instead of failing the test.  A port the test chose is kept."""
+    proxy = ProxyProcess(directory=tmp_path)
+    taken = socket.socket()
+    taken.bind((proxy.host, proxy.admin_port))
+    taken.listen(1)
+    first_admin = proxy.admin_port
+    try:
+        proxy.start()
+        assert proxy.admin_port != first_admin
+        assert proxy.running()
+    finally:
+        proxy.stop(timeout=5.0)
+        taken.close()
+    chosen = free_port()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", chosen))
+    squatter.listen(1)
+    try:
+        with pytest.raises(ProxyStartError, match="Address already in use"):
+            ProxyProcess({"server": {"port": chosen}}, directory=tmp_path / "chosen").start()
+    finally:
+        squatter.close()
