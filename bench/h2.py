@@ -15,7 +15,7 @@ microseconds per request (utime+stime of the proxy's process tree over the
 run, divided by the requests completed), and the HTTP/2 / HTTP/1.1 CPU ratio
 of each proxy.  Nothing is written but bench/out/h2.json.
 
-    python3 bench/h2.py [--duration 10s] [--rounds 3] [--workers 1]
+    python3 bench/h2.py [--duration 10s] [--rounds 3] [--workers 1] [--compare-tree PATH]
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--connections", type=int, default=10)
     p.add_argument("--streams", type=int, default=10)
     p.add_argument("--no-nginx", action="store_true")
+    p.add_argument("--compare-tree", type=Path, action="append", default=[], metavar="PATH",
+                   help="also measure the speedproxy package of this checkout (A/B in the same run)")
     p.add_argument("--no-pin", action="store_true")
     a = p.parse_args(argv)
 
@@ -136,6 +138,12 @@ def main(argv=None) -> int:
         proc, port, _ = bench.start_speedproxy(args, pin, tmp, python_bin, pysrc, "speedproxy", origin_port,
                                                a.workers, mode="tuned")
         proxies["speedproxy"] = (proc, {"h1": port, "h2": port})
+        for index, tree in enumerate(a.compare_tree):
+            label = "speedproxy" + bench.tree_label(tree.resolve())
+            other = bench.write_plugin_tree(tmp, tree.resolve(), name=f"pysrc-compare-{index}")
+            proc, port, _ = bench.start_speedproxy(args, pin, tmp, python_bin, other, label, origin_port,
+                                                   a.workers, mode="tuned")
+            proxies[label] = (proc, {"h1": port, "h2": port})
         if nginx:
             proxies["nginx"] = start_nginx_h2(args, pin, tmp, nginx, origin_port, a.workers)
         runs = {

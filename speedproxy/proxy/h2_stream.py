@@ -19,12 +19,14 @@ client, or answered first.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
 from speedproxy.proxy.errors import error_response
+from speedproxy.proxy.h2_frames import send_data, send_headers
+from speedproxy.proxy.h2_hpack import LONGEST, MEMORY, REPEATED, EncodedFields, encode_field
 
 if TYPE_CHECKING:  # pragma: no cover
     from speedproxy.proxy.exchange import Exchange
@@ -37,6 +39,15 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
 )
 _BODYLESS = frozenset({204, 304})
+#: HTTP/1.1 field lines of the names whose values repeat (:data:`REPEATED`:
+#: ``Server``, ``Content-Type``, ``Via``...) as ((name, value), HPACK
+#: encoding), process-wide and bounded like the encoder's memo.
+_LINES: Dict[bytes, Tuple[Tuple[bytes, bytes], bytes]] = {}
+#: The ``:status`` fields of the common statuses, encoded.
+_STATUS = {
+    status: encode_field(b":status", b"%d" % status)
+    for status in (200, 204, 206, 301, 302, 304, 400, 403, 404, 500, 502, 503)
+}
 
 
 class H2Stream:
@@ -202,6 +213,12 @@ class H2Stream:
         self.connection.flush()
 
     def write_sequence(self, parts: Sequence[bytes]) -> None:
+        if len(parts) == 2 and self._in_head and not self._head and parts[0][-4:] == b"\r\n\r\n":
+            # A whole head, then body (the exchange's usual): not joined only
+            # to be split again.
+            self.write(parts[0])
+            self.write(parts[1])
+            return
         self.write(b"".join(parts))
 
     def _send_head(self, head: bytes) -> bool:
@@ -219,17 +236,35 @@ class H2Stream:
                 self.send_error(501, "not_implemented", "WebSocket is not enabled on this route",
                                 self.core.new_request_id(), False)
                 return True
-        headers = [(b":status", b"%d" % status)]
+        # The fields and their HPACK encoding (h2_hpack.StaticEncoder's),
+        # the lines that repeat from answer to answer taken from memory.
+        field = (b":status", b"%d" % status)
+        headers = EncodedFields((field,))
+        parts = [_STATUS.get(status) or encode_field(*field)]
         length = -1
+        known_lines = _LINES
         for line in lines[1:]:
+            known = known_lines.get(line)
+            if known is not None:
+                headers.append(known[0])
+                parts.append(known[1])
+                continue
             name, _, value = line.partition(b":")
             name = name.lower()
             if name in _HOP_BY_HOP:
                 continue
             value = value.strip()
+            field = (name, value)
+            encoded = encode_field(name, value)
             if name == b"content-length":
                 length = int(value)
-            headers.append((name, value))
+            elif name in REPEATED and len(line) <= LONGEST:
+                if len(known_lines) >= MEMORY:
+                    known_lines.clear()
+                known_lines[line] = (field, encoded)
+            headers.append(field)
+            parts.append(encoded)
+        headers.block = b"".join(parts)
         h2 = self.connection.h2
         if status < 200:
             if status != 101:
@@ -237,15 +272,15 @@ class H2Stream:
             return False
         self._in_head = False
         if self.websocket and status == 200:
-            h2.send_headers(self.stream_id, headers)
+            send_headers(h2, self.stream_id, headers)
             self._remaining = -1
             return True
         if self._head_request or status in _BODYLESS or length == 0:
-            h2.send_headers(self.stream_id, headers, end_stream=True)
+            send_headers(h2, self.stream_id, headers, True)
             self.done = True
             self._remaining = 0
         else:
-            h2.send_headers(self.stream_id, headers)
+            send_headers(h2, self.stream_id, headers)
             self._remaining = length
         return True
 
@@ -267,12 +302,12 @@ class H2Stream:
             window = h2.local_flow_control_window(stream_id)
             frame = h2.max_outbound_frame_size
             if size <= window and size <= frame:
-                h2.send_data(stream_id, data, end_stream=end)
+                send_data(h2, stream_id, data, end)
                 return
             position = 0
             while position < size and window > 0:
                 take = min(size - position, window, frame)
-                h2.send_data(stream_id, data[position : position + take], end_stream=end and position + take == size)
+                send_data(h2, stream_id, data[position : position + take], end and position + take == size)
                 position += take
                 window -= take
         except H2Error:
@@ -287,7 +322,7 @@ class H2Stream:
             if self._pending_size > HIGH_WATER:
                 self._pause_upstream()
         elif end and not size:
-            h2.send_data(stream_id, b"", end_stream=True)
+            send_data(h2, stream_id, b"", True)
 
     def window_opened(self) -> None:
         """The client gave window: send what waits."""

@@ -60,8 +60,9 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import DenialOfServiceError, H2Error, ProtocolError as H2ProtocolError
+from h2.exceptions import StreamClosedError, StreamIDTooLowError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -73,9 +74,9 @@ from speedproxy.proxy.exchange import Exchange
 from speedproxy.proxy.forwarding import sane_request_id
 from speedproxy.proxy.grpc_dispatch import take_stream as take_grpc_stream
 from speedproxy.proxy.h2_guard import guards
-from speedproxy.proxy.h2_hpack import StaticEncoder
+from speedproxy.proxy.h2_hpack import MemoDecoder, StaticEncoder
 from speedproxy.proxy.h2_stream import H2Stream
-from speedproxy.proxy.http1 import ProtocolError, RequestHead, parse_request_head
+from speedproxy.proxy.http1 import MAX_HEADER_COUNT, ProtocolError, RequestHead, parse_request_head
 from speedproxy.proxy.paths import PathError, normalise_path
 from speedproxy.proxy.sending import writers_for
 
@@ -126,6 +127,10 @@ _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
 _PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme", b":protocol"})
 #: Fields that mean something only to one HTTP/1.1 hop: malformed in HTTP/2 (8.2.2).
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+#: Field names seen to match :data:`_NAME` (process-wide, at most
+#: :data:`_GOOD_NAMES_KEPT`): the same few names come in every request.
+_GOOD_NAMES: Set[bytes] = set()
+_GOOD_NAMES_KEPT = 1024
 
 
 def _malformed(detail: str) -> ProtocolError:
@@ -142,14 +147,25 @@ def request_head(headers: List[Any], end_stream: bool, max_line: int) -> Request
     whitespace, no connection-specific fields, pseudo-headers known, first
     and once each.  ``Cookie`` fields are joined (8.2.3).
 
+    The request an HTTP/1.1 client would have sent with these fields is
+    what the stream gets: a plain request (an origin-form ASCII path, a
+    token method, ``:authority``, no field :func:`parse_request_head`
+    would have to judge beyond ``Content-Length``, ``X-Request-Id``,
+    ``Accept`` and the trace context, no control character) is built
+    straight from the fields; any other is written as an HTTP/1.1 head and
+    parsed (:func:`request_head_via_http1`), so every refusal is the one
+    an HTTP/1.1 request gets (tests/unit/proxy/test_proxy_http2_request_head.py
+    compares both for generated field lists).
+
     :raises ProtocolError: 400 for a malformed list; otherwise what an
         HTTP/1.1 request with these fields would get.
     """
     pseudo = {}
-    lines = [b""]
+    fields = []
     cookies = []
     length = False
     regular = False
+    plain = True  # nothing but what the direct path below understands
     for name, value in headers:
         if value and (value[0] in b" \t" or value[-1] in b" \t"):
             raise _malformed("a field value with surrounding whitespace")
@@ -159,8 +175,12 @@ def request_head(headers: List[Any], end_stream: bool, max_line: int) -> Request
             pseudo[name] = value
             continue
         regular = True
-        if _NAME.match(name) is None:
-            raise _malformed("invalid field name %r" % name.decode("latin-1"))
+        if name not in _GOOD_NAMES:
+            if _NAME.match(name) is None:
+                raise _malformed("invalid field name %r" % name.decode("latin-1"))
+            if len(_GOOD_NAMES) >= _GOOD_NAMES_KEPT:
+                _GOOD_NAMES.clear()
+            _GOOD_NAMES.add(name)
         if name in _CONNECTION_SPECIFIC:
             raise _malformed("connection-specific field %r" % name.decode("latin-1"))
         if name == b"cookie":
@@ -169,13 +189,172 @@ def request_head(headers: List[Any], end_stream: bool, max_line: int) -> Request
         if name == b"host":
             if b":authority" in pseudo:
                 continue  # :authority wins (8.3.1)
+            plain = False
         elif name == b"te":
             if value != b"trailers":
                 raise _malformed("TE other than trailers")
             continue  # hop-by-hop
         elif name == b"content-length":
+            if length:
+                plain = False  # (refused by the parser)
             length = True
-        lines.append(name + b": " + value)
+        elif name in _JUDGED:
+            plain = False
+        fields.append((name, value))
+    if plain and b":protocol" not in pseudo and (end_stream or length):
+        request = _plain_request(pseudo, fields, cookies, max_line)
+        if request is not None:
+            return request
+    return request_head_via_http1(pseudo, fields, cookies, length, end_stream, max_line)
+
+
+#: Plain requests made from a header list, by (fields, end of stream, line
+#: limit): clients send the same list request after request (process-wide,
+#: at most :data:`_MADE_KEPT`, lists of at most :data:`_MADE_FIELDS` fields
+#: making heads of at most :data:`_MADE_SIZE` bytes).
+_MADE: Dict[Any, RequestHead] = {}
+_MADE_KEPT = 256
+_MADE_FIELDS = 32
+_MADE_SIZE = 4096
+_SLOTS = RequestHead.__slots__
+
+
+def stream_request(headers: List[Any], end_stream: bool, max_line: int) -> RequestHead:
+    """:func:`request_head`, remembered: a header list seen before gives a
+    copy of the request it made then (the request is a function of the
+    list; only plain requests, never a refusal, are remembered)."""
+    if len(headers) > _MADE_FIELDS:
+        return request_head(headers, end_stream, max_line)
+    key = (tuple(headers), end_stream, max_line)
+    made = _MADE.get(key)
+    if made is None:
+        request = request_head(headers, end_stream, max_line)
+        if request.raw_size <= _MADE_SIZE and request.upgrade is None:  # (a WebSocket's has a random key)
+            if len(_MADE) >= _MADE_KEPT:
+                _MADE.clear()
+            _MADE[key] = _copy(request)
+        return request
+    return _copy(made)
+
+
+def _copy(request: RequestHead) -> RequestHead:
+    copy = RequestHead()
+    for slot in _SLOTS:
+        setattr(copy, slot, getattr(request, slot))
+    copy.headers = list(request.headers)
+    copy.lowered = list(request.lowered)
+    return copy
+
+
+#: Fields whose meaning :func:`parse_request_head` judges beyond what
+#: :func:`_plain_request` does: their requests take the HTTP/1.1 way.
+_JUDGED = frozenset({b"expect", b"host"})
+#: What a plain request's values may not hold (control bytes, DEL, bytes >= 0x80 are fine).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_PLAIN_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_AUTHORITY_BAD = re.compile(rb"[\x00-\x20\x7f/\\?#@]")
+_LENGTH = re.compile(rb"[0-9]{1,18}\Z")
+
+
+def _plain_request(
+    pseudo: Dict[bytes, bytes], fields: List[Any], cookies: List[bytes], max_line: int
+) -> Optional[RequestHead]:
+    """The request of a plain field list, without an HTTP/1.1 round trip;
+    None when anything in it needs :func:`parse_request_head`'s judgement."""
+    method = pseudo.get(b":method")
+    path = pseudo.get(b":path")
+    authority = pseudo.get(b":authority")
+    if (
+        method is None
+        or path is None
+        or authority is None
+        or b":scheme" not in pseudo
+        or method == b"CONNECT"
+        or _METHOD.match(method) is None
+        or _PLAIN_TARGET.match(path) is None
+        or (max_line and len(method) + len(path) + 10 > max_line)
+        or not authority
+        or _AUTHORITY_BAD.search(authority) is not None
+        or len(fields) + (2 if cookies else 1) > MAX_HEADER_COUNT
+    ):
+        return None
+    fields = fields + [(b"host", authority)]  # (a copy: the HTTP/1.1 way may still need them as they were)
+    if cookies:
+        cookie = b"; ".join(cookies)
+        if cookie[-1:] == b" ":
+            return None  # (an empty last cookie: the parser strips the field)
+        fields.append((b"cookie", cookie))
+    size = len(method) + len(path) + 10  # the request line, as HTTP/1.1 would have had it
+    content_length = request_id = traceparent = tracestate = None
+    event_stream = False
+    lowered = []
+    values = []
+    for name, value in fields:
+        values.append(value)
+        size += len(name) + len(value) + 4
+        lowered.append(name)
+        if name in _SPECIAL:
+            if name == b"content-length":
+                if _LENGTH.match(value) is None:
+                    return None
+                content_length = int(value)
+            elif name == b"x-request-id":
+                if request_id is None:
+                    request_id = value
+            elif name == b"accept":
+                if b"text/event-stream" in value.lower():
+                    event_stream = True
+            elif name == b"traceparent":
+                traceparent = b"" if traceparent is not None else value  # two: invalid
+            else:  # tracestate
+                tracestate = value if tracestate is None else tracestate + b"," + value
+    if _CONTROL.search(b"".join(values)) is not None:
+        return None
+    request = RequestHead()
+    request.method = method
+    request.target = path
+    query = path.find(b"?")
+    if query < 0:
+        request.path = path
+        request.query = b""
+    else:
+        request.path = path[:query]
+        request.query = path[query:]
+    request.version = b"HTTP/2.0"
+    request.headers = fields
+    request.lowered = lowered
+    request.raw_size = size
+    request.host = authority
+    request.content_length = content_length
+    request.chunked = False
+    request.connection_tokens = ()
+    request.keep_alive = True
+    request.expect_continue = False
+    request.upgrade = None
+    request.request_id = request_id
+    request.traceparent = traceparent
+    request.tracestate = tracestate
+    request.event_stream = event_stream
+    return request
+
+
+_SPECIAL = frozenset({b"content-length", b"x-request-id", b"accept", b"traceparent", b"tracestate"})
+
+
+def request_head_via_http1(
+    pseudo: Dict[bytes, bytes],
+    fields: List[Any],
+    cookies: List[bytes],
+    length: bool,
+    end_stream: bool,
+    max_line: int,
+) -> RequestHead:
+    """:func:`request_head`'s answer the long way: the fields (checked, and
+    sorted into pseudo-headers, regular fields and cookies) written as an
+    HTTP/1.1 request head and given to :func:`parse_request_head`."""
+    lines = [b""]
+    lines += [name + b": " + value for name, value in fields]
     method = pseudo.get(b":method")
     protocol = pseudo.get(b":protocol")
     if protocol is not None:
@@ -231,6 +410,35 @@ class _ServerH2Connection(H2Connection):
     h2 would close the connection state at once and drop what is queued,
     the answers of the streams the client still waits for included.
     """
+
+    def _receive_frame(self, frame: Frame) -> Any:
+        """h2's own (h2 4.x ``H2Connection._receive_frame``), less its first
+        line: ``logger.trace("Received frame: %s", repr(frame))`` formats
+        every frame for a logger that drops it (a twentieth of a request)."""
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as e:
+            # Closed by RST_STREAM: a stream error, RST_STREAM again; else a connection error.
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
 
     def _receive_goaway_frame(self, frame: Frame) -> Any:
         event = ConnectionTerminated()
@@ -289,6 +497,7 @@ class H2ClientConnection(Protocol):
             },
         )
         settings.hard_limit = self.max_streams + STREAM_SLACK
+        h2.decoder = MemoDecoder()  # type: ignore[assignment]
         # The limit holds from the first HEADERS on, not only once the client acked it.
         h2.decoder.max_header_list_size = server.max_header_size
         h2.encoder = StaticEncoder()  # type: ignore[assignment]
@@ -457,7 +666,7 @@ class H2ClientConnection(Protocol):
         end_stream = event.stream_ended is not None
         stream.request_ended = end_stream
         try:
-            request = request_head(headers, end_stream, server.max_request_line)
+            request = stream_request(headers, end_stream, server.max_request_line)
             path = normalise_path(request.path, server.merge_slashes, server.escaped_slashes == "keep")
         except ProtocolError as error:
             self._refuse(stream, error.status, error.code, error.detail)

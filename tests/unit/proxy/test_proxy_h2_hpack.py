@@ -58,3 +58,102 @@ def test_a_smaller_table_size_setting_needs_nothing_more() -> None:
     encoder.header_table_size = 0  # a client's SETTINGS_HEADER_TABLE_SIZE: 0
     decoder.max_allowed_table_size = 0
     assert decoder.decode(encoder.encode(FIELDS), raw=True) == FIELDS
+
+
+# -- MemoDecoder: remembered header blocks -------------------------------------
+
+from typing import Any, List, Tuple  # noqa: E402
+from unittest import mock  # noqa: E402
+
+import pytest  # noqa: E402
+from hpack import Encoder, HPACKError  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from speedproxy.proxy.h2_hpack import DECODED_MEMORY, MemoDecoder  # noqa: E402
+
+REQUEST = [(b":method", b"GET"), (b":path", b"/1k"), (b":scheme", b"http"), (b":authority", b"h"),
+           (b"user-agent", b"h2load")]
+
+
+def test_a_repeated_block_is_decoded_once() -> None:
+    encoder, decoder = Encoder(), MemoDecoder()
+    decoder.decode(encoder.encode(REQUEST), raw=True)  # fills the dynamic table: not remembered
+    block = encoder.encode(REQUEST)  # indices only
+    calls = []
+    original = Decoder.decode
+
+    def counted(self: Any, data: bytes, raw: bool = False) -> Any:
+        calls.append(data)
+        return original(self, data, raw)
+
+    with mock.patch.object(Decoder, "decode", counted):
+        first = decoder.decode(block, raw=True)
+        second = decoder.decode(block, raw=True)
+    assert first == second == REQUEST
+    assert first is not second  # each caller gets its own list
+    assert calls == [block]
+
+
+def test_a_changed_table_is_never_served_from_memory() -> None:
+    encoder, decoder, reference = Encoder(), MemoDecoder(), Decoder()
+    for fields in ([(b"x-a", b"1")], [(b"x-a", b"1")], [(b"x-b", b"2")], [(b"x-a", b"1")]):
+        block = encoder.encode(fields)
+        assert decoder.decode(block, raw=True) == reference.decode(block, raw=True) == fields
+    newest = b"\xbe"  # index 62: the newest dynamic entry, x-b: 2 now
+    assert decoder.decode(newest, raw=True) == reference.decode(newest, raw=True) == [(b"x-b", b"2")]
+    adding = encoder.encode([(b"x-c", b"3")])  # a literal with incremental indexing
+    decoder.decode(adding, raw=True)
+    reference.decode(adding, raw=True)
+    assert decoder.decode(newest, raw=True) == reference.decode(newest, raw=True) == [(b"x-c", b"3")]
+
+
+def test_the_limits_are_checked_again_when_they_change() -> None:
+    encoder, decoder = Encoder(), MemoDecoder()
+    decoder.decode(encoder.encode(REQUEST), raw=True)
+    block = encoder.encode(REQUEST)
+    decoder.decode(block, raw=True)
+    decoder.decode(block, raw=True)
+    decoder.max_header_list_size = 50  # the decoded list is larger
+    with pytest.raises(HPACKError):
+        decoder.decode(block, raw=True)
+    decoder.max_header_list_size = 65536
+    assert decoder.decode(block, raw=True) == REQUEST
+    decoder.max_allowed_table_size = 0  # the table (4096) is now over what we allow
+    with pytest.raises(HPACKError):
+        decoder.decode(block, raw=True)
+
+
+def test_the_memory_is_bounded() -> None:
+    encoder, decoder = Encoder(), MemoDecoder()
+    for index in range(DECODED_MEMORY * 3):
+        fields = [(b":path", b"/%d" % index)]
+        block = encoder.encode(fields)
+        assert decoder.decode(block, raw=True) == fields
+        assert len(decoder._memo) <= DECODED_MEMORY
+
+
+_FIELD = st.tuples(st.sampled_from([b"x-a", b"x-b", b":path", b"accept", b"cookie"]),
+                   st.sampled_from([b"1", b"2", b"/", b"*/*", b"v" * 40, b""]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.lists(_FIELD, min_size=1, max_size=4), st.sampled_from([64, 0, 4096])), max_size=30))
+def test_memo_and_plain_decoders_agree(steps: List[Any]) -> None:
+    """Blocks repeated, interleaved with blocks that add entries and with
+    table size changes: both decoders give the same lists and errors."""
+    encoder, memo, plain = Encoder(), MemoDecoder(), Decoder()
+    blocks: List[bytes] = []
+    for step in steps:
+        if isinstance(step, int):
+            encoder.header_table_size = step  # a size update opens the next block
+            continue
+        blocks.append(encoder.encode(step))
+        for block in (blocks[-1], blocks[len(blocks) // 2], blocks[-1]):
+            outcomes: List[Tuple[str, Any]] = []
+            for decoder in (memo, plain):
+                try:
+                    outcomes.append(("ok", decoder.decode(block, raw=True)))
+                except HPACKError as error:
+                    outcomes.append(("error", type(error)))
+            assert outcomes[0] == outcomes[1]
