@@ -89,11 +89,19 @@ def assert_each_segment_once(proxy: ProxyProcess, origin: HlsOrigin, prefix: str
     assert len(counts) >= at_least, sorted(counts)
     assert {path: count for path, count in counts.items() if count > 1} == {}, "segments fetched more than once"
     streams = AdminClient.of(proxy).get("/api/v1/hls/streams").json["streams"]
-    figures = next(item for item in streams if item["stream"] == stream)
+    assert any(item["stream"] == stream for item in streams), streams
+    # A worker that never read the master playlist (the browser's connections
+    # went to the other one for it) reports the media playlists it served as
+    # streams of their own (speedproxy/hls/streams.py): the stream's figures
+    # are those of every stream under its prefix.
+    parts = [item for item in streams if item["stream"].startswith(prefix)]
+    requests = sum(item["requests"] for item in parts)
+    hits = sum(item["hits"] for item in parts)
     # (The page's players share the browser, whose HTTP cache keeps nothing
     # here: no validator, no freshness.  Every player asked the proxy.)
-    assert figures["viewers"] >= 1 and figures["requests"] >= PLAYERS * at_least // 2, (figures, sorted(counts))
-    assert figures["cache_hit_ratio"] >= 0.9, figures
+    assert sum(item["viewers"] for item in parts) >= 1, parts
+    assert requests >= PLAYERS * at_least // 2, (parts, sorted(counts))
+    assert hits / requests >= 0.9, parts
 
 
 def test_hlsjs_plays_the_vod_through_the_proxy_and_the_origin_sees_each_segment_once(
