@@ -1,7 +1,7 @@
 """Cost of response compression per request, without sockets or a reactor loop.
 
 Drives ClientConnection -> Exchange (-> UpstreamConnection) with in-memory
-transports, as ``bench/inmemory.py`` does, for a 100 KiB HLS playlist, and
+transports (``bench/edge.py``'s :class:`Setup`), for a 100 KiB HLS playlist, and
 prints CPU microseconds per request (process time: steadier than wall
 clock on a shared machine) for:
 
@@ -20,9 +20,15 @@ clock on a shared machine) for:
 from __future__ import annotations
 
 import argparse
-import gc
+import os
+import sys
+import tempfile
 import time
 from typing import Callable, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from edge import Setup, measure  # noqa: E402  (bench/edge.py: the same in-memory driver)
 
 
 def playlist(size: int) -> bytes:
@@ -32,41 +38,6 @@ def playlist(size: int) -> bytes:
         lines += [b"#EXTINF:4.000,", b"segment-%06d.ts?token=abcdef0123456789" % index]
         index += 1
     return b"\n".join(lines + [b"#EXT-X-ENDLIST"]) + b"\n"
-
-
-def setup(route_extra: str, response: bytes) -> Tuple[object, object, object, object]:
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import MemoryReactorClock, StringTransport
-
-    from speedproxy.accesslog import open_access_log
-    from speedproxy.config import parse_config
-    from speedproxy.proxy.core import ProxyCore
-    from speedproxy.proxy.server import ProxyServerFactory
-
-    config = parse_config(
-        "server: {access_log: 'off'}\n"
-        "backends: {default: [{id: b1, host: 127.0.0.1, port: 8081}]}\n"
-        "routing: {default: {path: /, upstream: default, load_balancer: round_robin%s}}\n" % route_extra
-    )
-    reactor = MemoryReactorClock()
-    core = ProxyCore(reactor, config, open_access_log("off"))
-    client = ProxyServerFactory(core).buildProtocol(None)
-    client_transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-    client.makeConnection(client_transport)
-    client.dataReceived(b"GET /live.m3u8 HTTP/1.1\r\nHost: h\r\n\r\n")
-    connector = reactor.tcpClients[-1][2]
-    upstream = connector.buildProtocol(None)
-    upstream_transport = StringTransport()
-    upstream.makeConnection(upstream_transport)
-    upstream.dataReceived(response)
-    return client, client_transport, upstream, upstream_transport
-
-
-def measure(run: Callable[[int], float], requests: int, repeat: int) -> Tuple[float, float]:
-    run(min(requests, 500))
-    gc.collect()
-    results = sorted(run(requests) for _ in range(repeat))
-    return results[0], results[len(results) // 2]
 
 
 def main() -> None:
@@ -85,28 +56,23 @@ def main() -> None:
     ) + body
     rows: List[Tuple[str, Tuple[float, float]]] = []
 
-    def hits(route_extra: str, accept: bytes) -> Callable[[int], float]:
-        client, transport, _, _ = setup(route_extra, cached)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-compression-")
+    setups: List[Setup] = []
+
+    def hits(keys: str, accept: bytes) -> Callable[[int], float]:
         request = b"GET /live.m3u8 HTTP/1.1\r\nHost: h\r\n%s\r\n" % (b"Accept-Encoding: " + accept + b"\r\n" if accept else b"")
-        client.dataReceived(request)  # makes the copy, if any
-        assert b"Cache-Status: speedproxy; hit" in transport.value()
+        setup = Setup(keys, scratch.name, request, cached, cached=True)  # the first request stores it
+        setups.append(setup)
+        setup.transport.clear()
+        setup.client.dataReceived(request)  # a hit: makes the compressed copy, if any
+        assert b"Cache-Status: speedproxy; hit" in setup.transport.value()
+        return setup.hits
 
-        def run(count: int) -> float:
-            transport.clear()
-            started = time.process_time()
-            for _ in range(count):
-                client.dataReceived(request)
-                transport.clear()
-            return (time.process_time() - started) / count * 1e6
-
-        return run
-
-    cache = ", cache: {enabled: true}"
-    compression = ", compression: {}"
-    rows.append(("hit, route without compression (identity)", measure(hits(cache, b""), args.requests, args.repeat)))
-    rows.append(("hit, compression on, client gzip (kept copy)", measure(hits(cache + compression, b"gzip"), args.requests, args.repeat)))
-    rows.append(("hit, compression on, client br (kept copy)", measure(hits(cache + compression, b"gzip, deflate, br"), args.requests, args.repeat)))
-    rows.append(("hit, compression on, client identity", measure(hits(cache + compression, b""), args.requests, args.repeat)))
+    compression = "compression: {}"
+    rows.append(("hit, route without compression (identity)", measure(hits("", b""), args.requests, args.repeat)))
+    rows.append(("hit, compression on, client gzip (kept copy)", measure(hits(compression, b"gzip"), args.requests, args.repeat)))
+    rows.append(("hit, compression on, client br (kept copy)", measure(hits(compression, b"gzip, deflate, br"), args.requests, args.repeat)))
+    rows.append(("hit, compression on, client identity", measure(hits(compression, b""), args.requests, args.repeat)))
 
     def one_shot(coding: bytes) -> Callable[[int], float]:
         def run(count: int) -> float:
@@ -126,25 +92,17 @@ def main() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(image)
     ) + image
 
-    def relayed(route_extra: str) -> Callable[[int], float]:
-        client, transport, upstream, upstream_transport = setup(route_extra, proxied)
+    def relayed(keys: str) -> Callable[[int], float]:
         request = b"GET /poster.png HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip, br\r\n\r\n"
-
-        def run(count: int) -> float:
-            transport.clear()
-            upstream_transport.clear()
-            started = time.process_time()
-            for _ in range(count):
-                client.dataReceived(request)
-                upstream.dataReceived(proxied)
-                transport.clear()
-                upstream_transport.clear()
-            return (time.process_time() - started) / count * 1e6
-
-        return run
+        setup = Setup(keys, scratch.name, request, proxied, cached=False)
+        setups.append(setup)
+        return setup.proxied
 
     rows.append(("proxied 1 KiB image, route without compression", measure(relayed(""), args.requests, args.repeat)))
     rows.append(("proxied 1 KiB image, compression on (not compressed)", measure(relayed(compression), args.requests, args.repeat)))
+    for setup in setups:
+        setup.close()
+    scratch.cleanup()
 
     print("%d-byte playlist; microseconds per request, min / median of %d runs" % (len(body), args.repeat))
     for name, (low, median) in rows:
