@@ -33,12 +33,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qs
 
 import pytest
 
-from speedproxy.testing import BackendExchange, BackendRequest, HTTPBackend, wait_until
+from speedproxy.testing import BackendExchange, BackendRequest, HTTPBackend, ProxyProcess, deep_merge, wait_until
 
 from debian_support import ensure_program
 
@@ -459,3 +460,23 @@ def watch_players(browser: Any, page: str, src: str, players: int, seconds: floa
     for before, after in zip(started, reports):
         after["advanced"] = after["time"] - before["time"]
     return reports
+
+
+@contextmanager
+def player_proxy(origin: HlsOrigin, directory: Path, extra: Optional[Mapping[str, Any]] = None) -> Iterator[ProxyProcess]:
+    """A started 2-worker ``twistd speedproxy`` in front of ``origin``, its
+    route cached with HLS on (plus ``extra`` config); stopped, with the
+    origin, on leaving."""
+    host, port = origin.address.split(":")
+    config = {
+        "server": {"workers": 2},
+        "backends": {"origin": [{"id": "o1", "host": host, "port": int(port)}]},
+        "routing": {"video": {"path": "/", "upstream": "origin", "cache": {"enabled": True}, "hls": {"enabled": True}}},
+    }
+    proxy = ProxyProcess(deep_merge(config, extra or {}), directory=directory)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop(timeout=5.0)
+        origin.stop()

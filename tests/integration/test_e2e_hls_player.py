@@ -23,7 +23,7 @@ import pytest
 
 from admin_support import AdminClient
 from browser_support import Chromium, chromium_or_fail
-from hls_support import HlsOrigin, ensure_ffmpeg, make_vod, player_origin, watch_players
+from hls_support import HlsOrigin, ensure_ffmpeg, make_vod, player_origin, player_proxy, watch_players
 from speedproxy.testing import ProxyProcess
 
 PLAYERS = 20
@@ -45,20 +45,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[ProxyProce
     long = make_vod(ffmpeg, tmp_path_factory.mktemp("hls-player-long"), seconds=LONG)
     origin = player_origin(vod, long)
     directory = tmp_path_factory.mktemp("hls-player-proxy")
-    host, port = origin.address.split(":")
-    config = {
-        "server": {"workers": 2},
-        "cache": {"memory_size": "64MiB", "disk_path": str(directory / "cache"), "disk_size": "256MiB"},
-        "backends": {"origin": [{"id": "o1", "host": host, "port": int(port)}]},
-        "routing": {"video": {"path": "/", "upstream": "origin", "cache": {"enabled": True}, "hls": {"enabled": True}}},
-    }
-    proxy = ProxyProcess(config, directory=directory)
-    try:
-        proxy.start()
+    cache = {"memory_size": "64MiB", "disk_path": str(directory / "cache"), "disk_size": "256MiB"}
+    with player_proxy(origin, directory, {"cache": cache}) as proxy:
         yield proxy, origin
-    finally:
-        proxy.stop(timeout=5.0)
-        origin.stop()
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from browser_support import Chromium, chromium_or_fail
-from hls_support import HlsOrigin, ensure_ffmpeg, make_vod, player_origin, watch_players
+from hls_support import HlsOrigin, ensure_ffmpeg, make_vod, player_origin, player_proxy, watch_players
 from speedproxy.testing import ProxyProcess
 
 PLAYERS = 4
@@ -41,20 +41,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[ProxyProce
     cert, key = directory / "server.crt", directory / "server.key"
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
-    host, port = origin.address.split(":")
-    config = {
-        "server": {"workers": 2},
-        "ssl": {"enabled": True, "cert_file": str(cert), "key_file": str(key)},
-        "backends": {"origin": [{"id": "o1", "host": host, "port": int(port)}]},
-        "routing": {"video": {"path": "/", "upstream": "origin", "cache": {"enabled": True}, "hls": {"enabled": True}}},
-    }
-    proxy = ProxyProcess(config, directory=directory)
-    try:
-        proxy.start()
+    ssl = {"enabled": True, "cert_file": str(cert), "key_file": str(key)}
+    with player_proxy(origin, directory, {"ssl": ssl}) as proxy:
         yield proxy, origin
-    finally:
-        proxy.stop(timeout=5.0)
-        origin.stop()
 
 
 @pytest.fixture()
