@@ -584,6 +584,7 @@ def measure(args, pin: Pinning, t: "Target", size: int, warmup: float,
     if root is not None and not root.alive():
         raise BenchError(f"{root.name} died during warm-up\n" + root.output_tail())
     before = cpu_seconds(root.pid) if root else None
+    split_before = process_tree(root.pid) if root else None
     origin_pid = getattr(args, "origin_pid", None)
     origin_before = cpu_seconds(origin_pid)[0] if origin_pid else None
     fills_before = counter.count() if (t.cache and counter) else None
@@ -612,6 +613,15 @@ def measure(args, pin: Pinning, t: "Target", size: int, warmup: float,
         row["cpu_us_per_req"] = cpu * 1e6 / res["requests"] if res["requests"] else None
         row["rss_bytes"] = after[1]
         row["processes"] = after[2]
+        if res["requests"]:
+            # Where the CPU went: the root process (speedproxy's master)
+            # apart from its descendants (the workers), µs per request.
+            split_after = process_tree(root.pid)
+            own = procinfo.read_stat(root.pid)
+            children = sum(t for pid, (t, _) in split_after.items() if pid != root.pid) - sum(
+                t for pid, (t, _) in split_before.items() if pid != root.pid and pid in split_after)
+            if own is not None:
+                row["root_us_per_req"] = max(0.0, cpu - children / CLK_TCK) * 1e6 / res["requests"]
     errs = sum(res["socket_errors"].values()) + res["non_2xx"]
     if errs:
         row["status"] = f"ok, {errs} errors"

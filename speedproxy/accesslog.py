@@ -135,7 +135,7 @@ _COMBINED = '%s - - [%s] "%s %s %s" %d %d "%s" "%s" rt=%d.%03d%s upstream=%s%s r
 
 
 #: Buffered access log bytes that trigger a write before the next sweep.
-FLUSH_SIZE = 64 * 1024
+FLUSH_SIZE = 256 * 1024
 
 
 class JsonAccessLogFormatter(AccessLogFormatter):
@@ -196,7 +196,7 @@ class JsonAccessLogFormatter(AccessLogFormatter):
 
 class _Buffered:
     """Lines are kept in memory and written together: by the worker's sweep
-    (every 0.25 s), when 64 KiB have piled up, and on close, so a line costs a
+    (every 0.25 s), when 256 KiB have piled up, and on close, so a line costs a
     list append rather than a write."""
 
     def __init__(self) -> None:

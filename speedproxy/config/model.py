@@ -13,6 +13,7 @@ walks every field of every class here against the tables.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, List, Mapping, Optional, Tuple
 from typing import Union
 
@@ -78,9 +79,9 @@ class BackendConfig:
     #: admin API, ``/stats`` and metrics labels; empty: none.
     name: str = ""
 
-    @property
+    @cached_property
     def address(self) -> str:
-        """``host:port`` as shown in logs and the access log."""
+        """``host:port`` as shown in logs and the access log (worked out once)."""
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"

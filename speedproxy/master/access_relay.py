@@ -1,10 +1,10 @@
 """The workers' access log lines into twistd's log (``access_log: "-"``), a few events a second.
 
-A worker writes its lines in batches of up to 64 KiB (see
+A worker writes its lines in batches (every 0.25 s, or each 256 KiB; see
 :class:`speedproxy.accesslog.PipeAccessLog`) to a pipe of its own,
-:class:`AccessLogPipe` in the master reads it up to 256 KiB at a time (where
-a Twisted process reader takes 8 KiB per wake-up), and the relay gathers
-the whole lines of every worker into one log event when
+:class:`AccessLogPipe` in the master reads it up to 512 KiB at a time
+(where a Twisted process reader takes 8 KiB per wake-up), and the relay
+gathers the whole lines of every worker into one log event when
 :data:`FLUSH_BYTES` have piled up or :data:`FLUSH_DELAY` seconds after the
 first line of a batch arrived: the log observers run a few times a
 second, not once per read.
@@ -66,13 +66,13 @@ class AccessLogRelay:
         self._emit(text)
 
 
-#: Capacity asked for a worker's access log pipe: a worker's 64 KiB batch
-#: goes in with one write, and a busy master reads several batches at once.
+#: Capacity asked for a worker's access log pipe: a worker's batch goes in
+#: with one write, and a busy master reads several batches at once.
 PIPE_SIZE = 1024 * 1024
 #: Bytes read from a worker's pipe per wake-up (Twisted's own process
 #: readers read 8 KiB, eight wake-ups per batch); PyPy allocates the whole
 #: size for every read, so not the pipe's whole capacity.
-READ_SIZE = 256 * 1024
+READ_SIZE = 512 * 1024
 
 
 def open_access_pipe() -> Tuple[int, int]:
