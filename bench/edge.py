@@ -3,7 +3,7 @@
 Like ``bench/inmemory.py`` and ``bench/edge_limits.py``: one request driven
 through ClientConnection -> Exchange -> UpstreamConnection with in-memory
 transports, the core attached to a real stats segment file (so the rate
-limit's buckets are the shared-memory file a worker uses, ``fcntl`` locks
+limit's buckets are the shared-memory file a worker uses, its locks
 and all).  Prints CPU microseconds per request (process time: steadier
 than wall time on a shared machine), min and median of ``--repeat`` runs,
 side by side in one run:
@@ -29,14 +29,17 @@ side by side in one run:
     python3 bench/edge.py [--requests 10000] [--repeat 7] [--accept 'gzip, deflate, br']
 
 ``--wrk`` measures the same two routes (plain, all four) over real sockets
-instead: ``twistd -n speedproxy`` (1 worker, ``access_log: off``) in front
-of ``bench/origin.py``, loaded by wrk with the same headers, proxy CPU
-(utime+stime of its process tree) per request, pinned as ``bench/run.py``
-pins (helpers imported from it).  The origin answers
+instead: ``twistd -n speedproxy`` (1 worker) in front of ``bench/origin.py``,
+loaded by wrk with the same headers, proxy CPU (utime+stime of its process
+tree) per request, pinned as ``bench/run.py`` pins (helpers imported from
+it), with ``etc/speedproxy.yaml`` as ``bench/run.py`` runs it: ``default``
+(as shipped, access log on) and ``tuned`` (``access_log: off``), each route
+side by side with the plain route of the same config, the four processes
+running together and their wrk runs alternated.  The origin answers
 ``application/octet-stream``, so that type is added to ``compression.types``
 there.
 
-    python3 bench/edge.py --wrk [--duration 5] [--rounds 3]
+    python3 bench/edge.py --wrk [--duration 5] [--rounds 3] [--configs default,tuned]
 
 The ratio column is to the plain row of the same kind (proxied or hit).
 """
@@ -162,9 +165,10 @@ class Setup:
 
     def close(self) -> None:
         assert len(self.reactor.tcpClients) == 1, "the upstream connection was not reused"
-        for leftover in (self.path, self.path + ".edge"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        from speedproxy.edge.host_table import edge_state_path, remove_edge_state
+
+        os.unlink(self.path)
+        remove_edge_state(edge_state_path(self.path))  # (and its semaphores)
 
 
 def measure(run: Callable[[int], float], requests: int, repeat: int) -> Tuple[float, float]:
@@ -183,7 +187,7 @@ def wrk_main(args: argparse.Namespace) -> None:
     from types import SimpleNamespace
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import run as bench  # bench/run.py's process, pinning and wrk helpers
+    import run as bench  # bench/run.py's process, pinning, config and wrk helpers
 
     wrk = bench.ensure_wrk()
     pin = bench.Pinning(True, os.cpu_count() or 1)
@@ -191,41 +195,38 @@ def wrk_main(args: argparse.Namespace) -> None:
     headers = {"Origin": ORIGIN.decode(), "Accept-Encoding": args.accept}
     compression = COMPRESSION.replace("application/json,", "application/json, application/octet-stream,")
     routes = (("plain route", ""), ("all four (+ compression)", ", ".join((RATE_LIMIT, SIGNED_URLS, CORS, compression))))
+    modes = [mode for mode in args.configs.split(",") if mode]
+    python_bin = bench.VENV / "bin" / "python"
+    shipped, _ = bench.load_shipped_config(python_bin, bench.REPO)
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as scratch:
         tmp = Path(scratch)
         try:
             origin, origin_port = bench.start_python_origin(SimpleNamespace(sizes=[1024]), pin, tmp, "origin")
             procs = []
-            for index, (name, keys) in enumerate(routes):
-                port = bench.free_port()
-                config = tmp / ("edge-%d.yaml" % index)
-                config.write_text(
-                    "server: {host: 127.0.0.1, port: %d, workers: 1, access_log: 'off'}\n"
-                    "admin: {listen: '127.0.0.1:%d'}\n"
-                    "backends: {default: [{id: origin, host: 127.0.0.1, port: %d}]}\n"
-                    "routing: {default: {path: /, upstream: default%s}}\n"
-                    % (port, bench.free_port(), origin_port, ", " + keys if keys else "")
-                )
-                env = dict(os.environ, PYTHONPATH=str(bench.REPO))
-                cmd = [str(bench.VENV / "bin" / "twistd"), "-n", "--pidfile=", "speedproxy", "--config", str(config)]
-                proc = bench.Proc("edge-%d" % index, pin.wrap_proxy(1, cmd), tmp, env=env, cwd=scratch)
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                        conn.request("GET", target, headers=headers)
-                        answer = conn.getresponse()
-                        answer.read()
-                        conn.close()
-                        if answer.status == 200:
-                            encoding = answer.getheader("Content-Encoding") or "identity"
-                            break
-                    except OSError:
-                        pass
-                    if time.monotonic() > deadline or not proc.alive():
-                        raise bench.BenchError("%s did not answer 200\n%s" % (name, proc.output_tail()))
-                    time.sleep(0.1)
-                procs.append((name, proc, port, encoding))
+            for mode in modes:
+                for name, keys in routes:
+                    # The shipped config (etc/speedproxy.yaml) as bench/run.py runs it
+                    # (default: access log on; tuned: access_log off), 1 worker,
+                    # the route's filters added to each route as an operator writes them.
+                    config = json.loads(json.dumps(shipped))
+                    if keys:
+                        extra = bench_route_keys(python_bin, keys)
+                        for route in (config.get("routing") or {"default": {"path": "/"}}).values():
+                            route.update(extra)
+                    fake = SimpleNamespace(sizes=[1024], ready_timeout=30.0, shipped=config)
+                    proc, port, _ = bench.start_speedproxy(
+                        fake, pin, tmp, python_bin, bench.REPO, "edge-%s-%s" % (mode, "plain" if not keys else "four"),
+                        origin_port, 1, mode=mode, checks=[(target, 1024)],
+                    )
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", target, headers=headers)
+                    answer = conn.getresponse()
+                    answer.read()
+                    conn.close()
+                    if answer.status != 200:
+                        raise bench.BenchError("%s (%s) answered %d" % (name, mode, answer.status))
+                    encoding = answer.getheader("Content-Encoding") or "identity"
+                    procs.append(("%s: %s" % (mode, name), proc, port, encoding))
             samples: dict = {name: [] for name, _, _, _ in procs}
             for round_ in range(args.rounds):
                 for name, proc, port, _ in procs if round_ % 2 == 0 else procs[::-1]:
@@ -240,20 +241,32 @@ def wrk_main(args: argparse.Namespace) -> None:
                     if result.get("non_2xx") or not result.get("requests"):
                         raise bench.BenchError("%s: wrk saw errors\n%s" % (name, out))
                     samples[name].append((spent / result["requests"] * 1e6, result["rps"]))
-            print("speedproxy edge filters over sockets (wrk -t1 -c50 -d%ds, 1 worker, %d rounds; "
-                  "Accept-Encoding: %s)" % (args.duration, args.rounds, args.accept))
-            print("  %-28s %10s %10s %9s %7s  %s" % ("route", "CPU us/req", "(min)", "req/s", "ratio", "answer"))
-            base = None
+            print("speedproxy edge filters over sockets (wrk -t1 -c50 -d%ds, 1 worker, %d rounds alternated; "
+                  "Accept-Encoding: %s; default = etc/speedproxy.yaml as shipped, access log on; "
+                  "tuned = access_log off)" % (args.duration, args.rounds, args.accept))
+            print("  %-36s %10s %10s %9s %7s %7s  %s" % ("config: route", "CPU us/req", "(min)", "req/s", "ratio", "(min)", "answer"))
+            base: dict = {}
             for name, _, _, encoding in procs:
+                mode = name.split(":")[0]
                 cpu = sorted(value for value, _ in samples[name])
                 rps = sorted(value for _, value in samples[name])
                 median = cpu[len(cpu) // 2]
-                base = base or median
-                print("  %-28s %10.1f %10.1f %9.0f %6.2fx  %s" % (
-                    name, median, cpu[0], rps[len(rps) // 2], median / base, encoding))
+                base.setdefault(mode, (median, cpu[0]))
+                print("  %-36s %10.1f %10.1f %9.0f %6.2fx %6.2fx  %s" % (
+                    name, median, cpu[0], rps[len(rps) // 2], median / base[mode][0], cpu[0] / base[mode][1], encoding))
+            print("  (ratio: median to the plain route's median of the same config; (min): min to min)")
             print("  raw (CPU us/req, req/s) per run:", json.dumps(samples))
         finally:
             bench.Proc.stop_all()
+
+
+def bench_route_keys(python_bin: Any, keys: str) -> dict:
+    """The route keys written in flow style (``a: {...}, b: ...``) as data."""
+    import json
+
+    code = "import json, sys, yaml; print(json.dumps(yaml.safe_load('{' + sys.argv[1] + '}')))"
+    out = subprocess.run([str(python_bin), "-c", code, keys], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
 
 
 def main() -> None:
@@ -267,6 +280,8 @@ def main() -> None:
     parser.add_argument("--wrk", action="store_true", help="over real sockets with wrk instead (see above)")
     parser.add_argument("--duration", type=int, default=5, help="--wrk: seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="--wrk: runs per route, alternated")
+    parser.add_argument("--configs", default="default,tuned",
+                        help="--wrk: default (etc/speedproxy.yaml as shipped: access log on) and/or tuned (access_log off)")
     args = parser.parse_args()
     if args.wrk:
         wrk_main(args)

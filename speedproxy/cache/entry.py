@@ -40,6 +40,7 @@ class CachedObject:
         "size",
         "request_time",
         "file",
+        "answer_memo",
     )
 
     def __init__(
@@ -65,6 +66,8 @@ class CachedObject:
         self.request_time = request_time
         #: The open disk entry holding a large body (``body`` is then empty).
         self.file: Optional[Any] = None
+        #: The head lines of the last whole answer, with the ages they hold for (:mod:`speedproxy.cache.hit`).
+        self.answer_memo: Optional[tuple] = None
         self.set_headers(headers, lowered)
 
     def set_headers(self, headers: Headers, lowered: List[bytes]) -> None:
@@ -75,6 +78,7 @@ class CachedObject:
             b"%s: %s\r\n" % pair for pair, name in zip(headers, lowered) if name not in _PER_ANSWER
         )
         self.size = len(self.body) + len(self.block) + len(self.key) + 200
+        self.answer_memo = None
 
     def for_hit(self, body: bytes, file: Optional[Any]) -> "CachedObject":
         """A copy of this stored head carrying ``body`` (or the open ``file``) for one hit."""
@@ -92,6 +96,7 @@ class CachedObject:
         hit.size = self.size - len(self.body) + len(body)
         hit.request_time = self.request_time
         hit.file = file
+        hit.answer_memo = None
         return hit
 
     @property

@@ -43,6 +43,7 @@ from speedproxy.cache import policy
 from speedproxy.cache.entry import CachedObject
 from speedproxy.cache.fill import Fill, set_cache_status
 from speedproxy.cache.fetch import fetch
+from speedproxy.cache.hit import fresh_answer, hit_status, whole_answer
 from speedproxy.cache.keys import vary_names, variant_key
 from speedproxy.config.model import RouteCacheConfig
 from speedproxy.filters.base import Filter
@@ -58,10 +59,18 @@ log = Logger(namespace="speedproxy.cache")
 HIT, MISS, STALE, REVALIDATED, BYPASS = range(5)
 
 _CONDITIONALS = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since")
+#: Request fields that make an answer from the cache other than the whole stored response.
+_ANSWER_FIELDS = frozenset(_CONDITIONALS + (b"range",))
+#: The same and the request's cache directives: a request without any of
+#: them, answered from a fresh stored response, is the plain hit.
+_HIT_FIELDS = _ANSWER_FIELDS | {b"cache-control", b"pragma"}
 _UNSAFE_KEEP = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 # Roles of a request in view.state["role"].
 _LEADER, _FOLLOWER, _BYPASS, _INVALIDATE, _WAITING = "leader", "follower", "bypass", "invalidate", "waiting"
+
+#: Host values whose key prefix a route's cache remembers (then it starts again).
+ORIGINS_LIMIT = 1024
 
 #: Seconds between looks at the disk tier while another worker fetches a key.
 WAIT_POLL = 0.02
@@ -105,6 +114,10 @@ class CacheFilter(Filter):
         self._query = key.query if isinstance(key.query, str) else frozenset(name.encode() for name in key.query)
         self._ignore = frozenset(name.encode() for name in key.ignore_query)
         self._headers = tuple(name.lower().encode() for name in key.headers)
+        #: :meth:`answer` is this class's own (a subclass may look at every answer).
+        self._plain_answers = type(self).answer is CacheFilter.answer
+        #: Host field value -> (scheme, ``scheme://host`` as in keys): :meth:`key_for`.
+        self._origins: Dict[bytes, Tuple[bytes, bytes]] = {}
 
     # -- keys and counters ----------------------------------------------------------
 
@@ -126,6 +139,14 @@ class CacheFilter(Filter):
 
     def key_for(self, exchange: "Exchange") -> bytes:
         request = exchange.request
+        if not request.query and not self._headers:
+            # No query and no key fields: the key is the origin, memoised per
+            # Host value, and the path.
+            scheme = exchange.client.scheme
+            known = self._origins.get(request.host)
+            if known is None or known[0] != scheme:
+                known = self._origin(request.host, scheme)
+            return known[1] + request.path
         return policy.cache_key(
             request.host,
             request.path,
@@ -137,6 +158,14 @@ class CacheFilter(Filter):
             request_headers=request.headers,
             lowered=request.lowered,
         )
+
+    def _origin(self, host: bytes, scheme: bytes) -> Tuple[bytes, bytes]:
+        """``(scheme, key prefix)`` of requests for ``host`` over ``scheme``, remembered."""
+        origins = self._origins
+        if len(origins) >= ORIGINS_LIMIT:
+            origins.clear()
+        known = origins[host] = (scheme, policy.cache_key(host, b"", b"", scheme=scheme))
+        return known
 
     def _count(self, exchange: "Exchange", result: int) -> None:
         route = exchange.route
@@ -164,19 +193,46 @@ class CacheFilter(Filter):
                 state["fwd"] = b"method"
             self._count(exchange, BYPASS)
             return None
-        directives = policy.request_directives(request.headers, request.lowered)
-        if directives.no_store:
-            state["role"] = _BYPASS
-            state["fwd"] = b"request"
-            self._count(exchange, BYPASS)
-            return None
-        key = self.key_for(exchange)
+        lowered = request.lowered
+        plain = _HIT_FIELDS.isdisjoint(lowered)  # no directives, conditionals nor range
+        if not plain and (b"cache-control" in lowered or b"pragma" in lowered):
+            directives = policy.request_directives(request.headers, lowered)
+            if directives.no_store:
+                state["role"] = _BYPASS
+                state["fwd"] = b"request"
+                self._count(exchange, BYPASS)
+                return None
+        else:
+            directives = policy.NO_DIRECTIVES
+        if not request.query and not self._headers:
+            # (self.key_for's first case, spelled out)
+            known = self._origins.get(request.host)
+            if known is None or known[0] != exchange.client.scheme:
+                known = self._origin(request.host, exchange.client.scheme)
+            key = known[1] + request.path
+        else:
+            key = self.key_for(exchange)
         now = core.clock.seconds()
-        entry = tiers.lookup(key, request.headers, request.lowered)
+        entry = tiers.lookup(key, request.headers, lowered)
         state["key"] = key
         state["directives"] = directives
         if entry is not None:
-            outcome, ttl = policy.evaluate(entry.policy, directives, now)
+            stored = entry.policy
+            if directives is policy.NO_DIRECTIVES and not stored.no_cache:
+                # The common hit, spelled out (policy.evaluate's first case):
+                # fresh for a request without directives.
+                age = now - stored.response_time
+                age = stored.initial_age + age if age > 0 else stored.initial_age
+                ttl = stored.lifetime - age
+                if ttl > 0:
+                    route = exchange.route  # (self._count, spelled out)
+                    counter = getattr(core.stats, "cache_result", None)
+                    if counter is not None and route is not None:
+                        counter(route.stats_index, HIT)
+                    if plain and self._plain_answers and entry.file is None:
+                        return fresh_answer(entry, age, ttl)  # (self.answer's first case)
+                    return self.answer(exchange, entry, now, hit_status(ttl))
+            outcome, ttl = policy.evaluate(stored, directives, now)
             if outcome == policy.FRESH:
                 self._count(exchange, HIT)
                 return self.answer(exchange, entry, now, policy.cache_status(True, ttl=ttl))
@@ -414,6 +470,8 @@ class CacheFilter(Filter):
         closes it when sent: ``shared`` answers (the followers of a fill,
         answered before the request that owns the hit) get one of their own.
         """
+        if entry.file is None and client_head is None and _ANSWER_FIELDS.isdisjoint(exchange.request.lowered):
+            return whole_answer(entry, now, status_value)  # (most hits)
         response = self._answer(exchange, entry, now, status_value, client_head)
         file = entry.file
         if file is not None:
@@ -433,9 +491,11 @@ class CacheFilter(Filter):
         client_head: Optional[Tuple[Any, List[bytes]]],
     ) -> LocalResponse:
         request = exchange.request
+        headers, lowered = client_head if client_head is not None else (request.headers, request.lowered)
+        if _ANSWER_FIELDS.isdisjoint(lowered):
+            return whole_answer(entry, now, status_value)
         age = policy.current_age(entry.policy.initial_age, entry.policy.response_time, now)
         extra = b"Age: " + policy.age_header(age) + b"\r\nCache-Status: " + status_value + b"\r\n"
-        headers, lowered = client_head if client_head is not None else (request.headers, request.lowered)
         if _has_conditionals(lowered):
             verdict = policy.evaluate_conditionals(
                 request.method, headers, lowered, entry.headers, entry.lowered, entry.status
@@ -671,6 +731,8 @@ class CacheFilter(Filter):
 
     def finished(self, view: FilterRequest, complete: bool) -> None:
         state = view.state
+        if "fill" not in state and "locked" not in state:
+            return  # (a hit: nothing to let go)
         fill: Optional[Fill] = state.get("fill")
         if fill is not None and state.get("role") in (_LEADER, _WAITING):
             state["role"] = None

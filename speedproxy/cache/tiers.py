@@ -118,7 +118,11 @@ class CacheTiers:
     # -- the data path ---------------------------------------------------------------
 
     def lookup(self, key: bytes, headers: Headers, lowered: List[bytes]) -> Optional[CachedObject]:
-        found = self._get(key, b"")
+        found = self.memory.get(key)  # (self._get, its first step spelled out: the memory hit)
+        if found is not None:
+            self.hits["memory"] += 1
+        else:
+            found = self._get_elsewhere(key, b"", key)
         if isinstance(found, VaryMarker):
             found = self._get(key, variant_key(found.names, headers, lowered))
             if isinstance(found, VaryMarker):
@@ -130,8 +134,14 @@ class CacheTiers:
     def _get(self, key: bytes, variant: bytes) -> Optional[Stored]:
         memory_key = (key, variant) if variant else key
         found = self.memory.get(memory_key)
-        if found is None:
-            found = self._unwritten.get(memory_key)
+        if found is not None:
+            self.hits["memory"] += 1
+            return found
+        return self._get_elsewhere(key, variant, memory_key)
+
+    def _get_elsewhere(self, key: bytes, variant: bytes, memory_key: Any) -> Optional[Stored]:
+        """:meth:`_get` past the memory tier: not yet written, or on disk."""
+        found = self._unwritten.get(memory_key)
         if found is not None:
             self.hits["memory"] += 1
             return found

@@ -60,6 +60,7 @@ _FIELDS: Dict[str, Converter] = {
     "gzip_level": _integer(1, 9),
     "brotli": _boolean,
     "brotli_level": _integer(0, 11),
+    "brotli_stream_level": _integer(0, 11),
 }
 #: ``routing.<name>.compression``, read by :func:`compression`.
 COMPRESSION = Section(RouteCompressionConfig, _FIELDS)

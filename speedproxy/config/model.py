@@ -261,7 +261,10 @@ class RouteCompressionConfig:
     gzip_level: int = 5
     #: Offer brotli too when the ``brotli`` package is installed (``speedproxy[brotli]``).
     brotli: bool = True
+    #: brotli quality of a stored object's kept copy (compressed once).
     brotli_level: int = 4
+    #: brotli quality of an answer compressed as it is relayed (every request pays it).
+    brotli_stream_level: int = 2
 
 
 @dataclass(frozen=True)

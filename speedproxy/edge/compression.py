@@ -10,8 +10,14 @@ left alone), not ``Cache-Control: no-transform``, and not shorter than
 compressed).  Every compressible response carries ``Vary:
 Accept-Encoding``, compressed or not; a compressed one gets
 ``Content-Encoding``, its strong ``ETag`` made weak (``W/"..."``, the bytes
-differ), no ``Accept-Ranges`` and no ``Content-Length`` (it goes out
-chunked; a cache hit's length is that of the compressed copy).
+differ), no ``Accept-Ranges``, and the length of what is sent when it is
+known before the first byte leaves: a relayed body of known length up to
+64 KiB is compressed whole when it ends and leaves with its compressed
+length (``Exchange.response_done`` frames a body filter's tail that is the
+whole body so); a longer one, or one without a length, streams chunked; a
+cache hit's length is that of the compressed copy.  brotli compresses a
+relayed answer at ``brotli_stream_level`` (every request pays it) and a kept
+copy at ``brotli_level`` (made once).
 
 **Order on the route's chain, with the cache.**  The compression filter is
 the *first* filter of the route (:func:`speedproxy.routing.build_filters`)::
@@ -52,7 +58,18 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from twisted.logger import Logger
 
 from speedproxy.config.model import RouteCompressionConfig
-from speedproxy.edge.compression_codecs import BR, brotli_available, compress, compressor, negotiate
+from speedproxy.edge.compression_codecs import (
+    _chosen,
+    BR,
+    GZIP,
+    WHOLE_BODY_MAX,
+    WholeBody,
+    brotli_available,
+    compress,
+    compressor,
+    negotiate,
+    whole_body_encoder,
+)
 from speedproxy.filters.base import Filter
 from speedproxy.filters.messages import FilterRequest, FilterResponse, LocalResponse
 
@@ -87,6 +104,12 @@ class CompressionPolicy:
         self.min_size = settings.min_size
         self.gzip_level = settings.gzip_level
         self.brotli_level = settings.brotli_level
+        self.brotli_stream_level = settings.brotli_stream_level
+        #: coding -> ``encode(body)`` of a short relayed body (:meth:`start`).
+        self._whole = {
+            coding: whole_body_encoder(coding, self.gzip_level, self.brotli_stream_level)
+            for coding in ((BR, GZIP) if brotli_available() else (GZIP,))
+        }
         self.offer_brotli = settings.brotli and brotli_available()
         exact, ranges = set(), set()
         for item in settings.types:
@@ -107,7 +130,10 @@ class CompressionPolicy:
         value = request.headers[lowered.index(b"accept-encoding")][1]
         if lowered.count(b"accept-encoding") > 1:
             value = b", ".join(v for (n, v), l in zip(request.headers, lowered) if l == b"accept-encoding")
-        return negotiate(value, self.offer_brotli)
+        try:  # (negotiate's memo, read here: a frame fewer per request)
+            return _chosen[(value, self.offer_brotli)]
+        except KeyError:
+            return negotiate(value, self.offer_brotli)
 
     def type_listed(self, content_type: Optional[bytes]) -> bool:
         if not content_type:
@@ -127,7 +153,9 @@ class CompressionPolicy:
         """May this response be compressed (whatever the client accepts)?"""
         if status != 200 or b"content-type" not in lowered:
             return False
-        if not self.type_listed(headers[lowered.index(b"content-type")][1]):
+        content_type = headers[lowered.index(b"content-type")][1]
+        listed = self._types.get(content_type)
+        if not (listed if listed is not None else self.type_listed(content_type)):
             return False
         if length is not None and (length < self.min_size or length == 0):
             return False
@@ -144,11 +172,21 @@ class CompressionPolicy:
         return True
 
     def start(self, coding: bytes, length: Optional[int] = None) -> Any:
-        """A compressor for a body of ``length`` bytes (``None``: unknown)."""
-        return compressor(coding, self.gzip_level, self.brotli_level, length)
+        """A compressor for a relayed body of ``length`` bytes (``None``:
+        unknown): a short one of known length is compressed whole at its end
+        (:class:`~speedproxy.edge.compression_codecs.WholeBody`), others as
+        they stream; brotli at ``brotli_stream_level``."""
+        if length is not None and length <= WHOLE_BODY_MAX:
+            return WholeBody(self._whole[coding])
+        return compressor(coding, self.gzip_level, self.brotli_stream_level, length)
 
     def compress(self, coding: bytes, body: bytes) -> bytes:
+        """A stored object's body compressed for its kept copy (``brotli_level``)."""
         return compress(coding, body, self.gzip_level, self.brotli_level)
+
+    def compress_once(self, coding: bytes, body: bytes) -> bytes:
+        """A body compressed for one answer alone (``brotli_stream_level``)."""
+        return compress(coding, body, self.gzip_level, self.brotli_stream_level)
 
 
 def varies_on_encoding(headers: Headers, lowered: List[bytes]) -> bool:
@@ -187,19 +225,21 @@ _VARY_LINE = (b"Vary", _VARY_VALUE)
 
 def encoded_headers(headers: Headers, lowered: List[bytes], coding: bytes) -> Tuple[Headers, List[bytes]]:
     """Copies of a compressible response's fields as sent compressed with ``coding``."""
-    out_lowered = [lname for lname in lowered if lname not in _DROPPED]
-    if len(out_lowered) == len(lowered):
-        out = list(headers)
-    else:
-        out = [pair for pair, lname in zip(headers, lowered) if lname not in _DROPPED]
-    if b"etag" in out_lowered:
-        for index, lname in enumerate(out_lowered):
-            if lname == b"etag":
-                name, value = out[index]
-                out[index] = (name, weak_etag(value))
+    out: Headers = []
+    out_lowered: List[bytes] = []
+    vary = False
+    for pair, lname in zip(headers, lowered):  # (one pass: this runs on every compressed answer)
+        if lname in _DROPPED:
+            continue
+        if lname == b"etag":
+            pair = (pair[0], weak_etag(pair[1]))
+        elif lname == b"vary":
+            vary = True
+        out.append(pair)
+        out_lowered.append(lname)
     out.append((b"Content-Encoding", coding))
     out_lowered.append(b"content-encoding")
-    if b"vary" in out_lowered:
+    if vary:
         add_vary(out, out_lowered)
     else:
         out.append(_VARY_LINE)
@@ -222,10 +262,14 @@ class CompressionFilter(Filter):
     #: Only the responses it compresses change length: it drops their
     #: ``Content-Length`` itself (others keep theirs).
     rewrites_body = False
+    #: A short body compressed whole leaves with its compressed length.
+    sizes_tail = True
 
     def __init__(self, policy: CompressionPolicy, core: Any = None) -> None:
         self.policy = policy
         self.core = core
+        #: ``core.stats.compression_event``, looked up on the first compressed answer.
+        self._counter: Any = None
 
     def request(self, view: FilterRequest) -> None:
         request = view._exchange.request
@@ -250,11 +294,19 @@ class CompressionFilter(Filter):
             return None
         head.headers, head.lowered = encoded_headers(headers, lowered, coding)
         length = head.content_length  # (the identity body's: sizes the compressor)
-        head.content_length = None  # compressed: chunked (HEAD: no length)
+        # Compressed: chunked (HEAD: no length); a short body of known length
+        # is compressed whole and leaves with its length
+        # (:meth:`CompressionPolicy.start`, ``Exchange.response_done``).
+        head.content_length = None
         exchange: "Exchange" = view._exchange
         if exchange.request.method == b"GET":
             state[_STREAM] = self.policy.start(coding, length)
-            count(self.core, exchange, STREAM)
+            counter = self._counter
+            if counter is None:
+                counter = self._counter = getattr(getattr(self.core, "stats", None), "compression_event", None)
+            route = exchange.route
+            if counter is not None and route is not None:
+                counter(route.stats_index, STREAM)
         return None
 
     def response_body(self, view: FilterRequest, data: bytes) -> bytes:

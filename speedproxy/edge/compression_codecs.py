@@ -12,7 +12,9 @@ length is known gets the smallest window that still holds all of it, and a
 ``memLevel`` one smaller per halving (:func:`gzip_sizes`): the output is
 as valid and, the whole body being in the window, as small within a few
 bytes; the level is the operator's.  A body of unknown length (or of about
-16 KiB or more) gets zlib's defaults.  brotli is left at its defaults: its
+16 KiB or more) gets zlib's defaults.  A short body of known length is
+compressed in one call when it has all arrived (:class:`WholeBody`).
+brotli is left at its defaults: its
 encoder already sets up only what a short final input needs, and a window
 of 64 KiB or less would make qualities 5-9 use another, slower, match
 finder (twice the instructions for 1 KiB at quality 5).
@@ -21,6 +23,7 @@ finder (twice the instructions for 1 KiB at quality 5).
 from __future__ import annotations
 
 import zlib
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
 
 GZIP = b"gzip"
@@ -184,9 +187,53 @@ def compressor(coding: bytes, gzip_level: int, brotli_level: int, length: Option
     return _Gzip(gzip_level, length)
 
 
-def compress(coding: bytes, body: bytes, gzip_level: int, brotli_level: int) -> bytes:
-    """``body`` compressed whole with ``coding``."""
+def compress(coding: bytes, body: Any, gzip_level: int, brotli_level: int) -> bytes:
+    """``body`` (any bytes-like object) compressed whole with ``coding``."""
     if coding == BR:
         return _brotli.compress(body, quality=brotli_level)
     z = _gzip_stream(gzip_level, len(body))
     return z.compress(body) + z.flush()
+
+
+#: Bodies of a known length up to this are compressed in one call (:class:`WholeBody`).
+WHOLE_BODY_MAX = 64 * 1024
+
+
+class WholeBody:
+    """A compressor for a short body of known length: its pieces (mostly
+    one) are kept and compressed in one call when it ends (``compress``
+    returns nothing), so the answer leaves whole, with its length.
+
+    ``encode(body)`` compresses a whole body (bytes or a ``memoryview`` of
+    immutable bytes: pieces are kept until the end, not copied).
+    """
+
+    __slots__ = ("_pieces", "_encode")
+
+    def __init__(self, encode: Any) -> None:
+        self._pieces: List[Any] = []
+        self._encode = encode
+
+    def compress(self, data: Any) -> bytes:
+        self._pieces.append(data)
+        return b""
+
+    def finish(self) -> bytes:
+        pieces = self._pieces
+        if len(pieces) == 1:
+            return self._encode(pieces[0])
+        return self._encode(b"".join(pieces))
+
+
+def whole_body_encoder(coding: bytes, gzip_level: int, brotli_level: int) -> Any:
+    """``encode(body)`` for :class:`WholeBody`."""
+    if coding == BR:
+        return partial(_brotli_whole, _brotli.Compressor, brotli_level)
+    return partial(compress, GZIP, gzip_level=gzip_level, brotli_level=brotli_level)
+
+
+def _brotli_whole(make: Any, quality: int, body: Any) -> bytes:
+    """``brotli.compress(body, quality=quality)`` without its Python wrapper's keyword handling."""
+    stream = make(quality=quality)
+    out = stream.process(body)
+    return out + stream.finish() if out else stream.finish()

@@ -236,7 +236,7 @@ class CompressingCacheFilter(CacheFilter):
                 file = response.file
                 body = os.pread(file.fd, file.length, file.offset)
             copy = CompressedCopy(b"", b"")
-            body = self.policy.compress(coding, body)
+            body = self.policy.compress_once(coding, body)
             count(self.core, exchange, STREAM)
         if copy.source_block != block:
             headers, lowered = encoded_headers(entry.headers, entry.lowered, coding)

@@ -44,7 +44,7 @@ import hmac
 import os
 import re
 import time
-from typing import Any, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urljoin
 
 from speedproxy.config.model import SignedUrlsConfig
@@ -61,6 +61,10 @@ _BODY = "edge.signed.body"
 
 #: Longest playlist signed (larger ones go out as they are).
 MAX_PLAYLIST = 8 * 1024 * 1024
+#: Verified signed URLs remembered per filter (:meth:`SignedUrlFilter.request`).
+VERIFIED_MEMO = 4096
+#: Longest request target remembered (bytes).
+VERIFIED_TARGET = 1024
 
 
 # -- signatures -----------------------------------------------------------------------
@@ -270,10 +274,33 @@ class SignedUrlFilter(Filter):
         self.signer = Signer(self.settings, unsigned_names(route))
         self.clock = clock
         self._names = (self.settings.param_signature.encode("ascii"), self.settings.param_expires.encode("ascii"))
+        self._bound = self.settings.bind_client_ip
+        #: Request targets (with the client address when signatures bind it)
+        #: whose signature verified, not yet expired -> ``(query, target, expires)``
+        #: without the signature parameters (:meth:`request`).
+        self._verified: Dict[Any, Tuple[bytes, bytes, int]] = {}
 
     def request(self, view: FilterRequest) -> Optional[LocalResponse]:
         exchange = view._exchange
         request = exchange.request
+        # A signed URL seen before (a player reloading a playlist, a client
+        # retrying): its signature is not computed again.  Only URLs whose
+        # signature verified are remembered, so a forged one always gets the
+        # constant-time comparison (the look-up compares the whole target,
+        # by its keyed hash first: nothing about how close a forged signature
+        # is); the expiry is checked on every request.
+        target = request.target
+        memo_key = (target, exchange.client_ip) if self._bound else target
+        known = self._verified.get(memo_key)
+        if known is not None:
+            request.query, request.target, expires = known
+            if is_internal(view):
+                return None
+            if expires < self.clock.seconds():
+                del self._verified[memo_key]
+                return self._expired(view, expires)
+            view.state[SIGNED] = (expires, exchange.client_ip)
+            return None
         sigs: List[bytes] = []
         exps: List[bytes] = []
         if b"=" in request.query:
@@ -297,10 +324,18 @@ class SignedUrlFilter(Filter):
         if not self.signer.verify_raw(request.path, expires, sig, exchange.client_ip, request.query[1:]):
             return self._refuse(view, "signature_invalid", "the signature does not match this URL")
         if expires < self.clock.seconds():
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
-            return self._refuse(view, "signature_expired", f"this signed URL expired at {stamp}")
+            return self._expired(view, expires)
+        if len(target) <= VERIFIED_TARGET:
+            verified = self._verified
+            if len(verified) >= VERIFIED_MEMO:
+                verified.clear()
+            verified[memo_key] = (request.query, request.target, expires)
         view.state[SIGNED] = (expires, exchange.client_ip)
         return None
+
+    def _expired(self, view: FilterRequest, expires: int) -> LocalResponse:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        return self._refuse(view, "signature_expired", f"this signed URL expired at {stamp}")
 
     def _refuse(self, view: FilterRequest, code: str, detail: str) -> LocalResponse:
         return refuse(self.core, view, "signature", 403, code, detail)

@@ -46,6 +46,8 @@ class FilterChain:
         "rewrites_body",
         "sees_heads",
         "finishes",
+        "sizes_tail",
+        "decorates",
     )
 
     def __init__(self, filters: Sequence[IFilter]) -> None:
@@ -64,6 +66,10 @@ class FilterChain:
         self.wants_body = bool(self._body_filters)
         #: Some filter may change the body's length: chunked to the client.
         self.rewrites_body = any(getattr(f, "rewrites_body", False) for f in self._body_filters)
+        #: A body that leaves whole at its end (a held-back head and the body
+        #: filters' tail) is sent with its length, not chunked (the compression
+        #: filter's short bodies, ``Exchange.response_done``).
+        self.sizes_tail = any(getattr(f, "sizes_tail", False) for f in self._body_filters)
         #: Some filter looks at the backend's response head (:meth:`response_head`).
         self.sees_heads = bool(self._heads)
         #: Filters with a ``finished`` hook of their own (the base one does nothing).
@@ -72,6 +78,8 @@ class FilterChain:
         self.finishes = bool(self._finishers)
         #: Filters with a ``local_response`` hook of their own, last to first.
         self._decorators = tuple(f for f in self._reversed if _overrides(f, "local_response"))
+        #: Some filter wants to see local answers (:meth:`local_response`).
+        self.decorates = bool(self._decorators)
 
     def request(self, request: FilterRequest, start: int = 0) -> RequestOutcome:
         """Run the request hooks from the ``start``-th filter that has one on.
@@ -119,11 +127,6 @@ class FilterChain:
             if replacement is not None:
                 return replacement
         return None
-
-    @property
-    def decorates(self) -> bool:
-        """Does some filter want to see local answers (:meth:`local_response`)?"""
-        return bool(self._decorators)
 
     def local_response(self, request: FilterRequest, response: LocalResponse) -> None:
         """Let the filters that ask for it see (and add to) a local answer."""

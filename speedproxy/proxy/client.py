@@ -379,7 +379,8 @@ class ClientConnection(Protocol):
             self._body = _BODY_NONE
             self.transport.loseConnection()
             return
-        self.resume_reading(self.PAUSED_PIPELINE | self.PAUSED_BY_UPSTREAM | self.PAUSED_CONNECTING)
+        if self._paused:  # (most often not: no call)
+            self.resume_reading(self.PAUSED_PIPELINE | self.PAUSED_BY_UPSTREAM | self.PAUSED_CONNECTING)
         if not self._write_paused:
             self.deadline = self.core.clock.seconds() + self.core.server.idle_timeout
         if self._buffer:

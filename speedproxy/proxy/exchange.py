@@ -35,6 +35,18 @@ PENDING_LIMIT = 64 * 1024
 _TO_CLIENT_NONE, _TO_CLIENT_RAW, _TO_CLIENT_CHUNKED = range(3)
 #: What ends a body filter's last chunk: its CRLF and the last chunk.
 _TAIL_END = b"\r\n" + LAST_CHUNK
+#: How a held-back head framed as chunked ends (``client_response_head``:
+#: the framing line, then the end of the head, with or without ``Connection: close``).
+_CHUNKED_ENDS = (b"Transfer-Encoding: chunked\r\n\r\n", b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+
+
+def sized_head(head: bytes, length: int) -> Optional[bytes]:
+    """``head``, framed as chunked, framed with ``Content-Length: length`` instead
+    (``None`` when it does not end with the chunked framing)."""
+    for end in _CHUNKED_ENDS:
+        if head.endswith(end):
+            return b"%sContent-Length: %d\r\n%s" % (head[: -len(end)], length, end[28:])
+    return None
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -261,7 +273,10 @@ class Exchange:
             return
         if self.waiting is not None:
             self._leave_queue()
-        self._decorate(response)
+        if self.view is not None:
+            chain = self.route.filters  # type: ignore[union-attr]
+            if chain is not None and chain.decorates:
+                self._decorate(response)
         body = response.file
         if body is not None and self.request.method != b"HEAD" and self.client.plain:
             transport = self.client.transport
@@ -341,7 +356,25 @@ class Exchange:
             if close is not None:
                 close()
             response.file = None
-        data = self._local_head(response, head_only, length)
+        # (self._local_head, spelled out: every cache hit comes this way)
+        status = response.status
+        self.status = status
+        self.response_started = True
+        self._head = b""
+        keep_alive = self._keep_alive and self.body_done and not self.client.closing
+        self._keep_alive = keep_alive
+        data = local_response(
+            status,
+            response.reason,
+            response.headers,
+            response.body,
+            self.request_id,
+            self.core.server_tag,
+            keep_alive,
+            head_only,
+            response.block,
+            length,
+        )
         self.head_bytes = len(data) - (0 if head_only else len(response.body))
         self.bytes_sent = 0 if head_only else len(response.body)
         self.client.write(data)
@@ -736,10 +769,18 @@ class Exchange:
             if tail and not self._replaced:
                 if chunked:
                     # (A compressor's tail, often the whole body: with the last
-                    # chunk and a held-back head in one write, one send.)
+                    # chunk and a held-back head in one write, one send.  With
+                    # the head still held back, the tail is the whole body: on a
+                    # chain that asks for it, it goes out with its length.)
                     self.bytes_sent += len(tail)
                     head, self._head = self._head, b""
-                    self.client.write_sequence((head, b"%x\r\n" % len(tail), tail, _TAIL_END))
+                    sizes = head and self.route.filters.sizes_tail  # type: ignore[union-attr]
+                    sized = sized_head(head, len(tail)) if sizes else None
+                    if sized is not None:
+                        self.head_bytes = len(sized)
+                        self.client.write_sequence((sized, tail))
+                    else:
+                        self.client.write_sequence((head, b"%x\r\n" % len(tail), tail, _TAIL_END))
                     chunked = False  # (the last chunk is sent)
                 else:
                     self.response_body(tail)

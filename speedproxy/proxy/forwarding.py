@@ -241,7 +241,6 @@ def local_response(
     reason: Optional[str],
     headers: Headers,
     body: bytes,
-    *,
     request_id: bytes,
     server_tag: bytes,
     keep_alive: bool,
@@ -255,6 +254,7 @@ def local_response(
     ``block`` header lines already serialised; the body is sent with
     ``Content-Length`` (``length`` when the body follows separately; left
     out for ``HEAD``, 204 and 304, whose length fields are kept as given).
+    Every cache hit comes this way: the arguments may be given by position.
     """
     if reason is None or (status == 200 and reason == "OK"):
         line = _STATUS_LINES.get(status)
@@ -263,17 +263,14 @@ def local_response(
     if line is None:
         phrase = reason.encode("latin-1") if reason is not None else b"Status"
         line = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
-    out = [line, block]
-    for name, value in headers:
-        out += (name, b": ", value, b"\r\n")
-    bodyless = status == 204 or status == 304
-    out += (
-        server_tag,
-        b"X-Request-Id: ",
-        request_id,
-        b"\r\n" if bodyless else b"\r\nContent-Length: %d\r\n" % (len(body) if length is None else length),
-        b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+    if headers:
+        block = block + b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+    if status == 204 or status == 304:
+        end = b"\r\n\r\n" if keep_alive else b"\r\nConnection: close\r\n\r\n"
+        return b"".join((line, block, server_tag, b"X-Request-Id: ", request_id, end))
+    end = (b"\r\nContent-Length: %d\r\n\r\n" if keep_alive else b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n") % (
+        len(body) if length is None else length
     )
-    if not head_only and not bodyless:
-        out.append(body)
-    return b"".join(out)
+    if head_only:
+        return b"".join((line, block, server_tag, b"X-Request-Id: ", request_id, end))
+    return b"".join((line, block, server_tag, b"X-Request-Id: ", request_id, end, body))

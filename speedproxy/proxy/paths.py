@@ -84,11 +84,13 @@ def normalise_path(path: bytes, merge_slashes: bool = False, keep_escaped_slashe
 
     :raises PathError: for a path that must be refused (see the module doc).
     """
+    # (find, not ``in``: CPython's ``bytes in bytes`` first tries the operand
+    # as an integer, and builds and drops a TypeError each time.)
     if (
-        b"%" not in path
-        and b"/." not in path
-        and b"\\" not in path
-        and not (merge_slashes and b"//" in path)
+        path.find(b"%") < 0
+        and path.find(b"/.") < 0
+        and path.find(b"\\") < 0
+        and not (merge_slashes and path.find(b"//") >= 0)
     ):
         return path  # nothing to do: the common case costs four scans
     if b"\\" in path and not keep_escaped_slashes:

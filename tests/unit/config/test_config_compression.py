@@ -41,6 +41,7 @@ def test_empty_mapping_is_on_with_defaults() -> None:
     defaults = RouteCompressionConfig()
     assert defaults.types == ("application/vnd.apple.mpegurl", "application/json", "text/*")
     assert (defaults.min_size, defaults.gzip_level, defaults.brotli, defaults.brotli_level) == (1024, 5, True, 4)
+    assert defaults.brotli_stream_level == 2
 
 
 def test_the_issue_example() -> None:
@@ -63,6 +64,11 @@ def test_types_are_lower_cased() -> None:
         ("compression: {types: text/html}\n", "routing.r.compression.types: expected a list of media types"),
         ("compression: {gzip_level: 0}\n", "routing.r.compression.gzip_level: must be between 1 and 9, got 0"),
         ("compression: {brotli_level: 12}\n", "routing.r.compression.brotli_level: must be between 0 and 11"),
+        (
+            "compression: {brotli_stream_level: -1}\n",
+            "f.yaml:8: routing.r.compression.brotli_stream_level: must be between 0 and 11, got -1",
+        ),
+        ("compression: {brotli_stream_level: fast}\n", "f.yaml:8: routing.r.compression.brotli_stream_level:"),
         ("compression: {min_size: lots}\n", "routing.r.compression.min_size:"),
         ("compression: {brotli: maybe}\n", "routing.r.compression.brotli:"),
         ("compression: {level: 3}\n", "f.yaml:8: routing.r.compression.level: unknown key 'level'"),
@@ -74,10 +80,14 @@ def test_errors_name_file_line_and_key(extra: str, message: str) -> None:
 
 
 def test_round_trip() -> None:
-    config = parse_config(BASE + "    compression: {types: [text/*], min_size: 4KiB, gzip_level: 9, brotli: false, brotli_level: 2}\n")
+    config = parse_config(
+        BASE + "    compression: {types: [text/*], min_size: 4KiB, gzip_level: 9, brotli: false, brotli_level: 2,"
+        " brotli_stream_level: 1}\n"
+    )
     data = config_to_mapping(config)
     assert data["routing"]["r"]["compression"] == {
         "types": ["text/*"], "min_size": "4KiB", "gzip_level": 9, "brotli": False, "brotli_level": 2,
+        "brotli_stream_level": 1,
     }
     assert config_from_mapping(data) == config
     assert parse_config(yaml.safe_dump(data)) == config

@@ -129,6 +129,7 @@ routing:
       gzip_level: 6
       brotli: false
       brotli_level: 5
+      brotli_stream_level: 3
     allow: [10.1.0.0/16]
     deny: [10.1.3.0/24]
     cors:

@@ -119,11 +119,18 @@ def test_encoded_headers_merge_vary_and_weaken_every_etag() -> None:
 
 @pytest.mark.parametrize("accept,coding", [(b"gzip, br", b"br"), (b"gzip", b"gzip"), (b"br;q=0.1, gzip", b"gzip")])
 def test_a_relayed_response_is_compressed_as_it_streams(accept: bytes, coding: bytes) -> None:
+    """A body of unknown length is compressed as it streams: chunked once output
+    left before the end (zlib's gzip header does); brotli keeps a short input
+    until it finishes, so that whole answer leaves at the end, with its length."""
     proxy = InMemoryProxy(config(cache=False))
-    response = fetch(proxy, request(accept=accept), origin_head() + PLAYLIST)
+    response = fetch(proxy, request(accept=accept), origin_head(length=False) + PLAYLIST)
     assert response.header(b"Content-Encoding") == coding
-    assert response.header(b"Transfer-Encoding") == b"chunked"
-    assert response.header(b"Content-Length") is None
+    if coding == b"gzip":
+        assert response.header(b"Transfer-Encoding") == b"chunked"
+        assert response.header(b"Content-Length") is None
+    else:
+        assert response.header(b"Transfer-Encoding") is None
+        assert response.header(b"Content-Length") == b"%d" % len(response.body)
     assert response.header(b"ETag") == b'W/"v1"'
     assert response.header(b"Accept-Ranges") is None
     assert response.header(b"Vary") == b"Accept-Encoding"
@@ -154,10 +161,36 @@ def test_a_body_without_length_is_compressed() -> None:
     assert decode(response) == PLAYLIST
 
 
-@pytest.mark.parametrize("accept", [b"br", b"gzip"])
-def test_the_compressed_tail_goes_out_with_the_last_chunk(accept: bytes) -> None:
-    """The compressor's last output and the last chunk leave in one write (one send on a
-    socket); a short body, all of it in that tail, leaves with its head in one write."""
+def test_the_compressed_tail_goes_out_with_the_last_chunk() -> None:
+    """The compressor's last output and the last chunk leave in one write (one send on a socket)."""
+    proxy = InMemoryProxy(config(cache=False))
+    client = proxy.client()
+    writes = []
+    real = client.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(bytes(data))
+        real(data)
+
+    client.transport.write = write
+    client.send(request(accept=b"gzip"))
+    backend = proxy.accept()
+    backend.send(origin_head(length=False) + PLAYLIST)
+    backend.close()
+    response = client.response()
+    assert decode(response) == PLAYLIST
+    # (zlib's unsized stream gives its 10-byte header at once: the head leaves with it.)
+    assert len(writes) == 2 and writes[0].startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in writes[0]
+    assert writes[1].endswith(b"\r\n0\r\n\r\n") and not writes[1].startswith(b"0\r\n")
+
+
+@pytest.mark.parametrize("accept,coding", [(b"br", b"br"), (b"gzip", b"gzip")])
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_short_body_of_known_length_leaves_whole_with_its_length(accept: bytes, coding: bytes, pieces: int) -> None:
+    """A body with a Content-Length up to WHOLE_BODY_MAX is compressed in one call when it
+    ends and sent with the compressed length (not chunked), head and body in one write,
+    however many pieces it came in."""
     proxy = InMemoryProxy(config(cache=False))
     client = proxy.client()
     writes = []
@@ -169,12 +202,47 @@ def test_the_compressed_tail_goes_out_with_the_last_chunk(accept: bytes) -> None
 
     client.transport.write = write
     client.send(request(accept=accept))
-    proxy.accept().send(origin_head() + PLAYLIST)
+    backend = proxy.accept()
+    answer = origin_head() + PLAYLIST
+    step = len(answer) // pieces + 1
+    for start in range(0, len(answer), step):
+        backend.send(answer[start : start + step])
     response = client.response()
+    assert response.header(b"Content-Encoding") == coding
+    assert response.header(b"Transfer-Encoding") is None
+    assert response.header(b"Content-Length") == b"%d" % len(response.body)
+    assert response.header(b"ETag") == b'W/"v1"'
+    assert response.header(b"Vary") == b"Accept-Encoding"
     assert decode(response) == PLAYLIST
-    # (brotli keeps a short input until it finishes; gzip's sized stream keeps its output.)
-    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 ")
-    assert writes[0].endswith(b"\r\n0\r\n\r\n")
+    assert len(writes) == 1 and writes[0].endswith(response.body)
+    assert counts(proxy) == {"stream": 1, "copy_made": 0, "copy_hit": 0}
+
+
+def test_a_long_body_of_known_length_streams_chunked() -> None:
+    from speedproxy.edge.compression_codecs import WHOLE_BODY_MAX
+
+    body = b"#EXTM3U\n" + b"#EXTINF:4.0,\nsegment-%06d.ts\n" * (WHOLE_BODY_MAX // 20)
+    proxy = InMemoryProxy(config(cache=False))
+    response = fetch(proxy, request(accept=b"gzip"), origin_head(body) + body)
+    assert len(body) > WHOLE_BODY_MAX
+    assert response.header(b"Transfer-Encoding") == b"chunked"
+    assert response.header(b"Content-Length") is None
+    assert gzip.decompress(response.body) == body
+
+
+def test_relayed_answers_use_the_stream_level_and_copies_brotli_level() -> None:
+    """brotli_stream_level (2 by default) for answers compressed per request;
+    brotli_level (4) for the kept copy of a stored object."""
+    assert brotli.compress(PLAYLIST, quality=2) != brotli.compress(PLAYLIST, quality=4)
+    proxy = InMemoryProxy(config(cache=False))
+    assert fetch(proxy, request(accept=b"br"), origin_head() + PLAYLIST).body == brotli.compress(PLAYLIST, quality=2)
+    proxy = InMemoryProxy(config(cache=True, settings="{brotli_level: 6, brotli_stream_level: 1}"))
+    miss = fetch(proxy, request(accept=b"br"), origin_head() + PLAYLIST)
+    assert miss.body == brotli.compress(PLAYLIST, quality=1)
+    hit = fetch(proxy, request(accept=b"br"))  # the copy is made
+    assert hit.body == brotli.compress(PLAYLIST, quality=6)
+    assert counts(proxy) == {"stream": 1, "copy_made": 1, "copy_hit": 0}
+
 
 @pytest.mark.parametrize("length,wbits", [(True, 16 + 14), (False, 16 + 15)])
 def test_the_gzip_stream_is_sized_by_the_content_length(monkeypatch, length: bool, wbits: int) -> None:

@@ -150,3 +150,47 @@ def test_gzip_sizes_are_nginx_loop() -> None:
 
     for length in list(range(0, 1100)) + list(range(1100, 40_000, 7)):
         assert gzip_sizes(length) == nginx(length), length
+
+
+# -- whole bodies (short, of known length) ----------------------------------------
+
+
+@pytest.mark.parametrize("coding", [GZIP, BR])
+def test_a_whole_body_is_compressed_in_one_call_at_its_end(coding: bytes) -> None:
+    from speedproxy.edge.compression_codecs import WholeBody, whole_body_encoder
+
+    body = b'{"id": 1, "title": "Episode 1"},' * 64
+    calls = []
+    encode = whole_body_encoder(coding, 5, 2)
+
+    def counted(data):
+        calls.append(bytes(data))
+        return encode(data)
+
+    stream = WholeBody(counted)
+    source = b"xx" + body  # pieces may be views of the received bytes, not copies
+    assert stream.compress(memoryview(source)[2:500]) == b""
+    assert stream.compress(memoryview(source)[500:]) == b""
+    out = stream.finish()
+    assert calls == [body]
+    assert (brotli.decompress(out) if coding == BR else gzip.decompress(out)) == body
+
+
+def test_the_whole_body_brotli_quality_is_the_one_given() -> None:
+    from speedproxy.edge.compression_codecs import WholeBody, whole_body_encoder
+
+    body = b"#EXTINF:4.0,\nsegment.ts\n" * 200
+    for quality in (1, 2, 6):
+        stream = WholeBody(whole_body_encoder(BR, 5, quality))
+        stream.compress(body)
+        assert stream.finish() == brotli.compress(body, quality=quality)
+
+
+def test_a_single_piece_is_not_joined() -> None:
+    from speedproxy.edge.compression_codecs import WholeBody
+
+    piece = memoryview(b"abc" * 10)
+    seen = []
+    stream = WholeBody(lambda data: seen.append(data) or b"z")
+    stream.compress(piece)
+    assert stream.finish() == b"z" and seen[0] is piece
