@@ -3,7 +3,7 @@
 Like ``bench/inmemory.py``: one proxied request driven through
 ClientConnection -> Exchange -> UpstreamConnection with in-memory
 transports, but with the core attached to a real stats segment file, so the
-edge state is the shared-memory file a worker uses (``fcntl`` locks and
+edge state is the shared-memory file a worker uses (its locks and
 all).  Prints CPU microseconds (process time, steadier than wall time on a shared machine) per request for a bare route and for the same
 route with each key, side by side in one run, and the cost of the store's
 own calls.
@@ -27,6 +27,7 @@ def proxy_cycle(route_keys: str, requests: int, repeat: int, directory: str, ses
     from twisted.internet.testing import MemoryReactorClock, StringTransport
 
     from speedproxy.config import parse_config
+    from speedproxy.edge.host_table import remove_edge_state
     from speedproxy.proxy.core import ProxyCore
     from speedproxy.proxy.server import ProxyServerFactory
     from speedproxy.stats.segment import StatsSegment, layout_for
@@ -80,9 +81,7 @@ def proxy_cycle(route_keys: str, requests: int, repeat: int, directory: str, ses
     results = sorted(cycle(requests) for _ in range(repeat))
     assert len(reactor.tcpClients) == 1, "the upstream connection was not reused"
     os.unlink(path)
-    for leftover in (path + ".edge",):
-        if os.path.exists(leftover):
-            os.unlink(leftover)
+    remove_edge_state(path + ".edge")  # (and its semaphores)
     return results[0]
 
 
@@ -90,7 +89,7 @@ def store_calls(requests: int, repeat: int, directory: str) -> Dict[str, float]:
     """Minimum µs of the store's calls alone, on a file (locks) and private."""
     from speedproxy.edge.host_counts import HostConnectionCounts
     from speedproxy.edge.host_state import HostEdgeState
-    from speedproxy.edge.host_table import EdgeTable
+    from speedproxy.edge.host_table import EdgeTable, remove_edge_state
 
     path = os.path.join(directory, "bench.edge")
     shared = HostEdgeState(EdgeTable(path))
@@ -112,13 +111,15 @@ def store_calls(requests: int, repeat: int, directory: str) -> Dict[str, float]:
         counts.acquire(b"cl\0default\0127.0.0.1", 1 << 30)
         counts.release(b"cl\0default\0127.0.0.1")
 
+    shared.take(b"rl\0default\0ip\0127.0.0.1", 1e9, 1e9)  # (which locks: decided at the first take)
     figures = {
-        "take (file, fcntl locks)": timed(lambda: shared.take(b"rl\0default\0ip\0127.0.0.1", 1e9, 1e9)),
+        "take (file, %s locks)" % ("semaphore" if shared.table.bucket_locks else "fcntl"):
+            timed(lambda: shared.take(b"rl\0default\0ip\0127.0.0.1", 1e9, 1e9)),
         "take (private, no locks)": timed(lambda: private.take(b"rl\0default\0ip\0127.0.0.1", 1e9, 1e9)),
         "check_session (file)": timed(lambda: shared.check_session(session.id)),
         "connection acquire+release (file, 2 workers)": timed(acquire_release),
     }
-    os.unlink(path)
+    remove_edge_state(path)
     return figures
 
 

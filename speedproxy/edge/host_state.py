@@ -2,8 +2,10 @@
 
 * **token buckets** (:meth:`HostEdgeState.take`): sets of :data:`WAYS`
   records ``(key hash, tokens, stamp, full_at)``.  A bucket's set is locked
-  with a one-byte ``fcntl`` lock while it is read and written, so two
-  workers never both spend the last token.  A set with no free record
+  while it is read and written, so two workers never both spend the last
+  token: with a named semaphore of the file's stripe
+  (:mod:`speedproxy.edge.host_locks`, no system call when free), else a
+  one-byte ``fcntl`` lock.  A set with no free record
   reuses one that is full again (a full bucket says nothing a missing one
   would not), else the one nearest to full.
 * **sessions** (:meth:`HostEdgeState.open_session` and friends): the
@@ -37,6 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from speedproxy.edge.host_counts import HostConnectionCounts
+from speedproxy.edge.host_locks import STRIPES, wait_or_take_over
 from speedproxy.edge.host_table import (
     BUCKET,
     BUCKET_SET,
@@ -68,6 +71,7 @@ __all__ = ["HostEdgeState", "SessionStoreFull", "host_edge_for", "host_edge_for_
 log = Logger(namespace="speedproxy.edge")
 
 lockf, LOCK_EX, LOCK_UN = fcntl.lockf, fcntl.LOCK_EX, fcntl.LOCK_UN
+_STRIPE = STRIPES - 1
 #: ``Take(...)`` without the named tuple's ``__new__`` (a Python frame).
 _new_take = tuple.__new__
 
@@ -108,9 +112,19 @@ class HostEdgeState:
         index = wanted % BUCKET_SETS
         table = self.table
         data = table.map
-        fd = table.fd  # (the lock calls spelled out: this runs on every limited request)
-        if fd is not None:
-            lockf(fd, LOCK_EX, 1, LOCK_BUCKETS + index)
+        # (the lock calls spelled out: this runs on every limited request)
+        semaphores = table.bucket_locks
+        if semaphores is None:
+            semaphores = table.open_bucket_locks()
+        fd = None
+        if semaphores:
+            semaphore = semaphores[index & _STRIPE]
+            if not semaphore.acquire(False):
+                wait_or_take_over(semaphore)
+        else:
+            fd = table.fd
+            if fd is not None:
+                lockf(fd, LOCK_EX, 1, LOCK_BUCKETS + index)
         try:
             now = self.monotonic()
             at = -1
@@ -132,7 +146,12 @@ class HostEdgeState:
             reset = (burst - tokens) / rate
             BUCKET.pack_into(data, at, wanted, tokens, now, now + reset)
         finally:
-            if fd is not None:
+            if semaphores:
+                try:
+                    semaphore.release()
+                except ValueError:  # already free: its holder's lock was taken over
+                    pass
+            elif fd is not None:
                 lockf(fd, LOCK_UN, 1, LOCK_BUCKETS + index)
         return _new_take(Take, (allowed, int(tokens) if allowed else 0, retry_after, reset))
 

@@ -9,8 +9,12 @@ counts (:mod:`speedproxy.edge.host_counts`).  It is sparse: a page of it
 takes memory once a record in it is used (38 MiB at most).
 
 Locks are ``fcntl`` byte-range locks on the file (the kernel drops a dead
-process's locks); the locked bytes are lock names, not the records.  A
-private table (``path=None``, one process) takes no locks.
+process's locks); the locked bytes are lock names, not the records.  The
+bucket sets, locked on every rate-limited request, are locked with named
+semaphores instead (:mod:`speedproxy.edge.host_locks`: no system call when
+free), whose name the header keeps.  A private table (``path=None``, one
+process) takes no locks.  :func:`remove_edge_state` removes a file and its
+semaphores.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import ipaddress
 import mmap
 import os
 import struct
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
+
+from speedproxy.edge.host_locks import create_stripe, open_stripe, unlink_stripe
 
 MAGIC = 0x5350_4544_4745_3031  # "SPEDGE01"
 VERSION = 1
@@ -67,6 +73,11 @@ LOCK_REGISTER = LOCK_CONNS + CONN_LOCKS
 HEADER_WORDS = struct.Struct("<QQQ")
 WORKERS_AT = 64
 WORKERS = struct.Struct("<QQ")  # 128 bits
+#: The bucket locks: the name of their semaphores, ``fcntl`` (none could be
+#: made), or nothing yet (the first process to take from a bucket decides).
+LOCKS_AT = 128
+LOCKS = struct.Struct("<64s")
+FCNTL_LOCKS = b"fcntl"
 
 
 def key_hash(key: bytes) -> int:
@@ -126,6 +137,9 @@ class EdgeTable:
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
         self.fd: Optional[int] = None
+        #: The bucket sets' semaphores (:meth:`open_bucket_locks`; empty: ``fcntl``
+        #: locks, or none for a private table; ``None``: not known yet).
+        self.bucket_locks: Optional[Sequence[object]] = None if path is not None else ()
         if path is None:
             self.map = mmap.mmap(-1, SIZE)
             HEADER_WORDS.pack_into(self.map, 0, MAGIC, VERSION, SIZE)
@@ -162,8 +176,49 @@ class EdgeTable:
         if self.fd is not None:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, name)
 
+    def open_bucket_locks(self) -> Sequence[object]:
+        """The bucket sets' semaphores, made if this is the first process to
+        need them (empty: every process of the file uses ``fcntl`` locks)."""
+        assert self.fd is not None and self.path is not None
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, LOCK_INIT)
+        try:
+            name = LOCKS.unpack_from(self.map, LOCKS_AT)[0].rstrip(b"\0")
+            if not name:
+                made = create_stripe(self.path, os.fstat(self.fd).st_ino)
+                name = made.encode("ascii") if made else FCNTL_LOCKS
+                LOCKS.pack_into(self.map, LOCKS_AT, name)
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, LOCK_INIT)
+        if name == FCNTL_LOCKS:
+            self.bucket_locks = ()
+        else:
+            try:
+                self.bucket_locks = open_stripe(name.decode("ascii"))
+            except OSError as e:  # removed under the live processes: they would not exclude a new stripe
+                stripe = name.decode("ascii", "replace")
+                raise OSError(f"{self.path}: cannot open the bucket locks {stripe}: {e}") from e
+        return self.bucket_locks
+
     def close(self) -> None:
         self.map.close()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def remove_edge_state(path: str) -> None:
+    """Remove the edge state file ``path`` and its bucket locks (its owner stops)."""
+    name = None
+    try:
+        with open(path, "rb") as file:
+            file.seek(LOCKS_AT)
+            raw = file.read(LOCKS.size).rstrip(b"\0")
+        if raw and raw != FCNTL_LOCKS:
+            name = raw.decode("ascii", "replace")
+    except OSError:
+        pass
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    unlink_stripe(name, path)

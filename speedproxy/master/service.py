@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from speedproxy import __version__
 from speedproxy.config import Config
+from speedproxy.edge.host_table import edge_state_path, remove_edge_state
 from speedproxy.master.cache_fanout import MasterCacheFanout
 from speedproxy.master.control import DisconnectBackend, Inspect, SetBackendState, SetReportedLoad
 from speedproxy.master.listeners import ADMIN_KEY, PROXY_KEY, Listener, bind_all, parse_listen
@@ -395,11 +396,12 @@ class MasterService(Service):
         def cleanup(result: Any) -> Any:
             if self.segment is not None:
                 self.segment.close()
-            for path in (self._stats_path, self._stats_path + ".edge"):  # .edge: speedproxy.edge.host_table
+            if self._stats_path:
                 try:
-                    os.unlink(path)
+                    os.unlink(self._stats_path)
                 except OSError:
                     pass
+                remove_edge_state(edge_state_path(self._stats_path))  # and its semaphores
             log.info("speedproxy master stopped")
             return result
 

@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 
 from speedproxy.edge import host_state
 from speedproxy.edge.host_state import HostEdgeState, SessionStoreFull
-from speedproxy.edge.host_table import EdgeTable, client_bytes, client_text
+from speedproxy.edge.host_table import EdgeTable, client_bytes, client_text, remove_edge_state
 from speedproxy.edge.state import IEdgeState, SessionLimitReached, SessionStatus
 
 
@@ -168,6 +168,7 @@ def test_processes_never_overspend(tmp_path: Path, target: str) -> None:
     for worker in workers:
         worker.join(timeout=30)
         assert worker.exitcode == 0
+    remove_edge_state(path)  # (and its semaphores)
     assert sum(results) == (100 if target == "take" else 7)
 
 
