@@ -81,16 +81,23 @@ def assert_each_segment_once(proxy: ProxyProcess, origin: HlsOrigin, prefix: str
     assert any(item["stream"] == stream for item in streams), streams
     # A worker that never read the master playlist (the browser's connections
     # went to the other one for it) reports the media playlists it served as
-    # streams of their own (speedproxy/hls/streams.py): the stream's figures
-    # are those of every stream under its prefix.
+    # streams of their own, and one that read no playlist of the stream at
+    # all cannot name the stream its segments belong to (speedproxy/hls/
+    # streams.py, the documented per-worker limit): the stream's figures are
+    # those of every stream under its prefix, and cover what some worker
+    # could attribute (one CI run: one worker's 68 of about 320).
     parts = [item for item in streams if item["stream"].startswith(prefix)]
     requests = sum(item["requests"] for item in parts)
     hits = sum(item["hits"] for item in parts)
-    # (The page's players share the browser, whose HTTP cache keeps nothing
-    # here: no validator, no freshness.  Every player asked the proxy.)
     assert sum(item["viewers"] for item in parts) >= 1, parts
-    assert requests >= PLAYERS * at_least // 2, (parts, sorted(counts))
+    assert requests >= at_least, (parts, sorted(counts))
     assert hits / requests >= 0.9, parts
+    # (The page's players share the browser, whose HTTP cache keeps nothing
+    # here: no validator, no freshness.  Every player asked the proxy, which
+    # answered from its cache: every worker's hits, whichever one a player's
+    # connections went to.)
+    info = AdminClient.of(proxy).get("/cache/info").json
+    assert info["hits"] >= PLAYERS * at_least // 2, (info, parts)
 
 
 def test_hlsjs_plays_the_vod_through_the_proxy_and_the_origin_sees_each_segment_once(
