@@ -47,7 +47,7 @@ def proxy_cycle(route_keys: str, requests: int, repeat: int, directory: str, ses
     if session:  # a live session in the workers' file, presented as a cookie
         from speedproxy.edge.host_state import host_edge_for
 
-        token = host_edge_for(core).state.open_session("127.0.0.1", 3600.0, 3).id
+        token = host_edge_for(core).state.open_session("127.0.0.1", 3600.0, 3, "default").id  # the route's realm
         headers = b"Cookie: spx_session=%s\r\n" % token.encode()
     client = ProxyServerFactory(core).buildProtocol(None)
     client_transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
@@ -60,6 +60,7 @@ def proxy_cycle(route_keys: str, requests: int, repeat: int, directory: str, ses
         b'Connection: keep-alive\r\nETag: "abc-400"\r\nAccept-Ranges: bytes\r\n\r\n' % len(body)
     ) + body
     client.dataReceived(request)
+    assert reactor.tcpClients, client_transport.value()[:400]
     upstream = reactor.tcpClients[-1][2].buildProtocol(None)
     upstream_transport = StringTransport()
     upstream.makeConnection(upstream_transport)
