@@ -205,6 +205,10 @@ def test_passive_check_stops_attempts_after_failures_and_probes_after_unhealthy_
     assert 2 <= marked <= 2 * SERVER["workers"], f"{marked} attempts at the dead backend"
     assert max(durations) < 0.5, durations
     for index in range(20):
+        # Only while it is surely still out: past unhealthy_timeout (2s) a
+        # request may probe it (a slow machine gets there within these 20).
+        if time.monotonic() - out_since > 1.5:
+            break
         assert _get(proxy, f"/q{index}").status == 200
     assert attempts(proxy, "victim") - base == marked, "a backend taken out still gets attempts"
 
