@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Dict, List, Set
+from typing import Any, Dict, List, Set
 
 import pytest
 
@@ -36,6 +36,16 @@ def _mapped_semaphores(pid: int) -> Set[str]:
     return found
 
 
+def _one_get(proxy: Any) -> int:
+    """The status of one GET on a new connection (new connections spread over the workers)."""
+    client = RawClient(*proxy.address, timeout=10.0)
+    try:
+        client.request("GET", "/x")
+        return client.read_response().status
+    finally:
+        client.close()
+
+
 def _requests_until_both_map_them(proxy, pids: Dict[int, int], statuses: List[int]) -> Set[str]:
     """One GET a new connection (at most 200) until every worker in ``pids`` took a token."""
     for _ in range(200):
@@ -44,12 +54,7 @@ def _requests_until_both_map_them(proxy, pids: Dict[int, int], statuses: List[in
             names = set.union(*mapped.values())
             assert all(found == names for found in mapped.values()), mapped  # one stripe for the host
             return names
-        client = RawClient(*proxy.address, timeout=10.0)
-        try:
-            client.request("GET", "/x")
-            statuses.append(client.read_response().status)
-        finally:
-            client.close()
+        statuses.append(_one_get(proxy))
     raise AssertionError(f"200 connections did not reach every worker: {pids}")
 
 
@@ -70,12 +75,7 @@ def test_workers_share_one_stripe_that_outlives_a_killed_worker_and_goes_with_th
     )
     assert _requests_until_both_map_them(proxy, respawned, statuses) == names  # opened by name again
     for _ in range(12 - len(statuses)):  # at least 12 requests in all
-        client = RawClient(*proxy.address, timeout=10.0)
-        try:
-            client.request("GET", "/x")
-            statuses.append(client.read_response().status)
-        finally:
-            client.close()
+        statuses.append(_one_get(proxy))
     assert statuses.count(200) == 10 and statuses.count(429) == len(statuses) - 10, statuses
 
     assert proxy.stop() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import brotli
 import pytest
@@ -161,11 +161,9 @@ def test_a_body_without_length_is_compressed() -> None:
     assert decode(response) == PLAYLIST
 
 
-def test_the_compressed_tail_goes_out_with_the_last_chunk() -> None:
-    """The compressor's last output and the last chunk leave in one write (one send on a socket)."""
-    proxy = InMemoryProxy(config(cache=False))
-    client = proxy.client()
-    writes = []
+def recorded_writes(client: Any) -> List[bytes]:
+    """The writes the proxy makes on ``client``'s transport from now on, one item each."""
+    writes: List[bytes] = []
     real = client.transport.write
 
     def write(data: bytes) -> None:
@@ -173,6 +171,14 @@ def test_the_compressed_tail_goes_out_with_the_last_chunk() -> None:
         real(data)
 
     client.transport.write = write
+    return writes
+
+
+def test_the_compressed_tail_goes_out_with_the_last_chunk() -> None:
+    """The compressor's last output and the last chunk leave in one write (one send on a socket)."""
+    proxy = InMemoryProxy(config(cache=False))
+    client = proxy.client()
+    writes = recorded_writes(client)
     client.send(request(accept=b"gzip"))
     backend = proxy.accept()
     backend.send(origin_head(length=False) + PLAYLIST)
@@ -193,14 +199,7 @@ def test_a_short_body_of_known_length_leaves_whole_with_its_length(accept: bytes
     however many pieces it came in."""
     proxy = InMemoryProxy(config(cache=False))
     client = proxy.client()
-    writes = []
-    real = client.transport.write
-
-    def write(data: bytes) -> None:
-        writes.append(bytes(data))
-        real(data)
-
-    client.transport.write = write
+    writes = recorded_writes(client)
     client.send(request(accept=accept))
     backend = proxy.accept()
     answer = origin_head() + PLAYLIST
