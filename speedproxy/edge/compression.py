@@ -259,6 +259,10 @@ class CompressionFilter(Filter):
     """Negotiates the coding of every request and compresses responses as they stream."""
 
     wants_body = True
+    #: Its body hooks run only for the responses it compresses (it asks in
+    #: :meth:`response_head`): others are relayed as they are, zero-copy when
+    #: no other filter looks at bodies (a video segment on an HLS route).
+    body_when_asked = True
     #: Only the responses it compresses change length: it drops their
     #: ``Content-Length`` itself (others keep theirs).
     rewrites_body = False
@@ -301,6 +305,7 @@ class CompressionFilter(Filter):
         exchange: "Exchange" = view._exchange
         if exchange.request.method == b"GET":
             state[_STREAM] = self.policy.start(coding, length)
+            view.want_body(self)
             counter = self._counter
             if counter is None:
                 counter = self._counter = getattr(getattr(self.core, "stats", None), "compression_event", None)

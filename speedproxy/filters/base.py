@@ -20,6 +20,10 @@ class Filter:
     wants_body = False
     #: Set to True when :meth:`response_body` may change the body's length.
     rewrites_body = False
+    #: Set to True (with ``wants_body``) when the body hooks matter only for
+    #: the responses whose :meth:`response_head` calls
+    #: ``request.want_body(self)``: the other bodies skip them.
+    body_when_asked = False
 
     def request(self, request: "FilterRequest") -> object:
         return None

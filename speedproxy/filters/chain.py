@@ -40,6 +40,8 @@ class FilterChain:
         "_heads",
         "_errors",
         "_body_filters",
+        "body_filters",
+        "_order",
         "_finishers",
         "_decorators",
         "wants_body",
@@ -62,7 +64,14 @@ class FilterChain:
         #: Filters with an ``error`` hook of their own, last to first.
         self._errors = tuple(f for f in self._reversed if _overrides(f, "error"))
         self._body_filters = tuple(f for f in self._reversed if getattr(f, "wants_body", False))
-        #: Some filter must see the body: no zero-copy.
+        #: The body filters that see every response's body, last to first; a
+        #: filter with ``body_when_asked`` sees only the bodies of the
+        #: responses its head hook asks for (:meth:`FilterRequest.want_body`):
+        #: the others are relayed without it (zero-copy when nothing else looks).
+        self.body_filters = tuple(f for f in self._body_filters if not getattr(f, "body_when_asked", False))
+        #: Body filter -> its place among them (:meth:`ordered_body_filters`).
+        self._order = {f: index for index, f in enumerate(self._body_filters)}
+        #: Some filter may have to see a body: no zero-copy unless it says not.
         self.wants_body = bool(self._body_filters)
         #: Some filter may change the body's length: chunked to the client.
         self.rewrites_body = any(getattr(f, "rewrites_body", False) for f in self._body_filters)
@@ -137,8 +146,14 @@ class FilterChain:
         for item in self._finishers:
             item.finished(request, complete)
 
+    def ordered_body_filters(self, filters: Sequence[IFilter]) -> tuple:
+        """``filters`` (body filters of this chain) in the order body hooks run."""
+        order = self._order
+        return tuple(sorted(filters, key=order.__getitem__))
+
     def response_body(self, request: FilterRequest, data: bytes) -> bytes:
-        for item in self._body_filters:
+        """Run the body hooks of the response's body filters (``request.body_filters``)."""
+        for item in request.body_filters:
             if not data:
                 break
             data = item.response_body(request, data)
@@ -147,7 +162,7 @@ class FilterChain:
     def response_end(self, request: FilterRequest) -> bytes:
         """Let each body filter finish; return what they add at the end."""
         out = b""
-        for item in self._body_filters:
+        for item in request.body_filters:
             if out:
                 out = item.response_body(request, out)
             extra: Optional[bytes] = item.response_end(request)

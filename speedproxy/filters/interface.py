@@ -68,6 +68,11 @@ class IFilter(Interface):
     rewrites_body = Attribute(
         "True if :meth:`response_body` may change the body's length (sent chunked then)."
     )
+    body_when_asked = Attribute(
+        "Optional (False when absent). True if, with ``wants_body``, the body hooks run only "
+        "for responses whose :meth:`response_head` called ``request.want_body(filter)``: "
+        "other responses are relayed without them (zero-copy when no other filter looks)."
+    )
 
     def request(request: "FilterRequest") -> "Union[None, LocalResponse, SharedResponse, Deferred]":
         """Look at (and maybe change) a request before a backend is chosen.

@@ -83,13 +83,29 @@ class FilterRequest(_Fields):
     request hook to its response hooks.
     """
 
-    __slots__ = ("_exchange", "state", "error_headers")
+    __slots__ = ("_exchange", "state", "error_headers", "body_filters")
 
-    def __init__(self, exchange: "Exchange") -> None:
+    def __init__(self, exchange: "Exchange", body_filters: Tuple[Any, ...] = ()) -> None:
         self._exchange = exchange
         self.state: Dict[str, Any] = {}
         #: Header lines (CRLF-terminated) added to the proxy's own error answer.
         self.error_headers = b""
+        #: The filters whose body hooks see this response's body, in the
+        #: order they run (the route chain's ``body_filters``, and those that
+        #: asked with :meth:`want_body`); empty: the body is relayed as is.
+        self.body_filters = body_filters
+
+    def want_body(self, item: Any) -> None:
+        """Have the body hooks of ``item`` (a filter of this route whose
+        ``body_when_asked`` is true) see this response's body: called from
+        its ``response_head`` hook."""
+        if item in self.body_filters:
+            return
+        if not self.body_filters:
+            self.body_filters = (item,)
+        else:
+            chain = self._exchange.route.filters
+            self.body_filters = chain.ordered_body_filters(self.body_filters + (item,))
 
     def _lists(self) -> Tuple[List[Tuple[bytes, bytes]], List[bytes]]:
         request = self._exchange.request

@@ -203,7 +203,7 @@ class Exchange:
         if chain is None:
             self._connect()
             return
-        self.filtered = self.view = filtered = FilterRequest(self)
+        self.filtered = self.view = filtered = FilterRequest(self, chain.body_filters)
         try:
             outcome = chain.request(filtered)
         except Exception:
@@ -706,7 +706,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         """Relay one piece of response body."""
         filtered = self.filtered
-        if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
+        if filtered is not None and filtered.body_filters:
             try:
                 data = self.route.filters.response_body(filtered, data)  # type: ignore[union-attr]
             except Exception:
@@ -741,7 +741,7 @@ class Exchange:
         if self._to_client != _TO_CLIENT_RAW or self.finished:
             return None
         filtered = self.filtered
-        if filtered is not None and (self._replaced or self.route.filters.wants_body):  # type: ignore[union-attr]
+        if filtered is not None and (self._replaced or filtered.body_filters):
             return None
         client = self.client
         if not client.plain or client._write_paused:
@@ -759,7 +759,7 @@ class Exchange:
         """The whole response has been relayed."""
         filtered = self.filtered
         chunked = self._to_client == _TO_CLIENT_CHUNKED
-        if filtered is not None and self.route.filters.wants_body:  # type: ignore[union-attr]
+        if filtered is not None and filtered.body_filters:
             try:
                 tail = self.route.filters.response_end(filtered)  # type: ignore[union-attr]
             except Exception:

@@ -280,6 +280,37 @@ def test_left_alone(answer: bytes, why: str) -> None:
     assert counts(proxy)["stream"] == 0
 
 
+def test_an_answer_left_alone_skips_the_body_hooks_and_keeps_its_length() -> None:
+    """A body compression does not touch (a segment, a type not listed) is relayed
+    without the filter's body hooks (``body_when_asked``: zero-copy stays possible),
+    with its own length; a listed answer next is compressed."""
+    from speedproxy.edge.compression import CompressionFilter
+
+    proxy = InMemoryProxy(config(cache=False))
+    client = proxy.client()
+    calls: List[str] = []
+    real_body, real_end = CompressionFilter.response_body, CompressionFilter.response_end
+    segment = bytes(range(256)) * 400
+    try:
+        CompressionFilter.response_body = lambda self, view, data: calls.append("body") or real_body(self, view, data)
+        CompressionFilter.response_end = lambda self, view: calls.append("end") or real_end(self, view)
+        client.send(request("/seg1.ts"))
+        backend = proxy.accept()
+        backend.send(origin_head(segment, b"video/mp2t") + segment)
+        response = client.response()
+        assert response.body == segment and response.header(b"Content-Length") == b"%d" % len(segment)
+        assert response.header(b"Content-Encoding") is None and response.header(b"Vary") is None
+        assert calls == []
+        other = proxy.client()
+        other.send(request())
+        backend.send(origin_head() + PLAYLIST)  # (on the pooled backend connection)
+        response = other.response()
+        assert response.header(b"Content-Encoding") == b"br" and decode(response) == PLAYLIST
+        assert calls == ["body", "end"]
+    finally:
+        CompressionFilter.response_body, CompressionFilter.response_end = real_body, real_end
+
+
 def test_range_requests_are_left_alone() -> None:
     proxy = InMemoryProxy(config(cache=False))
     partial = b"HTTP/1.1 206 Partial Content\r\nContent-Type: %s\r\nContent-Range: bytes 0-1999/9999\r\nContent-Length: 2000\r\n\r\n" % TYPE

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import List
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from speedproxy.filters import Filter, FilterChain, LocalResponse
+from speedproxy.filters.messages import FilterRequest
 
 
 class Recording(Filter):
@@ -77,9 +79,62 @@ def test_response_hooks_run_last_to_first_and_only_body_filters_see_the_body() -
     chain = FilterChain([Recording("a", log, wants_body=True), Recording("b", log), Recording("c", log, wants_body=True)])
     assert chain.wants_body
     chain.response_head(object(), object())
-    assert chain.response_body(object(), b"x") == b"xca"
-    assert chain.response_end(object()) == b"<c>a<a>"
+    view = SimpleNamespace(body_filters=chain.body_filters)
+    assert chain.response_body(view, b"x") == b"xca"
+    assert chain.response_end(view) == b"<c>a<a>"
     assert log == ["head c", "head b", "head a", "body c", "body a", "end c", "body a", "end a"]
+
+
+class WhenAsked(Recording):
+    """A body filter whose body hooks run only for the responses it asks for."""
+
+    body_when_asked = True
+
+    def __init__(self, name: str, log: List[str], ask: bool) -> None:
+        super().__init__(name, log, wants_body=True)
+        self.ask = ask
+
+    def response_head(self, request, response):
+        super().response_head(request, response)
+        if self.ask:
+            request.want_body(self)
+
+
+def _view(chain: FilterChain) -> FilterRequest:
+    exchange = SimpleNamespace(route=SimpleNamespace(filters=chain))
+    return FilterRequest(exchange, chain.body_filters)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ask", [False, True])
+def test_a_body_filter_when_asked_sees_only_the_bodies_it_asks_for(ask: bool) -> None:
+    log: List[str] = []
+    asking = WhenAsked("w", log, ask)
+    chain = FilterChain([asking, Recording("a", log), Recording("c", log, wants_body=True)])
+    assert chain.wants_body and chain.body_filters == (chain.filters[2],)
+    view = _view(chain)
+    chain.response_head(view, object())
+    assert chain.response_body(view, b"x") == (b"xcw" if ask else b"xc")
+    assert chain.response_end(view) == (b"<c>w<w>" if ask else b"<c>")
+    expected_bodies = ["body c", "body w", "end c", "body w", "end w"] if ask else ["body c", "end c"]
+    assert log == ["head c", "head a", "head w"] + expected_bodies
+
+
+def test_a_filter_asking_for_the_body_takes_its_place_in_the_order() -> None:
+    log: List[str] = []
+    first, middle = Recording("f", log, wants_body=True), WhenAsked("m", log, True)
+    chain = FilterChain([first, middle, Recording("l", log, wants_body=True)])
+    view = _view(chain)
+    chain.response_head(view, object())
+    view.want_body(middle)  # (twice: still once)
+    assert view.body_filters == (chain.filters[2], middle, first)
+    assert chain.response_body(view, b"x") == b"xlmf"
+
+
+def test_without_an_ask_and_other_body_filters_the_body_is_relayed_as_is() -> None:
+    chain = FilterChain([WhenAsked("w", [], False)])
+    view = _view(chain)
+    chain.response_head(view, object())
+    assert chain.wants_body and view.body_filters == ()  # (the exchange then skips the body hooks)
 
 
 def test_a_chain_without_body_filters_does_not_want_the_body() -> None:
