@@ -29,6 +29,8 @@ class InternalClient:
     PAUSED_CONNECTING = 2
     PAUSED_PIPELINE = 4
     PAUSED_DRAINING = 8
+    #: A request the proxy makes itself (:func:`speedproxy.edge.is_internal`).
+    internal = True
 
     scheme = b"http"
     peer_ip = INTERNAL_ADDRESS

@@ -88,20 +88,13 @@ def edge_filters(route: Any, core: Any, reactor: Any = None) -> List[Any]:
     return filters
 
 
-#: The proxy's own client class, imported on first use.
-_internal_client = None  # type: Any
-
-
 def is_internal(request: Any) -> bool:
     """Is this a request the proxy makes itself (prefetch, background refresh, warm-up)?
 
     Those are never refused: they carry no signature and come from the
-    proxy's own address.
+    proxy's own address.  (The exchange's client says so: ``internal`` is
+    true on :class:`~speedproxy.cache.fetch.InternalClient` alone; the filters
+    on every request read it inline.)
     """
-    global _internal_client
-    if _internal_client is None:  # imported once: an import statement per request costs ~1 us
-        from speedproxy.cache.fetch import InternalClient
-
-        _internal_client = InternalClient
-    return isinstance(request._exchange.client, _internal_client)
+    return getattr(request._exchange.client, "internal", False)
 

@@ -24,9 +24,11 @@ the *first* filter of the route (:func:`speedproxy.routing.build_filters`)::
 
     CompressionFilter  [edge filters]  [operator filters]  [HlsFilter]  CacheFilter*  [HlsRewriteFilter]  -> origin
 
-Request hooks run first to last: it only notes the coding the client
-accepts (a refusal by an edge filter after it costs nothing more).
-Response hooks run last to first, so it gets the response after every other
+It has no request hook: the coding is negotiated from the request's
+``Accept-Encoding`` (as the request is when its answer arrives) only once
+an answer turns out to be compressible, so a refusal by an edge filter, or
+an answer that is not compressible (a video segment), costs no
+negotiation.  Response hooks run last to first, so it gets the response after every other
 filter made of it: the cache stores, the HLS filters parse and rewrite, and
 a filter rewriting bodies (signed URIs in playlists) sees the origin's
 *identity* body, and coalesced followers get the identity body too, each
@@ -84,9 +86,6 @@ Headers = List[Tuple[bytes, bytes]]
 STREAM, COPY_MADE, COPY_HIT = range(3)
 EVENTS = ("stream", "copy_made", "copy_hit")
 
-#: ``view.state`` key: the coding chosen for this request (``None``: identity);
-#: absent when the request is not one that may get a compressed answer.
-CODING = "compression_coding"
 _STREAM = "compression_stream"
 #: ``view.state`` key: ``(cache filter, response, stored object, body, file)``
 #: of an answer from a compressing route's cache (:mod:`speedproxy.edge.compression_copies`).
@@ -121,6 +120,12 @@ class CompressionPolicy:
         self._exact = frozenset(exact)
         self._ranges = frozenset(ranges)
         self._types: Dict[bytes, bool] = {}
+
+    @staticmethod
+    def eligible(request: Any) -> bool:
+        """May the answer to this request head be compressed (``GET`` or ``HEAD``, no ``Range``)?"""
+        method = request.method
+        return (method == b"GET" or method == b"HEAD") and b"range" not in request.lowered
 
     def choose(self, request: Any) -> Optional[bytes]:
         """The coding for a request head (``Accept-Encoding``), ``None`` for identity."""
@@ -275,24 +280,23 @@ class CompressionFilter(Filter):
         #: ``core.stats.compression_event``, looked up on the first compressed answer.
         self._counter: Any = None
 
-    def request(self, view: FilterRequest) -> None:
-        request = view._exchange.request
-        method = request.method
-        if (method == b"GET" or method == b"HEAD") and b"range" not in request.lowered:
-            view.state[CODING] = self.policy.choose(request)
-        return None
+    # (No request hook: the coding is negotiated when an answer turns out to
+    # be compressible, so answers that are not, a video segment, cost no
+    # negotiation; a refusal by another filter costs nothing either.)
 
     def response_head(self, view: FilterRequest, response: FilterResponse) -> None:
-        state = view.state
-        if CODING not in state:
-            return None
         head = response._head
         if head.streaming:  # event streams and X-Accel-Buffering: no
             return None
         headers, lowered = head.headers, head.lowered
-        if not self.policy.compressible(head.status, headers, lowered, head.content_length):
+        policy = self.policy
+        if not policy.compressible(head.status, headers, lowered, head.content_length):
             return None
-        coding = state[CODING]
+        exchange: "Exchange" = view._exchange
+        request = exchange.request
+        if not policy.eligible(request):
+            return None
+        coding = policy.choose(request)
         if coding is None:
             add_vary(headers, lowered)
             return None
@@ -302,9 +306,8 @@ class CompressionFilter(Filter):
         # is compressed whole and leaves with its length
         # (:meth:`CompressionPolicy.start`, ``Exchange.response_done``).
         head.content_length = None
-        exchange: "Exchange" = view._exchange
-        if exchange.request.method == b"GET":
-            state[_STREAM] = self.policy.start(coding, length)
+        if request.method == b"GET":
+            view.state[_STREAM] = policy.start(coding, length)
             view.want_body(self)
             counter = self._counter
             if counter is None:
@@ -336,7 +339,8 @@ class CompressionFilter(Filter):
         if made is not response:
             return
         unchanged = response.body is body and response.file is file
-        cache.encode_answer(view._exchange, view.state[CODING], response, entry, unchanged)
+        request = view._exchange.request
+        cache.encode_answer(view._exchange, self.policy.choose(request), response, entry, unchanged)
 
 
 def build_compression(settings: RouteCompressionConfig, core: Any, route: str) -> Tuple[CompressionPolicy, CompressionFilter]:

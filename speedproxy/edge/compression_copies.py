@@ -34,7 +34,6 @@ from speedproxy.cache.entry import _PER_ANSWER, CachedObject
 from speedproxy.cache.filter import CacheFilter
 from speedproxy.edge.compression import (
     ANSWERED,
-    CODING,
     COPY_HIT,
     COPY_MADE,
     STREAM,
@@ -201,7 +200,7 @@ class CompressingCacheFilter(CacheFilter):
     ) -> LocalResponse:
         response = super().answer(exchange, entry, now, status_value, client_head)
         view = exchange.view
-        if view is not None and CODING in view.state:
+        if view is not None and self.policy.eligible(exchange.request):
             view.state[ANSWERED] = (self, response, entry, response.body, response.file)
         return response
 

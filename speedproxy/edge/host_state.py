@@ -132,12 +132,16 @@ class HostEdgeState:
                 stored, tokens, stamp, _ = BUCKET.unpack_from(data, guess)
                 if stored == wanted:
                     at = guess
-                    tokens = min(burst, tokens + (now - stamp) * rate)
+                    tokens += (now - stamp) * rate
+                    if tokens > burst:  # (min/max spelled out: this runs on every limited request)
+                        tokens = burst
             if at < 0:
                 at, tokens = self._find_bucket(data, BUCKETS_AT + index * WAYS * BUCKET.size, wanted, now, rate, burst)
                 self._known[key] = (wanted, at)
             if tokens >= 0.999999999:  # float noise in the refill must not cost a token
-                tokens = max(0.0, tokens - 1.0)
+                tokens -= 1.0
+                if tokens < 0.0:
+                    tokens = 0.0
                 allowed = True
                 retry_after = 0.0
             else:

@@ -28,7 +28,6 @@ from typing import Any, Callable, Dict, Optional
 from twisted.logger import Logger
 
 from speedproxy.config.model import RateLimitConfig
-from speedproxy.edge import is_internal
 from speedproxy.edge.refusals import refusal
 from speedproxy.edge.state import IEdgeState, Take
 from speedproxy.filters.base import Filter
@@ -114,16 +113,17 @@ class RateLimitFilter(Filter):
         return key
 
     def request(self, request: FilterRequest) -> Any:
-        if is_internal(request):
+        exchange = request._exchange
+        if getattr(exchange.client, "internal", False):  # (is_internal, inline)
             return None
-        key = self._ip_keys.get(request._exchange.client_ip) if self._by_ip else None
+        key = self._ip_keys.get(exchange.client_ip) if self._by_ip else None
         try:
             answer = self.state.take(key or self.bucket(request), self._rate, self._burst)
         except Exception:
             self._store_failed()
             return None
         if isinstance(answer, Take):
-            return None if answer.allowed else self._refuse(request, answer)
+            return None if answer[0] else self._refuse(request, answer)  # (answer.allowed)
         return answer.addCallbacks(self._decided, self._failed, callbackArgs=(request,))
 
     def _decided(self, answer: Take, request: FilterRequest) -> Optional[LocalResponse]:

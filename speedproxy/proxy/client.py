@@ -46,6 +46,8 @@ class ClientConnection(Protocol):
     PAUSED_CONNECTING = 2
     PAUSED_PIPELINE = 4
     PAUSED_DRAINING = 8
+    #: A client's request, not one the proxy makes itself (:func:`speedproxy.edge.is_internal`).
+    internal = False
 
     def __init__(self, core: "ProxyCore", scheme: bytes = b"http") -> None:
         self.core = core

@@ -57,6 +57,8 @@ class H2Stream:
     PAUSED_CONNECTING = 2
     PAUSED_PIPELINE = 4
     PAUSED_DRAINING = 8
+    #: A client's request, not one the proxy makes itself (:func:`speedproxy.edge.is_internal`).
+    internal = False
 
     def __init__(self, connection: "H2ClientConnection", stream_id: int, head_request: bool) -> None:
         self.connection = connection
