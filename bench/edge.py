@@ -15,7 +15,9 @@ side by side in one run:
   with all four
   (``rate_limit`` + ``signed_urls`` + ``cors`` + ``compression``, written
   as an operator would write them; the limit set high enough never to
-  refuse).  Every request carries a valid signature (``exp``/``sig``),
+  refuse), and with all four on the same answer as
+  ``application/octet-stream``, a type ``compression`` does not list (as a
+  video segment: the ``--wrk`` rows' "as written" case).  Every request carries a valid signature (``exp``/``sig``),
   an allowed ``Origin`` and ``Accept-Encoding`` (``--accept``), whatever
   the route;
 - ``signed_urls`` on requests with a query of three parameters: with
@@ -314,6 +316,9 @@ def main() -> None:
         b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
         b'ETag: "abc-400"\r\nAccept-Ranges: bytes\r\n\r\n' % len(body)
     ) + body
+    # The same answer as application/octet-stream (a type compression does not
+    # list: what the --wrk rows' "as written" route relays, as a video segment).
+    unlisted_response = api_response.replace(b"Content-Type: application/json", b"Content-Type: application/octet-stream")
     listing = playlist(args.playlist_size)
     playlist_response = (
         b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 12:00:00 GMT\r\n"
@@ -330,6 +335,7 @@ def main() -> None:
         ("compression alone", COMPRESSION),
         ("rate_limit + signed_urls + cors", ", ".join((RATE_LIMIT, SIGNED_URLS, CORS))),
         ("all four (+ compression)", ALL_FOUR),
+        ("all four, answer of a type not listed", ALL_FOUR, "", True, unlisted_response),
         ("signed_urls, 3-param query, ignored", SIGNED_URLS_IGNORE, QUERY, False),
         ("signed_urls, 3-param query, signed", SIGNED_URLS, QUERY, True),
         ("signed_urls, 3 %-encoded params, signed", SIGNED_URLS, ENCODED_QUERY, True),
@@ -349,7 +355,8 @@ def main() -> None:
         for name, keys, *query in proxied_rows:
             if not chosen(name):
                 continue
-            setup = Setup(keys, scratch, request_for("/api/items.json", *query), api_response, cached=False)
+            response = query.pop() if len(query) == 3 else api_response
+            setup = Setup(keys, scratch, request_for("/api/items.json", *query), response, cached=False)
             rows.append(("proxied", name, measure(setup.proxied, args.requests, args.repeat), setup.first_head))
             setup.close()
         for name, keys in hit_rows:
