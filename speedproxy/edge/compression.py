@@ -194,14 +194,23 @@ class CompressionPolicy:
         return compress(coding, body, self.gzip_level, self.brotli_stream_level)
 
 
+def _names_encoding(value: bytes) -> bool:
+    """Does one ``Vary`` value list Accept-Encoding (or ``*``)?"""
+    value = value.lower()
+    if b"accept-encoding" not in value and b"*" not in value:
+        return False  # (the common case, without splitting)
+    for member in value.split(b","):
+        member = member.strip()
+        if member == b"accept-encoding" or member == b"*":
+            return True
+    return False
+
+
 def varies_on_encoding(headers: Headers, lowered: List[bytes]) -> bool:
     """Does ``Vary`` already name Accept-Encoding (or ``*``)?"""
     for (_, value), name in zip(headers, lowered):
-        if name == b"vary":
-            for member in value.split(b","):
-                member = member.strip().lower()
-                if member == b"accept-encoding" or member == b"*":
-                    return True
+        if name == b"vary" and _names_encoding(value):
+            return True
     return False
 
 
@@ -232,23 +241,28 @@ def encoded_headers(headers: Headers, lowered: List[bytes], coding: bytes) -> Tu
     """Copies of a compressible response's fields as sent compressed with ``coding``."""
     out: Headers = []
     out_lowered: List[bytes] = []
-    vary = False
+    vary_at = -1  # the first Vary field's place in ``out``
+    varies = False  # some Vary field names Accept-Encoding (or *) already
     for pair, lname in zip(headers, lowered):  # (one pass: this runs on every compressed answer)
         if lname in _DROPPED:
             continue
         if lname == b"etag":
             pair = (pair[0], weak_etag(pair[1]))
-        elif lname == b"vary":
-            vary = True
+        elif lname == b"vary":  # (Vary: Origin from CORS, often)
+            if vary_at < 0:
+                vary_at = len(out)
+            if not varies:
+                varies = _names_encoding(pair[1])
         out.append(pair)
         out_lowered.append(lname)
     out.append((b"Content-Encoding", coding))
     out_lowered.append(b"content-encoding")
-    if vary:
-        add_vary(out, out_lowered)
-    else:
+    if vary_at < 0:
         out.append(_VARY_LINE)
         out_lowered.append(b"vary")
+    elif not varies:
+        name, value = out[vary_at]
+        out[vary_at] = (name, value + b", " + _VARY_VALUE if value.strip() else _VARY_VALUE)
     return out, out_lowered
 
 

@@ -38,11 +38,15 @@ _TAIL_END = b"\r\n" + LAST_CHUNK
 #: How a held-back head framed as chunked ends (``client_response_head``:
 #: the framing line, then the end of the head, with or without ``Connection: close``).
 _CHUNKED_ENDS = (b"Transfer-Encoding: chunked\r\n\r\n", b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+_KEPT_ALIVE_END = _CHUNKED_ENDS[0]
+assert len(_KEPT_ALIVE_END) == 30
 
 
 def sized_head(head: bytes, length: int) -> Optional[bytes]:
     """``head``, framed as chunked, framed with ``Content-Length: length`` instead
     (``None`` when it does not end with the chunked framing)."""
+    if head.endswith(_KEPT_ALIVE_END):  # (the common end first: once per compressed answer)
+        return head[:-30] + b"Content-Length: %d\r\n\r\n" % length
     for end in _CHUNKED_ENDS:
         if head.endswith(end):
             return b"%sContent-Length: %d\r\n%s" % (head[: -len(end)], length, end[28:])

@@ -100,6 +100,24 @@ def test_encoded_headers() -> None:
     assert lowered == [n.lower() for n, _ in out]
 
 
+@pytest.mark.parametrize(
+    "vary,expected",
+    [
+        ([b"accept-encoding, Origin"], [b"accept-encoding, Origin"]),
+        ([b"*"], [b"*"]),
+        ([b"Origin", b"Accept-Encoding"], [b"Origin", b"Accept-Encoding"]),  # named by the second field
+        ([b"Origin", b"Cookie"], [b"Origin, Accept-Encoding", b"Cookie"]),  # added to the first
+        ([b"X-Accept-Encoding-Hint"], [b"X-Accept-Encoding-Hint, Accept-Encoding"]),
+        ([b""], [b"Accept-Encoding"]),
+    ],
+)
+def test_encoded_headers_name_accept_encoding_in_vary_once(vary: List[bytes], expected: List[bytes]) -> None:
+    headers = [(b"Content-Type", TYPE)] + [(b"Vary", value) for value in vary]
+    out, lowered = encoded_headers(headers, [n.lower() for n, _ in headers], b"br")
+    assert [value for name, value in out if name == b"Vary"] == expected
+    assert lowered == [n.lower() for n, _ in out]
+
+
 def test_encoded_headers_merge_vary_and_weaken_every_etag() -> None:
     headers = [
         (b"ETag", b'"a"'), (b"Vary", b"Origin"), (b"Content-Encoding", b"identity"),
