@@ -45,7 +45,12 @@ video segment is); and the four **compressing each answer** (the answer's
 type added to ``compression.types``: brotli for every request, the codec
 paid each time).
 
-    python3 bench/edge.py --wrk [--duration 5] [--rounds 3] [--configs default,tuned]
+    python3 bench/edge.py --wrk [--duration 5] [--rounds 3] [--configs default,tuned] [--runtime pypy]
+
+``--runtime pypy`` runs the proxies on PyPy (``bench/run.py``'s cached
+``bench/.pypy-venv``, the work tree on ``PYTHONPATH``), each warmed up by 8 s
+of wrk first; that venv has no ``brotli``, so the compressing row answers
+gzip there.
 
 The ratio column is to the plain row of the same kind (proxied or hit).
 """
@@ -210,10 +215,19 @@ def wrk_main(args: argparse.Namespace) -> None:
         ("all four, compressing each answer", ", ".join((RATE_LIMIT, SIGNED_URLS, CORS, compression))),
     )
     modes = [mode for mode in args.configs.split(",") if mode]
-    python_bin = bench.VENV / "bin" / "python"
-    shipped, _ = bench.load_shipped_config(python_bin, bench.REPO)
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as scratch:
         tmp = Path(scratch)
+        if args.runtime == "pypy":
+            import shutil
+
+            pypy = shutil.which("pypy3")
+            if not pypy:
+                raise bench.BenchError("--runtime pypy: pypy3 is not on PATH (apt-get install pypy3)")
+            python_bin = bench.ensure_pypy_venv(pypy, tmp) / "bin" / "python"  # (bench/run.py's, cached)
+        else:
+            python_bin = bench.VENV / "bin" / "python"
+        warmup = args.warmup if args.warmup is not None else (8 if args.runtime == "pypy" else 0)
+        shipped, _ = bench.load_shipped_config(python_bin, bench.REPO)
         try:
             origin, origin_port = bench.start_python_origin(SimpleNamespace(sizes=[1024]), pin, tmp, "origin")
             procs = []
@@ -242,6 +256,12 @@ def wrk_main(args: argparse.Namespace) -> None:
                     encoding = answer.getheader("Content-Encoding") or "identity"
                     procs.append(("%s: %s" % (mode, name), proc, port, encoding))
             samples: dict = {name: [] for name, _, _, _ in procs}
+            for name, proc, port, _ in procs if warmup > 0 else ():  # (PyPy: the JIT warms up first)
+                cmd = [wrk, "-t1", "-c50", "-d%ds" % warmup, "--timeout", "5s"]
+                for key, value in headers.items():
+                    cmd += ["-H", "%s: %s" % (key, value)]
+                subprocess.run(pin.wrap_loader(cmd + ["http://127.0.0.1:%d%s" % (port, target)]),
+                               capture_output=True, timeout=warmup + 30)
             for round_ in range(args.rounds):
                 for name, proc, port, _ in procs if round_ % 2 == 0 else procs[::-1]:
                     cmd = [wrk, "-t1", "-c50", "-d%ds" % args.duration, "--timeout", "5s"]
@@ -255,9 +275,10 @@ def wrk_main(args: argparse.Namespace) -> None:
                     if result.get("non_2xx") or not result.get("requests"):
                         raise bench.BenchError("%s: wrk saw errors\n%s" % (name, out))
                     samples[name].append((spent / result["requests"] * 1e6, result["rps"]))
-            print("speedproxy edge filters over sockets (wrk -t1 -c50 -d%ds, 1 worker, %d rounds alternated; "
+            print("speedproxy edge filters over sockets (%s, wrk -t1 -c50 -d%ds, 1 worker, %d rounds alternated%s; "
                   "Accept-Encoding: %s; default = etc/speedproxy.yaml as shipped, access log on; "
-                  "tuned = access_log off)" % (args.duration, args.rounds, args.accept))
+                  "tuned = access_log off)" % (args.runtime, args.duration, args.rounds,
+                                               ", after %ds of warm-up each" % warmup if warmup else "", args.accept))
             print("  %-44s %10s %10s %9s %7s %7s  %s" % ("config: route", "CPU us/req", "(min)", "req/s", "ratio", "(min)", "answer"))
             base: dict = {}
             for name, _, _, encoding in procs:
@@ -294,6 +315,10 @@ def main() -> None:
     parser.add_argument("--wrk", action="store_true", help="over real sockets with wrk instead (see above)")
     parser.add_argument("--duration", type=int, default=5, help="--wrk: seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="--wrk: runs per route, alternated")
+    parser.add_argument("--runtime", choices=("cpython", "pypy"), default="cpython",
+                        help="--wrk: run speedproxy on CPython (the bench venv) or PyPy (bench/run.py's bench/.pypy-venv)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="--wrk: seconds of wrk on each process before the rounds (default: 0, PyPy 8)")
     parser.add_argument("--configs", default="default,tuned",
                         help="--wrk: default (etc/speedproxy.yaml as shipped: access log on) and/or tuned (access_log off)")
     args = parser.parse_args()
