@@ -43,6 +43,8 @@ PLAYLIST = playlist(100 * 1024)
 JSON = json.dumps({"items": [{"id": n, "title": "movie %d" % n} for n in range(200)]}).encode()
 SMALL_JSON = b'{"ok": true}'
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 20
+#: A video segment (a type compression does not list), large enough to be spliced.
+SEGMENT = bytes(range(256)) * (8 * 1024)
 
 
 def answer(body: bytes, content_type: str, *extra: Tuple[str, str]) -> Callable[[BackendExchange], None]:
@@ -72,6 +74,7 @@ def origin(module_stack) -> HTTPBackend:
         backend.route(prefix + "poster.png", answer(PNG, "image/png"))
         backend.route(prefix + "raw.json", answer(JSON, "application/json", ("Cache-Control", "no-transform")))
         backend.route(prefix + "gz.json", already_gzipped)
+        backend.route(prefix + "seg1.ts", answer(SEGMENT, "video/mp2t"))
     return backend
 
 
@@ -167,6 +170,20 @@ def test_left_alone(curl_binary: str, proxy: ProxyProcess, route: str, path: str
     assert got.body == body, why
     assert got.header("vary") is None, why
     assert got.header("content-length") == str(len(body)), why
+
+
+def test_a_large_segment_on_a_compressing_route_is_relayed_as_it_is(curl_binary: str, proxy: ProxyProcess) -> None:
+    """An answer compression leaves alone skips its body hooks (and may be
+    spliced again): a 2 MiB segment is relayed byte for byte with its length,
+    no coding and no Vary, and the next compressible answer on the route is
+    compressed as before."""
+    for _ in range(2):
+        got = curl(curl_binary, f"{proxy.url}/plain/seg1.ts", compressed=False, accept_encoding="gzip, br")
+        assert got.status == 200 and got.body == SEGMENT
+        assert got.header("content-length") == str(len(SEGMENT))
+        assert got.header("content-encoding") is None and got.header("vary") is None
+        got = curl(curl_binary, f"{proxy.url}/plain/api.json", compressed=False, accept_encoding="br")
+        assert got.header("content-encoding") == "br" and brotli.decompress(got.body) == JSON
 
 
 @pytest.mark.parametrize("route", ROUTES)
