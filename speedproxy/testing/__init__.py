@@ -70,6 +70,7 @@ from speedproxy.testing.process import (
     twistd_command,
 )
 from speedproxy.testing.in_memory import (
+    IN_MEMORY_CACHED_CONFIG,
     IN_MEMORY_CONFIG,
     InMemoryBackend,
     InMemoryClient,
@@ -84,6 +85,7 @@ from speedproxy.testing.cache_status import (
 )
 
 __all__ = [
+    "IN_MEMORY_CACHED_CONFIG",
     "IN_MEMORY_CONFIG",
     "InMemoryBackend",
     "InMemoryClient",

@@ -37,6 +37,15 @@ routing:
   default: {path: /, upstream: default, load_balancer: round_robin}
 """
 
+#: One backend and one route with its cache on (memory tier), for cache tests.
+IN_MEMORY_CACHED_CONFIG = """\
+backends:
+  default:
+    - {id: b1, host: 10.1.0.1, port: 8081}
+routing:
+  default: {path: /, upstream: default, load_balancer: round_robin, cache: {enabled: true}}
+"""
+
 
 @dataclass
 class ParsedResponse:

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from speedproxy.testing import InMemoryProxy
+from speedproxy.testing import IN_MEMORY_CACHED_CONFIG, InMemoryProxy
 
-CONFIG = """\
-backends:
-  default:
-    - {id: b1, host: 10.1.0.1, port: 8081}
-routing:
-  default: {path: /, upstream: default, load_balancer: round_robin, cache: {enabled: true}}
-"""
+CONFIG = IN_MEMORY_CACHED_CONFIG
 
 GET = b"GET /obj HTTP/1.1\r\nHost: h\r\n\r\n"
 

@@ -7,7 +7,7 @@ import pytest
 from speedproxy.cache import hit, policy
 from speedproxy.cache.entry import CachedObject
 from speedproxy.cache.hit import fresh_answer, hit_status, whole_answer
-from speedproxy.testing import InMemoryProxy
+from speedproxy.testing import IN_MEMORY_CACHED_CONFIG, InMemoryProxy
 from speedproxy.testing.in_memory import InMemoryBackend
 
 HEADERS = [(b"Content-Type", b"text/plain"), (b"ETag", b'"v1"'), (b"Age", b"7"), (b"Content-Length", b"5")]
@@ -162,13 +162,7 @@ def test_a_copy_for_one_hit_starts_without_lines() -> None:
 
 # -- through the cache filter ----------------------------------------------------
 
-CONFIG = """\
-backends:
-  default:
-    - {id: b1, host: 10.1.0.1, port: 8081}
-routing:
-  default: {path: /, upstream: default, load_balancer: round_robin, cache: {enabled: true}}
-"""
+CONFIG = IN_MEMORY_CACHED_CONFIG
 
 
 def origin_response(extra: bytes, body: bytes = b"0123456789") -> bytes:

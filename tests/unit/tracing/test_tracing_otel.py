@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 from speedproxy.config import parse_config  # noqa: E402
 from speedproxy.config.model import TracingConfig  # noqa: E402
-from speedproxy.testing import IN_MEMORY_CONFIG, InMemoryProxy  # noqa: E402
+from speedproxy.testing import IN_MEMORY_CACHED_CONFIG, IN_MEMORY_CONFIG, InMemoryProxy  # noqa: E402
 from speedproxy.tracing import apply_tracing  # noqa: E402
 from speedproxy.tracing.otel import SpanRecorder, traces_url  # noqa: E402
 
@@ -32,13 +32,7 @@ backends:
 routing:
   default: {path: /, upstream: default, load_balancer: round_robin}
 """
-CACHED = """\
-backends:
-  default:
-    - {id: b1, host: 10.1.0.1, port: 8081}
-routing:
-  default: {path: /, upstream: default, load_balancer: round_robin, cache: {enabled: true}}
-"""
+CACHED = IN_MEMORY_CACHED_CONFIG
 
 
 def traced(config: str = IN_MEMORY_CONFIG, settings: TracingConfig = SETTINGS) -> Tuple[InMemoryProxy, InMemorySpanExporter]:
