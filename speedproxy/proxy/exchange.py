@@ -39,14 +39,14 @@ _TAIL_END = b"\r\n" + LAST_CHUNK
 #: the framing line, then the end of the head, with or without ``Connection: close``).
 _CHUNKED_ENDS = (b"Transfer-Encoding: chunked\r\n\r\n", b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
 _KEPT_ALIVE_END = _CHUNKED_ENDS[0]
-assert len(_KEPT_ALIVE_END) == 30
+_KEPT_ALIVE_CUT = -len(_KEPT_ALIVE_END)
 
 
 def sized_head(head: bytes, length: int) -> Optional[bytes]:
     """``head``, framed as chunked, framed with ``Content-Length: length`` instead
     (``None`` when it does not end with the chunked framing)."""
     if head.endswith(_KEPT_ALIVE_END):  # (the common end first: once per compressed answer)
-        return head[:-30] + b"Content-Length: %d\r\n\r\n" % length
+        return head[:_KEPT_ALIVE_CUT] + b"Content-Length: %d\r\n\r\n" % length
     for end in _CHUNKED_ENDS:
         if head.endswith(end):
             return b"%sContent-Length: %d\r\n%s" % (head[: -len(end)], length, end[28:])
@@ -328,21 +328,28 @@ class Exchange:
         return keep_alive
 
     def _local_head(self, response: LocalResponse, head_only: bool, length: Optional[int]) -> bytes:
-        """Start a local answer: its head (and, unless ``head_only``, its body)."""
-        self.status = response.status
+        """Start a local answer: its head (and, unless ``head_only``, its body).
+
+        (Every cache hit comes this way: ``local_response`` is called by
+        position and the keep-alive decision made inline.)
+        """
+        status = response.status
+        self.status = status
         self.response_started = True
         self._head = b""
+        keep_alive = self._keep_alive and self.body_done and not self.client.closing
+        self._keep_alive = keep_alive
         return local_response(
-            response.status,
+            status,
             response.reason,
             response.headers,
             response.body,
-            request_id=self.request_id,
-            server_tag=self.core.server_tag,
-            keep_alive=self._answer_keep_alive(),
-            head_only=head_only,
-            block=response.block,
-            length=length,
+            self.request_id,
+            self.core.server_tag,
+            keep_alive,
+            head_only,
+            response.block,
+            length,
         )
 
     def _write_local(self, response: LocalResponse) -> None:
@@ -360,25 +367,7 @@ class Exchange:
             if close is not None:
                 close()
             response.file = None
-        # (self._local_head, spelled out: every cache hit comes this way)
-        status = response.status
-        self.status = status
-        self.response_started = True
-        self._head = b""
-        keep_alive = self._keep_alive and self.body_done and not self.client.closing
-        self._keep_alive = keep_alive
-        data = local_response(
-            status,
-            response.reason,
-            response.headers,
-            response.body,
-            self.request_id,
-            self.core.server_tag,
-            keep_alive,
-            head_only,
-            response.block,
-            length,
-        )
+        data = self._local_head(response, head_only, length)
         self.head_bytes = len(data) - (0 if head_only else len(response.body))
         self.bytes_sent = 0 if head_only else len(response.body)
         self.client.write(data)
